@@ -1,0 +1,241 @@
+/**
+ * The wire format between the master, the node agents and the CLI.
+ *
+ * One TypeBox definition gives both the JSON Schema that the master validates every
+ * request against and the TypeScript type that the clients use. The master and the
+ * node agent share this module and nothing else.
+ */
+import { Type, type Static } from 'typebox';
+
+export const API_PREFIX = '/api/v1';
+
+// ---------------------------------------------------------------------------
+// Names
+
+/** Account and node names: short, lower case, safe in paths and URLs. */
+export const Name = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' });
+/** An instance title is free text chosen by its owner, without control characters. */
+export const Title = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+export const SoftwareName = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
+export const SoftwareVersion = Type.String({ pattern: '^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$' });
+/** `NAME` (the latest version published) or `NAME@VERSION`. */
+export const SoftwareRef = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}(@[0-9A-Za-z][0-9A-Za-z.+_-]{0,63})?$' });
+export const SoftwareType = Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
+export const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
+export const PartitionReference = Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
+export const Ipv4Loopback = Type.String({ pattern: '^127\\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){2}$' });
+export const EventId = Type.String({ pattern: '^[A-Za-z0-9_-]{8,64}$' });
+export const Timestamp = Type.String({ format: 'date-time' });
+
+export const RequestedState = Type.Union([Type.Literal('started'), Type.Literal('stopped'), Type.Literal('destroyed')]);
+export type RequestedState = Static<typeof RequestedState>;
+
+/**
+ * What the master knows of an instance:
+ * - `unallocated`: no partition fits yet (the message says why);
+ * - `allocated`: a partition is reserved, the node has not reported yet;
+ * - `deployed`: the node rendered its files and started its services;
+ * - `started`, `stopped`, `destroyed`: the node reached the requested state;
+ * - `error`: the node could not reach it (the message says why).
+ */
+export const InstanceStatus = Type.Union([
+  Type.Literal('unallocated'),
+  Type.Literal('allocated'),
+  Type.Literal('deployed'),
+  Type.Literal('started'),
+  Type.Literal('stopped'),
+  Type.Literal('destroyed'),
+  Type.Literal('error'),
+]);
+export type InstanceStatus = Static<typeof InstanceStatus>;
+
+/** Instance parameters: a JSON object, checked against the software type's JSON Schema. */
+export const Parameters = Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.Unknown());
+export type Parameters = Static<typeof Parameters>;
+export const ConnectionParameters = Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ maxLength: 8192 }));
+export type ConnectionParameters = Static<typeof ConnectionParameters>;
+
+export const SoftwareId = Type.Object({ name: SoftwareName, version: SoftwareVersion, hash: Sha256 });
+export type SoftwareId = Static<typeof SoftwareId>;
+
+// ---------------------------------------------------------------------------
+// User API
+
+export const AccountCreate = Type.Object(
+  { name: Name, role: Type.Optional(Type.Union([Type.Literal('user'), Type.Literal('admin')])) },
+  { additionalProperties: false },
+);
+export type AccountCreate = Static<typeof AccountCreate>;
+export const Account = Type.Object({ name: Name, role: Type.String(), createdAt: Timestamp });
+export type Account = Static<typeof Account>;
+/** The token is shown once, when the account is created; the master keeps only its hash. */
+export const AccountWithToken = Type.Object({ name: Name, role: Type.String(), token: Type.String() });
+export type AccountWithToken = Static<typeof AccountWithToken>;
+
+export const NodeRegister = Type.Object({ name: Name }, { additionalProperties: false });
+export const NodeView = Type.Object({
+  name: Name,
+  registeredAt: Timestamp,
+  lastSeenAt: Type.Union([Timestamp, Type.Null()]),
+  partitions: Type.Integer(),
+  freePartitions: Type.Integer(),
+  software: Type.Array(Type.Object({ name: SoftwareName, version: SoftwareVersion, hash: Sha256, state: Type.String(), status: Type.String() })),
+});
+export type NodeView = Static<typeof NodeView>;
+/** The credential is shown once, when the node is registered; the master keeps only its hash. */
+export const NodeCredential = Type.Object({ name: Name, credential: Type.String() });
+export type NodeCredential = Static<typeof NodeCredential>;
+
+export const SoftwareView = Type.Object({
+  name: SoftwareName,
+  version: SoftwareVersion,
+  hash: Sha256,
+  description: Type.String(),
+  publishedAt: Timestamp,
+  softwareTypes: Type.Record(Type.String(), Type.Object({ parameters: Type.Unknown() })),
+});
+export type SoftwareView = Static<typeof SoftwareView>;
+
+export const SupplyRequest = Type.Object(
+  {
+    software: SoftwareRef,
+    node: Name,
+    state: Type.Optional(Type.Union([Type.Literal('available'), Type.Literal('destroyed')])),
+  },
+  { additionalProperties: false },
+);
+export type SupplyRequest = Static<typeof SupplyRequest>;
+export const SupplyView = Type.Object({ software: SoftwareId, node: Name, state: Type.String() });
+export type SupplyView = Static<typeof SupplyView>;
+
+export const InstanceRequest = Type.Object(
+  {
+    software: SoftwareRef,
+    softwareType: Type.Optional(SoftwareType),
+    parameters: Type.Optional(Parameters),
+    state: Type.Optional(RequestedState),
+  },
+  { additionalProperties: false },
+);
+export type InstanceRequest = Static<typeof InstanceRequest>;
+
+export const InstanceView = Type.Object({
+  title: Title,
+  software: SoftwareId,
+  softwareType: SoftwareType,
+  parameters: Parameters,
+  state: RequestedState,
+  status: InstanceStatus,
+  /** Why the instance is unallocated or in error; null otherwise. */
+  message: Type.Union([Type.String(), Type.Null()]),
+  /** True when the node has deployed the latest request and published its connection parameters. */
+  ready: Type.Boolean(),
+  serial: Type.Integer(),
+  node: Type.Union([Name, Type.Null()]),
+  partition: Type.Union([PartitionReference, Type.Null()]),
+  connection: ConnectionParameters,
+  createdAt: Timestamp,
+  updatedAt: Timestamp,
+});
+export type InstanceView = Static<typeof InstanceView>;
+
+export const MovementView = Type.Object({
+  seq: Type.Integer(),
+  at: Timestamp,
+  kind: Type.String(),
+  actor: Type.String(),
+  data: Type.Unknown(),
+});
+export type MovementView = Static<typeof MovementView>;
+
+// ---------------------------------------------------------------------------
+// Node API: one snapshot of desired state, a list of partitions, a batch of events.
+
+export const PartitionDefinition = Type.Object(
+  {
+    reference: PartitionReference,
+    ip: Ipv4Loopback,
+    ports: Type.Object(
+      { first: Type.Integer({ minimum: 1024, maximum: 65535 }), last: Type.Integer({ minimum: 1024, maximum: 65535 }) },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type PartitionDefinition = Static<typeof PartitionDefinition>;
+export const PartitionsReport = Type.Object(
+  { partitions: Type.Array(PartitionDefinition, { minItems: 1, maxItems: 4096 }) },
+  { additionalProperties: false },
+);
+export type PartitionsReport = Static<typeof PartitionsReport>;
+
+export const DesiredInstance = Type.Object({
+  id: Type.String(),
+  title: Title,
+  software: SoftwareId,
+  softwareType: SoftwareType,
+  parameters: Parameters,
+  state: RequestedState,
+  /** Grows by one at every change the node must apply: the node's only change detector. */
+  serial: Type.Integer(),
+});
+export type DesiredInstance = Static<typeof DesiredInstance>;
+
+export const DesiredState = Type.Object({
+  node: Name,
+  software: Type.Array(Type.Object({ name: SoftwareName, version: SoftwareVersion, hash: Sha256, state: Type.String() })),
+  partitions: Type.Array(
+    Type.Object({
+      reference: PartitionReference,
+      ip: Ipv4Loopback,
+      ports: Type.Object({ first: Type.Integer(), last: Type.Integer() }),
+      instance: Type.Union([DesiredInstance, Type.Null()]),
+    }),
+  ),
+});
+export type DesiredState = Static<typeof DesiredState>;
+
+const eventBase = { id: EventId, at: Timestamp };
+
+export const InstanceEvent = Type.Object(
+  {
+    ...eventBase,
+    type: Type.Union([
+      Type.Literal('instance.deployed'),
+      Type.Literal('instance.started'),
+      Type.Literal('instance.stopped'),
+      Type.Literal('instance.destroyed'),
+      Type.Literal('instance.error'),
+    ]),
+    partition: PartitionReference,
+    instance: Type.String({ minLength: 1, maxLength: 64 }),
+    serial: Type.Integer({ minimum: 0 }),
+    message: Type.Optional(Type.String({ maxLength: 16384 })),
+    connection: Type.Optional(ConnectionParameters),
+  },
+  { additionalProperties: false },
+);
+export type InstanceEvent = Static<typeof InstanceEvent>;
+
+export const SoftwareEvent = Type.Object(
+  {
+    ...eventBase,
+    type: Type.Union([Type.Literal('software.built'), Type.Literal('software.error'), Type.Literal('software.removed')]),
+    software: Sha256,
+    message: Type.Optional(Type.String({ maxLength: 16384 })),
+  },
+  { additionalProperties: false },
+);
+export type SoftwareEvent = Static<typeof SoftwareEvent>;
+
+export const NodeEvent = Type.Union([InstanceEvent, SoftwareEvent]);
+export type NodeEvent = Static<typeof NodeEvent>;
+
+export const EventsReport = Type.Object(
+  { events: Type.Array(NodeEvent, { minItems: 1, maxItems: 500 }) },
+  { additionalProperties: false },
+);
+export type EventsReport = Static<typeof EventsReport>;
+/** Which events the master applied now and which it had applied before: both are delivered. */
+export const EventsReceipt = Type.Object({ applied: Type.Array(EventId), duplicates: Type.Array(EventId) });
+export type EventsReceipt = Static<typeof EventsReceipt>;

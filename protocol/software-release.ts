@@ -1,0 +1,198 @@
+/**
+ * The software release format: a folder with a `software.yaml`, JSON Schemas of the
+ * parameters and nunjucks templates. See docs/software-releases.md.
+ *
+ * The master loads a release when it is published (to check it and to validate
+ * parameters against its schemas); the node agent loads it to build and instantiate it.
+ * Both name it by the same content hash.
+ */
+import { createHash } from 'node:crypto';
+import { lstat, readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Ajv, type ErrorObject } from 'ajv';
+import addFormatsImport from 'ajv-formats';
+import { Type, type Static } from 'typebox';
+import { parseDocument } from 'yaml';
+import { SoftwareName, SoftwareType, SoftwareVersion } from './api.js';
+import { PledgerError } from './errors.js';
+
+// ajv-formats is CommonJS: its default export arrives wrapped under ESM.
+const addFormats = ((addFormatsImport as unknown as { default?: unknown }).default ?? addFormatsImport) as (ajv: Ajv) => Ajv;
+
+export const SOFTWARE_FILE = 'software.yaml';
+
+const RelativePath = Type.String({ minLength: 1, maxLength: 255, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$))[A-Za-z0-9._/+-]+$' });
+const Command = Type.Array(Type.String({ minLength: 1 }), { minItems: 1 });
+const Identifier = Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,62}$' });
+
+const Part = Type.Object(
+  {
+    /** Files copied from the release folder into the part's directory before it is built. */
+    files: Type.Optional(Type.Array(RelativePath)),
+    /** Commands run in order in the part's directory, as argv lists: no shell. */
+    build: Type.Optional(Type.Array(Command)),
+    /** Seconds a build command may take. */
+    timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: 86400 })),
+  },
+  { additionalProperties: false },
+);
+
+const Promise_ = Type.Union([
+  Type.Object(
+    { tcp: Type.String({ minLength: 1 }), timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })) },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    {
+      http: Type.String({ minLength: 1 }),
+      status: Type.Optional(Type.Integer({ minimum: 100, maximum: 599 })),
+      contains: Type.Optional(Type.String()),
+      timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })),
+    },
+    { additionalProperties: false },
+  ),
+]);
+
+const SoftwareTypeDefinition = Type.Object(
+  {
+    /** Path of the JSON Schema of this type's parameters, in the release folder. */
+    parameters: Type.Optional(RelativePath),
+    /** Named ports, given in order from the partition's port range. */
+    ports: Type.Optional(Type.Array(Identifier, { maxItems: 64 })),
+    /** Random secrets generated once per instance, kept in its partition. */
+    secrets: Type.Optional(Type.Array(Identifier, { maxItems: 64 })),
+    /** Files of the partition (relative path) rendered from templates of the release. */
+    files: Type.Optional(Type.Record(RelativePath, RelativePath)),
+    /** Long-running processes: argv lists whose items are templates. */
+    services: Type.Optional(Type.Record(Identifier, Command)),
+    promises: Type.Optional(Type.Record(Identifier, Promise_)),
+    /** Connection parameters published to the requester; values are templates. */
+    publish: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }), Type.String())),
+  },
+  { additionalProperties: false },
+);
+
+export const SoftwareDefinition = Type.Object(
+  {
+    name: SoftwareName,
+    version: SoftwareVersion,
+    description: Type.Optional(Type.String({ maxLength: 1000 })),
+    parts: Type.Optional(Type.Record(Identifier, Part)),
+    'software-types': Type.Record(SoftwareType, SoftwareTypeDefinition, { minProperties: 1 }),
+  },
+  { additionalProperties: false },
+);
+export type SoftwareDefinition = Static<typeof SoftwareDefinition>;
+export type SoftwareTypeDefinition = Static<typeof SoftwareTypeDefinition>;
+export type PartDefinition = Static<typeof Part>;
+export type PromiseDefinition = Static<typeof Promise_>;
+
+/** A release read from a folder and checked. */
+export interface LoadedSoftware {
+  definition: SoftwareDefinition;
+  /** sha256 of the folder's content: names the release everywhere. */
+  hash: string;
+  /** The JSON Schema of each software type's parameters (an empty object schema when none is given). */
+  parameterSchemas: Record<string, object>;
+}
+
+export interface SoftwareProblem {
+  /** Where: a path in software.yaml (`software-types.default.files`) or a file of the release. */
+  where: string;
+  message: string;
+}
+
+const ajv = new Ajv({ allErrors: true, strict: false });
+addFormats(ajv);
+const validateDefinition = ajv.compile<SoftwareDefinition>(SoftwareDefinition);
+
+/**
+ * Reads and checks a release folder: its software.yaml against the format, the
+ * files it names, and its parameter schemas. Every problem is reported at once.
+ *
+ * @example
+ *   const sr = await loadSoftware('software-releases/hello');
+ *   sr.definition.name; // 'hello'
+ */
+export async function loadSoftware(dir: string): Promise<LoadedSoftware> {
+  const problems: SoftwareProblem[] = [];
+  let text: string;
+  try {
+    text = await readFile(path.join(dir, SOFTWARE_FILE), 'utf8');
+  } catch {
+    throw new PledgerError('SOFTWARE_INVALID', `${dir} has no ${SOFTWARE_FILE}`);
+  }
+  const document = parseDocument(text, { uniqueKeys: true });
+  if (document.errors.length > 0) {
+    throw invalid(document.errors.map((e) => ({ where: `${SOFTWARE_FILE}:${e.linePos?.[0]?.line ?? '?'}`, message: e.message })));
+  }
+  const definition: unknown = document.toJS();
+  if (!validateDefinition(definition)) {
+    throw invalid(validateDefinition.errors!.map(describeSchemaError));
+  }
+
+  const exists = async (relative: string) => (await lstat(path.join(dir, relative)).catch(() => null))?.isFile() ?? false;
+  for (const [partName, part] of Object.entries(definition.parts ?? {})) {
+    for (const file of part.files ?? []) {
+      if (!(await exists(file))) problems.push({ where: `parts.${partName}.files`, message: `${file} is not a file of the release` });
+    }
+  }
+  const parameterSchemas: Record<string, object> = {};
+  for (const [typeName, type] of Object.entries(definition['software-types'])) {
+    const where = `software-types.${typeName}`;
+    for (const template of Object.values(type.files ?? {})) {
+      if (!(await exists(template))) problems.push({ where: `${where}.files`, message: `${template} is not a file of the release` });
+    }
+    const ports = new Set(type.ports ?? []);
+    if (ports.size !== (type.ports ?? []).length) problems.push({ where: `${where}.ports`, message: 'a port is named twice' });
+    if (!type.parameters) {
+      parameterSchemas[typeName] = { type: 'object', additionalProperties: false };
+      continue;
+    }
+    try {
+      const schema = JSON.parse(await readFile(path.join(dir, type.parameters), 'utf8')) as object;
+      ajv.compile(schema);
+      parameterSchemas[typeName] = schema;
+    } catch (error) {
+      problems.push({ where: `${where}.parameters`, message: `${type.parameters}: ${(error as Error).message}` });
+    }
+  }
+  if (problems.length > 0) throw invalid(problems);
+  return { definition, hash: await hashDirectory(dir), parameterSchemas };
+}
+
+function describeSchemaError(error: ErrorObject): SoftwareProblem {
+  const where = error.instancePath.split('/').slice(1).join('.') || '(top)';
+  const extra = error.keyword === 'additionalProperties' ? ` (${(error.params as { additionalProperty: string }).additionalProperty})` : '';
+  return { where, message: `${error.message ?? 'is invalid'}${extra}` };
+}
+
+function invalid(problems: SoftwareProblem[]): PledgerError {
+  const summary = problems.map((p) => `${p.where}: ${p.message}`).join('; ');
+  return new PledgerError('SOFTWARE_INVALID', `invalid software release: ${summary}`, { details: problems });
+}
+
+/**
+ * The content hash of a folder: sha256 over every regular file's relative path,
+ * executable bit and content, in sorted order. Symbolic links and special files are
+ * refused: a release is plain files.
+ */
+export async function hashDirectory(dir: string): Promise<string> {
+  const entries: string[] = [];
+  const walk = async (relative: string): Promise<void> => {
+    const names = (await readdir(path.join(dir, relative))).sort();
+    for (const name of names) {
+      const child = relative ? `${relative}/${name}` : name;
+      const stat = await lstat(path.join(dir, child));
+      if (stat.isDirectory()) await walk(child);
+      else if (stat.isFile()) {
+        const digest = createHash('sha256').update(await readFile(path.join(dir, child))).digest('hex');
+        entries.push(`${child}\0${stat.mode & 0o111 ? 'x' : '-'}\0${digest}\n`);
+      } else {
+        throw new PledgerError('SOFTWARE_INVALID', `${child} is not a regular file: a software release holds plain files only`);
+      }
+    }
+  };
+  await walk('');
+  return createHash('sha256').update(entries.sort().join('')).digest('hex');
+}
