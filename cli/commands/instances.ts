@@ -1,0 +1,180 @@
+/** The ordering flow: request, list, info, destroy. */
+import { readFile } from 'node:fs/promises';
+import type { Command } from '@commander-js/extra-typings';
+import type { InstanceRequest, InstanceView, MovementView, Parameters, RequestedState } from '../../protocol/api.js';
+import type { MasterClient } from '../../protocol/client.js';
+import { PledgerError } from '../../protocol/errors.js';
+import { fields, print, table } from '../output.js';
+import { userClient } from '../settings.js';
+import { globals, type GlobalOptions } from './globals.js';
+
+const path = (title: string) => `/api/v1/instances/${encodeURIComponent(title)}`;
+
+/**
+ * `k=v` gives the string v; `k:=v` gives v parsed as JSON (numbers, booleans, lists).
+ * Later pairs win over earlier ones and over --parameters-file.
+ */
+export function parseParameterPairs(pairs: string[], base: Parameters = {}): Parameters {
+  const parameters: Parameters = { ...base };
+  for (const pair of pairs) {
+    const typed = /^([^=:]+):=(.*)$/s.exec(pair);
+    const plain = /^([^=]+)=(.*)$/s.exec(pair);
+    if (typed) {
+      try {
+        parameters[typed[1]!] = JSON.parse(typed[2]!);
+      } catch {
+        throw new PledgerError('BAD_REQUEST', `--parameters ${pair}: the value after := is not JSON`);
+      }
+    } else if (plain) {
+      parameters[plain[1]!] = plain[2]!;
+    } else {
+      throw new PledgerError('BAD_REQUEST', `--parameters ${pair}: expected KEY=VALUE or KEY:=JSON`);
+    }
+  }
+  return parameters;
+}
+
+async function readParametersFile(file: string): Promise<Parameters> {
+  let value: unknown;
+  try {
+    value = JSON.parse(await readFile(file, 'utf8'));
+  } catch (error) {
+    throw new PledgerError('BAD_REQUEST', `cannot read parameters from ${file}: ${(error as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new PledgerError('BAD_REQUEST', `${file} must hold a JSON object of parameters`);
+  }
+  return value as Parameters;
+}
+
+/** Polls until the node has reached the requested state, or fails or times out. */
+export async function waitUntilReady(client: MasterClient, title: string, timeoutSeconds: number, onChange?: (view: InstanceView) => void): Promise<InstanceView> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  let last = '';
+  for (;;) {
+    const view = await client.call<InstanceView>('GET', path(title));
+    const summary = `${view.status} ${view.message ?? ''}`;
+    if (summary !== last) onChange?.(view);
+    last = summary;
+    if (view.ready) return view;
+    if (view.status === 'error') throw new PledgerError('NODE_FAILURE', `instance "${title}" failed: ${view.message ?? 'no message'}`);
+    if (Date.now() > deadline) {
+      throw new PledgerError('TIMEOUT', `instance "${title}" is not ${view.state} after ${timeoutSeconds} s (status: ${view.status}${view.message ? `, ${view.message}` : ''})`, {
+        hint: 'is the node agent running? see `pledger info TITLE --history`',
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+export function describeInstance(view: InstanceView): string {
+  const lines: [string, unknown][] = [
+    ['title', view.title],
+    ['software', `${view.software.name}@${view.software.version} (${view.softwareType})`],
+    ['state', view.state],
+    ['status', view.ready ? `${view.status} (ready)` : view.status],
+  ];
+  if (view.message) lines.push(['message', view.message]);
+  lines.push(['node', view.node ? `${view.node} / ${view.partition}` : null], ['serial', view.serial], ['parameters', view.parameters]);
+  for (const [name, value] of Object.entries(view.connection)) lines.push([`connection.${name}`, value]);
+  return fields(lines);
+}
+
+export function registerInstanceCommands(program: Command): void {
+  program
+    .command('request')
+    .description('request an instance (idempotent: the same title names the same instance)')
+    .argument('<title>', 'the name of the instance, yours to choose')
+    .argument('<software>', 'NAME or NAME@VERSION of a software release')
+    .option('--type <type>', 'the software type')
+    .option('--parameters <pairs...>', 'parameters as KEY=VALUE (a string) or KEY:=JSON')
+    .option('--parameters-file <file>', 'parameters as a JSON object in a file')
+    .option('--state <state>', 'started, stopped or destroyed')
+    .option('--wait', 'wait until the node has reached the requested state')
+    .option('--timeout <seconds>', 'how long --wait waits', '300')
+    .action(async (title, software, options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      if (options.state && !['started', 'stopped', 'destroyed'].includes(options.state)) {
+        throw new PledgerError('BAD_REQUEST', `--state ${options.state}: expected started, stopped or destroyed`);
+      }
+      const body: InstanceRequest = { software };
+      if (options.type) body.softwareType = options.type;
+      if (options.state) body.state = options.state as RequestedState;
+      if (options.parameters || options.parametersFile) {
+        const base = options.parametersFile ? await readParametersFile(options.parametersFile) : {};
+        body.parameters = parseParameterPairs(options.parameters ?? [], base);
+      }
+      let view = await client.call<InstanceView>('PUT', path(title), body);
+      if (options.wait) view = await waitUntilReady(client, title, Number(options.timeout), progress(g));
+      print(g, view, describeInstance);
+    });
+
+  program
+    .command('list')
+    .description('list your instances')
+    .option('--all', 'include destroyed instances')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      const views = await client.call<InstanceView[]>('GET', `/api/v1/instances${options.all ? '?all=true' : ''}`);
+      print(g, views, (list) =>
+        list.length === 0
+          ? 'no instances'
+          : table(
+              ['TITLE', 'SOFTWARE', 'STATE', 'STATUS', 'NODE'],
+              list.map((v) => [v.title, `${v.software.name}@${v.software.version}`, v.state, v.ready ? `${v.status} (ready)` : v.status, v.node]),
+            ),
+      );
+    });
+
+  program
+    .command('info')
+    .description('show one of your instances')
+    .argument('<title>')
+    .option('--history', 'show every movement of the instance in the ledger')
+    .action(async (title, options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      if (options.history) {
+        const history = await client.call<MovementView[]>('GET', `${path(title)}/history`);
+        print(g, history, (list) => table(['AT', 'MOVEMENT', 'BY', 'DETAIL'], list.map((m) => [m.at, m.kind, m.actor, movementDetail(m)])));
+      } else {
+        print(g, await client.call<InstanceView>('GET', path(title)), describeInstance);
+      }
+    });
+
+  program
+    .command('destroy')
+    .description('destroy one of your instances: its processes stop and its partition is wiped')
+    .argument('<title>')
+    .option('--wait', 'wait until the node has destroyed it')
+    .option('--timeout <seconds>', 'how long --wait waits', '300')
+    .action(async (title, options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      let view = await client.call<InstanceView>('DELETE', path(title));
+      if (options.wait) view = await waitUntilReady(client, title, Number(options.timeout), progress(g));
+      print(g, view, describeInstance);
+    });
+}
+
+function progress(g: GlobalOptions): ((view: InstanceView) => void) | undefined {
+  if (g.json || !process.stderr.isTTY) return undefined;
+  return (view) => process.stderr.write(`${view.title}: ${view.status}${view.message ? ` (${view.message})` : ''}\n`);
+}
+
+function movementDetail(m: MovementView): string {
+  const d = m.data as Record<string, unknown>;
+  switch (m.kind) {
+    case 'instance.requested':
+      return `serial ${String(d.serial)}, ${String(d.state)}, ${JSON.stringify(d.parameters)}`;
+    case 'instance.allocated':
+      return `${String(d.node)} / ${String(d.partition)}`;
+    case 'instance.unallocated':
+    case 'instance.error':
+      return String(d.reason ?? d.message ?? '');
+    default:
+      return d.serial !== undefined ? `serial ${String(d.serial)}` : '';
+  }
+}

@@ -1,0 +1,132 @@
+/** What operators do: accounts, node registration, software releases and supplies. */
+import type { Command } from '@commander-js/extra-typings';
+import type { Account, AccountWithToken, NodeCredential, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
+import { MasterClient } from '../../protocol/client.js';
+import { packSoftware } from '../../protocol/software-archive.js';
+import { loadSoftware } from '../../protocol/software-release.js';
+import { fields, print, table } from '../output.js';
+import { userClient, writeClientConfig } from '../settings.js';
+import { globals } from './globals.js';
+
+export function registerOperatorCommands(program: Command): void {
+  program
+    .command('login')
+    .description('check a master URL and token, and keep them for the next commands')
+    .requiredOption('--master <url>', 'the master URL')
+    .requiredOption('--token <token>', 'your API token')
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const client = new MasterClient({ url: g.master!, token: g.token! });
+      const me = await client.call<Account>('GET', '/api/v1/whoami');
+      const file = await writeClientConfig({ master: client.url, token: g.token! });
+      print(g, { ...me, config: file }, (v) => `logged in to ${client.url} as ${v.name} (${v.role}); settings kept in ${file}`);
+    });
+
+  program
+    .command('whoami')
+    .description('show the account of the current token')
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const me = await (await userClient(g)).call<Account>('GET', '/api/v1/whoami');
+      print(g, me, (v) => `${v.name} (${v.role})`);
+    });
+
+  const account = program.command('account').description('manage accounts (operators)');
+  account
+    .command('create')
+    .description('create an account and print its API token (shown once)')
+    .argument('<name>')
+    .option('--admin', 'make it an operator')
+    .action(async (name, options, command) => {
+      const g = globals(command);
+      const created = await (await userClient(g)).call<AccountWithToken>('POST', '/api/v1/accounts', { name, role: options.admin ? 'admin' : 'user' });
+      print(g, created, (v) => fields([['account', v.name], ['role', v.role], ['token', v.token]]));
+    });
+  account
+    .command('list')
+    .description('list the accounts')
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const list = await (await userClient(g)).call<Account[]>('GET', '/api/v1/accounts');
+      print(g, list, (l) => table(['NAME', 'ROLE', 'CREATED'], l.map((a) => [a.name, a.role, a.createdAt])));
+    });
+
+  const software = program.command('software').description('software releases');
+  software
+    .command('list')
+    .description('list the published software releases')
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const list = await (await userClient(g)).call<SoftwareView[]>('GET', '/api/v1/software');
+      print(g, list, (l) =>
+        table(['NAME', 'VERSION', 'TYPES', 'DESCRIPTION'], l.map((s) => [s.name, s.version, Object.keys(s.softwareTypes).join(','), s.description])),
+      );
+    });
+  software
+    .command('show')
+    .description('show a software release and the parameters of each software type')
+    .argument('<software>', 'NAME or NAME@VERSION')
+    .action(async (ref, _options, command) => {
+      const g = globals(command);
+      const view = await (await userClient(g)).call<SoftwareView>('GET', `/api/v1/software/${encodeURIComponent(ref)}`);
+      print(g, view, (v) =>
+        [
+          fields([['name', v.name], ['version', v.version], ['hash', v.hash], ['description', v.description], ['published', v.publishedAt]]),
+          ...Object.entries(v.softwareTypes).map(([t, { parameters }]) => `\nsoftware type ${t}, parameters:\n${JSON.stringify(parameters, null, 2)}`),
+        ].join('\n'),
+      );
+    });
+  software
+    .command('publish')
+    .description('check a software release folder and publish it (operators)')
+    .argument('<dir>')
+    .action(async (dir, _options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      await loadSoftware(dir); // refuse locally, with the same message, before uploading
+      const archive = await packSoftware(dir);
+      const answer = await client.raw('POST', '/api/v1/software', { body: archive, headers: { 'content-type': 'application/gzip' } });
+      const published = JSON.parse(answer.body.toString('utf8')) as SoftwareView;
+      print(g, published, (v) => `${answer.status === 201 ? 'published' : 'already published'} ${v.name}@${v.version} (${v.hash})`);
+    });
+
+  program
+    .command('supply')
+    .description('ask a node to build a software release, or with --destroy to remove it (operators)')
+    .argument('<software>', 'NAME or NAME@VERSION')
+    .argument('<node>')
+    .option('--destroy', 'remove it from the node instead')
+    .action(async (ref, node, options, command) => {
+      const g = globals(command);
+      const supply = await (await userClient(g)).call<SupplyView>('POST', '/api/v1/supplies', { software: ref, node, state: options.destroy ? 'destroyed' : 'available' });
+      print(g, supply, (s) => `${s.software.name}@${s.software.version} on ${s.node}: ${s.state}`);
+    });
+}
+
+export function registerNodeAdminCommands(node: Command): void {
+  node
+    .command('register')
+    .description('register a node and print its credential (shown once; operators)')
+    .argument('<name>')
+    .action(async (name, _options, command) => {
+      const g = globals(command);
+      const credential = await (await userClient(g)).call<NodeCredential>('POST', '/api/v1/nodes', { name });
+      print(g, credential, (c) => fields([['node', c.name], ['credential', c.credential]]));
+    });
+  node
+    .command('list')
+    .description('list the nodes (operators)')
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const list = await (await userClient(g)).call<NodeView[]>('GET', '/api/v1/nodes');
+      print(g, list, (l) =>
+        l.length === 0
+          ? 'no nodes'
+          : table(
+              ['NAME', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
+              l.map((n) => [n.name, n.partitions, n.freePartitions, n.lastSeenAt, n.software.map((s) => `${s.name}@${s.version}:${s.status}`).join(' ')]),
+            ),
+      );
+    });
+}
+

@@ -1,0 +1,128 @@
+/**
+ * The master's HTTP application: the user API, the node API and their shared error
+ * handling. `buildApp` gives a fastify instance that tests drive with `inject()` and
+ * that `pledger master serve` listens with.
+ */
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions,
+  type RawReplyDefaultExpression,
+  type RawRequestDefaultExpression,
+  type RawServerDefault,
+} from 'fastify';
+import { API_PREFIX } from '../protocol/api.js';
+import { PledgerError } from '../protocol/errors.js';
+import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../protocol/software-archive.js';
+import { accountByToken, type AccountRow } from './accounts.js';
+import type { Database } from './db/database.js';
+import { isUniqueViolation } from './db/database.js';
+import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
+import { nodeRoutes } from './routes/node-api.js';
+import { userRoutes } from './routes/user-api.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The authenticated account, on the user API. */
+    account: AccountRow;
+    /** The authenticated node, on the node API. */
+    node: NodeRow;
+  }
+}
+
+export type App = FastifyInstance<
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  RawReplyDefaultExpression,
+  FastifyBaseLogger,
+  TypeBoxTypeProvider
+>;
+
+export interface AppOptions {
+  database: Database;
+  logger?: FastifyServerOptions['logger'];
+}
+
+export function buildApp({ database, logger = false }: AppOptions): App {
+  const app = Fastify({
+    logger,
+    bodyLimit: 1024 * 1024,
+    // Strict validation: an unknown field or a string for a number is a 400, never
+    // silently dropped or coerced.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.addContentTypeParser(
+    ['application/gzip', 'application/octet-stream'],
+    { parseAs: 'buffer', bodyLimit: MAX_SOFTWARE_ARCHIVE_BYTES },
+    (_request, body, done) => done(null, body),
+  );
+
+  app.setErrorHandler((error: FastifyError, request, reply) => sendError(reply, toPledgerError(error, request)));
+  app.setNotFoundHandler((request, reply) =>
+    sendError(reply, new PledgerError('NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)),
+  );
+
+  app.get('/health', async () => ({ ok: true }));
+
+  const { db } = database;
+  void app.register(
+    async (scope) => {
+      scope.addHook('onRequest', async (request) => {
+        const account = await accountByToken(db, bearer(request));
+        if (!account) throw new PledgerError('UNAUTHENTICATED', 'this API token is not valid');
+        request.account = account;
+      });
+      await userRoutes(scope, db);
+    },
+    { prefix: API_PREFIX },
+  );
+  void app.register(
+    async (scope) => {
+      scope.addHook('onRequest', async (request) => {
+        const node = await nodeByCredential(db, bearer(request));
+        if (!node) throw new PledgerError('UNAUTHENTICATED', 'this node credential is not valid', { hint: 'register the node again with `pledger node register`' });
+        request.node = node;
+        await touchNode(db, node.id);
+      });
+      await nodeRoutes(scope, db);
+    },
+    { prefix: `${API_PREFIX}/node` },
+  );
+  return app;
+}
+
+function bearer(request: FastifyRequest): string {
+  const header = request.headers.authorization;
+  const match = /^Bearer (\S+)$/.exec(header ?? '');
+  if (!match) throw new PledgerError('UNAUTHENTICATED', 'this request carries no credential (Authorization: Bearer ...)');
+  return match[1]!;
+}
+
+function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerError {
+  if (error instanceof PledgerError) return error;
+  if (error.validation) {
+    const problems = error.validation.map((v) => {
+      const where = v.instancePath ? `${error.validationContext ?? 'body'}${v.instancePath.replaceAll('/', '.')}` : (error.validationContext ?? 'body');
+      const extra = v.keyword === 'additionalProperties' ? ` (${(v.params as { additionalProperty: string }).additionalProperty})` : '';
+      return `${where} ${v.message ?? 'is invalid'}${extra}`;
+    });
+    return new PledgerError('BAD_REQUEST', `invalid request: ${[...new Set(problems)].join('; ')}`, { details: error.validation });
+  }
+  if (error.statusCode === 413) return new PledgerError('PAYLOAD_TOO_LARGE', 'the request body is too large');
+  if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
+    // fastify's own refusals: malformed JSON, unsupported content type...
+    return new PledgerError('BAD_REQUEST', `invalid request: ${error.message}`);
+  }
+  if (isUniqueViolation(error)) return new PledgerError('CONFLICT', 'a concurrent change got there first: try again', { hint: 'repeat the command' });
+  request.log.error({ err: error }, 'request failed');
+  return new PledgerError('INTERNAL', 'the master failed to handle this request');
+}
+
+function sendError(reply: FastifyReply, error: PledgerError): FastifyReply {
+  return reply.code(error.status).type('application/json').send(error.toBody());
+}

@@ -1,0 +1,48 @@
+/**
+ * Opens the master's database: SQLite (embedded, the default) or PostgreSQL, behind
+ * the same kysely interface. Everything that differs between the two engines is
+ * handled here or in the migrations, nowhere else.
+ *
+ * @example
+ *   const database = openDatabase('sqlite:/var/lib/pledger/master.db');
+ *   const database = openDatabase('postgres://pledger@127.0.0.1/pledger');
+ */
+import SqliteDatabase from 'better-sqlite3';
+import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import pg from 'pg';
+import type { Tables } from './tables.js';
+
+export type Engine = 'sqlite' | 'postgres';
+
+export interface Database {
+  db: Kysely<Tables>;
+  engine: Engine;
+  /** The URL without its password, for logs. */
+  displayUrl: string;
+  close(): Promise<void>;
+}
+
+export function openDatabase(url: string): Database {
+  if (/^postgres(ql)?:\/\//.test(url)) {
+    const pool = new pg.Pool({ connectionString: url, max: 10 });
+    const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
+    return { db, engine: 'postgres', displayUrl: url.replace(/:[^:@/]*@/, ':***@'), close: () => db.destroy() };
+  }
+  const file = url.replace(/^sqlite:/, '');
+  const sqlite = new SqliteDatabase(file);
+  // WAL lets readers go on while one process writes; FULL sync because the ledger
+  // holds money and usage that must survive a power cut; busy_timeout because
+  // several master processes may share the file.
+  sqlite.pragma('journal_mode = WAL');
+  sqlite.pragma('synchronous = FULL');
+  sqlite.pragma('foreign_keys = ON');
+  sqlite.pragma('busy_timeout = 5000');
+  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: sqlite }) });
+  return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
+}
+
+/** True when `error` is a unique-constraint violation, on either engine. */
+export function isUniqueViolation(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}

@@ -1,0 +1,15 @@
+/**
+ * The migrations, listed statically so that they run the same from the TypeScript
+ * sources and from the compiled output. Append new ones; never edit a released one.
+ * Each is given the engine, for the few column types that differ.
+ */
+import type { Migration, MigrationProvider } from 'kysely';
+import type { Engine } from '../database.js';
+import { ledger } from './0001-ledger.js';
+
+export function migrationProvider(engine: Engine): MigrationProvider {
+  const migrations: Record<string, Migration> = {
+    '0001-ledger': ledger(engine),
+  };
+  return { getMigrations: () => Promise.resolve(migrations) };
+}

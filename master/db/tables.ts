@@ -1,0 +1,115 @@
+/**
+ * The master's tables as kysely sees them.
+ *
+ * `movements` is the ledger: append-only, one row per thing that happened. Every other
+ * table but `software_archives` and `node_heartbeats` is a projection of the movements,
+ * updated in the same transaction as the movement that changes it (master/ledger).
+ * Timestamps are ISO-8601 text and JSON is text, so both engines store the same bytes.
+ */
+import type { Generated } from 'kysely';
+
+export interface MovementsTable {
+  /** Order of the ledger; rebuilding the projections replays it in this order. */
+  seq: Generated<number>;
+  /** Idempotency key: the same id is never recorded twice. */
+  id: string;
+  at: string;
+  actor: string;
+  kind: string;
+  /** What the movement is about (an instance id, a node id...), for history queries. */
+  subject: string;
+  data: string;
+}
+
+export interface AccountsTable {
+  id: string;
+  name: string;
+  role: 'admin' | 'user';
+  created_at: string;
+}
+
+export interface TokensTable {
+  /** sha256 of the token: the token itself is never stored. */
+  hash: string;
+  account_id: string;
+  created_at: string;
+}
+
+export interface NodesTable {
+  id: string;
+  name: string;
+  credential_hash: string;
+  registered_at: string;
+}
+
+/** When each node last called: operational telemetry, not part of the ledger. */
+export interface NodeHeartbeatsTable {
+  node_id: string;
+  last_seen_at: string;
+}
+
+export interface PartitionsTable {
+  id: string;
+  node_id: string;
+  reference: string;
+  ip: string;
+  port_first: number;
+  port_last: number;
+  instance_id: string | null;
+}
+
+export interface SoftwareTable {
+  id: string;
+  name: string;
+  version: string;
+  hash: string;
+  description: string;
+  definition: string;
+  parameter_schemas: string;
+  published_at: string;
+}
+
+/** The published archives, by content hash: content storage, not a projection. */
+export interface SoftwareArchivesTable {
+  hash: string;
+  archive: Uint8Array;
+}
+
+export interface SuppliesTable {
+  node_id: string;
+  software_id: string;
+  state: 'available' | 'destroyed';
+  /** What the node last reported: pending, built, error, removed. */
+  status: string;
+  message: string | null;
+}
+
+export interface InstancesTable {
+  id: string;
+  owner_id: string;
+  title: string;
+  software_id: string;
+  software_type: string;
+  parameters: string;
+  state: 'started' | 'stopped' | 'destroyed';
+  serial: number;
+  status: string;
+  message: string | null;
+  partition_id: string | null;
+  connection: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface Tables {
+  movements: MovementsTable;
+  accounts: AccountsTable;
+  tokens: TokensTable;
+  nodes: NodesTable;
+  node_heartbeats: NodeHeartbeatsTable;
+  partitions: PartitionsTable;
+  software: SoftwareTable;
+  software_archives: SoftwareArchivesTable;
+  supplies: SuppliesTable;
+  instances: InstancesTable;
+}

@@ -1,0 +1,180 @@
+/**
+ * The ordering flow: requesting, reading and destroying instances.
+ *
+ * An instance is named by its owner and title: requesting the same title again names
+ * the same instance, and a request that changes nothing records nothing. Each change
+ * the node must apply raises the instance's serial by one.
+ */
+import { randomUUID } from 'node:crypto';
+import { Ajv, type ValidateFunction } from 'ajv';
+import type { Kysely } from 'kysely';
+import type { InstanceRequest, InstanceView, MovementView, Parameters, RequestedState } from '../protocol/api.js';
+import { PledgerError } from '../protocol/errors.js';
+import type { SoftwareDefinition } from '../protocol/software-release.js';
+import type { AccountRow } from './accounts.js';
+import { allocate } from './allocation.js';
+import type { Tables } from './db/tables.js';
+import { record } from './ledger/movements.js';
+import { resolveSoftware, type SoftwareRow } from './software.js';
+
+export async function requestInstance(
+  db: Kysely<Tables>,
+  owner: AccountRow,
+  title: string,
+  request: InstanceRequest,
+): Promise<InstanceView> {
+  const actor = `account:${owner.name}`;
+  await db.transaction().execute(async (trx) => {
+    const existing = await trx
+      .selectFrom('instances')
+      .selectAll()
+      .where('owner_id', '=', owner.id)
+      .where('title', '=', title)
+      .executeTakeFirst();
+
+    const software = await chooseSoftware(trx, request.software, existing?.software_id);
+    const softwareType = request.softwareType ?? existing?.software_type ?? 'default';
+    const parameters = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}));
+    const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
+
+    if (!existing && state === 'destroyed') {
+      throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
+    }
+    const unchanged =
+      existing &&
+      existing.software_id === software.id &&
+      existing.software_type === softwareType &&
+      existing.state === state &&
+      existing.parameters === JSON.stringify(parameters);
+    if (unchanged) return;
+
+    const instanceId = existing?.id ?? randomUUID();
+    const serial = (existing?.serial ?? 0) + 1;
+    await record(
+      trx,
+      {
+        kind: 'instance.requested',
+        data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, state, serial },
+      },
+      { actor, subject: instanceId },
+    );
+    const partitioned = existing?.partition_id != null;
+    if (state === 'destroyed' && !partitioned) {
+      // Nothing runs anywhere: destroyed at once.
+      await record(
+        trx,
+        { kind: 'instance.destroyed', data: { instanceId, serial, partitionId: null, message: null } },
+        { actor: 'master', subject: instanceId },
+      );
+    } else if (state !== 'destroyed' && !partitioned) {
+      await allocate(trx, { id: instanceId, software_id: software.id, message: null }, 'master');
+    }
+  });
+  return getInstance(db, owner, title);
+}
+
+/**
+ * The release a request names. A bare name keeps the version an existing instance
+ * already runs: upgrading is asked for explicitly, with NAME@VERSION.
+ */
+async function chooseSoftware(db: Kysely<Tables>, ref: string, currentId: string | undefined): Promise<SoftwareRow> {
+  const [name, version] = ref.split('@');
+  if (currentId) {
+    const [currentName] = currentId.split('@');
+    if (currentName !== name) {
+      throw new PledgerError('CONFLICT', `this instance runs ${currentId}, not ${name}`, {
+        hint: 'destroy it first, or choose another title',
+      });
+    }
+    if (version === undefined) return resolveSoftware(db, currentId);
+  }
+  return resolveSoftware(db, ref);
+}
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const validators = new Map<string, ValidateFunction>();
+
+/** Checks parameters against the software type's schema, filling in its defaults. */
+function validateParameters(software: SoftwareRow, softwareType: string, parameters: Parameters): Parameters {
+  const definition = JSON.parse(software.definition) as SoftwareDefinition;
+  if (!Object.hasOwn(definition['software-types'], softwareType)) {
+    const known = Object.keys(definition['software-types']).join(', ');
+    throw new PledgerError('BAD_REQUEST', `${software.id} has no software type "${softwareType}" (it has: ${known})`);
+  }
+  const key = `${software.hash}:${softwareType}`;
+  let validate = validators.get(key);
+  if (!validate) {
+    const schemas = JSON.parse(software.parameter_schemas) as Record<string, object>;
+    validate = ajv.compile(schemas[softwareType] ?? {});
+    validators.set(key, validate);
+  }
+  const copy = structuredClone(parameters);
+  if (!validate(copy)) {
+    const problems = validate.errors!.map((e) => {
+      const where = e.instancePath ? e.instancePath.slice(1).replaceAll('/', '.') : 'parameters';
+      const extra = e.keyword === 'additionalProperties' ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : '';
+      return `${where} ${e.message ?? 'is invalid'}${extra}`;
+    });
+    throw new PledgerError('INVALID_PARAMETERS', `invalid parameters for ${software.id} ${softwareType}: ${problems.join('; ')}`, {
+      details: validate.errors,
+    });
+  }
+  return copy;
+}
+
+function instancesQuery(db: Kysely<Tables>) {
+  return db
+    .selectFrom('instances')
+    .innerJoin('software', 'software.id', 'instances.software_id')
+    .leftJoin('partitions', 'partitions.id', 'instances.partition_id')
+    .leftJoin('nodes', 'nodes.id', 'partitions.node_id')
+    .selectAll('instances')
+    .select(['software.name as software_name', 'software.version as software_version', 'software.hash as software_hash'])
+    .select(['partitions.reference as partition_reference', 'nodes.name as node_name']);
+}
+
+type InstanceRow = Awaited<ReturnType<ReturnType<typeof instancesQuery>['executeTakeFirstOrThrow']>>;
+
+function instanceView(row: InstanceRow): InstanceView {
+  return {
+    title: row.title,
+    software: { name: row.software_name, version: row.software_version, hash: row.software_hash },
+    softwareType: row.software_type,
+    parameters: JSON.parse(row.parameters) as Parameters,
+    state: row.state,
+    status: row.status as InstanceView['status'],
+    message: row.message,
+    ready: row.status === row.state,
+    serial: row.serial,
+    node: row.node_name,
+    partition: row.partition_reference,
+    connection: JSON.parse(row.connection) as Record<string, string>,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+export async function getInstance(db: Kysely<Tables>, owner: AccountRow, title: string): Promise<InstanceView> {
+  const row = await instancesQuery(db).where('instances.owner_id', '=', owner.id).where('instances.title', '=', title).executeTakeFirst();
+  // Another owner's instance of the same title is as absent as one that never was.
+  if (!row) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
+  return instanceView(row);
+}
+
+export async function listInstances(db: Kysely<Tables>, owner: AccountRow, includeDestroyed: boolean): Promise<InstanceView[]> {
+  let query = instancesQuery(db).where('instances.owner_id', '=', owner.id);
+  if (!includeDestroyed) query = query.where('instances.status', '!=', 'destroyed');
+  return (await query.orderBy('instances.title').execute()).map(instanceView);
+}
+
+export async function instanceHistory(db: Kysely<Tables>, owner: AccountRow, title: string): Promise<MovementView[]> {
+  const instance = await db
+    .selectFrom('instances')
+    .select('id')
+    .where('owner_id', '=', owner.id)
+    .where('title', '=', title)
+    .executeTakeFirst();
+  if (!instance) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
+  const rows = await db.selectFrom('movements').selectAll().where('subject', '=', instance.id).orderBy('seq').execute();
+  return rows.map((r) => ({ seq: Number(r.seq), at: r.at, kind: r.kind, actor: r.actor, data: JSON.parse(r.data) as unknown }));
+}

@@ -1,0 +1,278 @@
+/**
+ * The ledger's movements: what can happen, and how each one changes the projections.
+ *
+ * Every write of the master goes through `record`: it appends the movement and applies
+ * it to the projection tables in the same transaction. Because `apply` is the only code
+ * that writes projections, replaying the movements in order rebuilds them exactly
+ * (`rebuildProjections`).
+ */
+import { randomUUID } from 'node:crypto';
+import type { Kysely, Transaction } from 'kysely';
+import type { ConnectionParameters, Parameters, PartitionDefinition, RequestedState } from '../../protocol/api.js';
+import { PledgerError } from '../../protocol/errors.js';
+import type { Tables } from '../db/tables.js';
+
+type Db = Kysely<Tables> | Transaction<Tables>;
+
+export type ReportedStatus = 'deployed' | 'started' | 'stopped' | 'destroyed' | 'error';
+
+/** Every kind of movement and the data it carries. */
+export type Movement =
+  | { kind: 'account.created'; data: { accountId: string; name: string; role: 'admin' | 'user' } }
+  | { kind: 'token.issued'; data: { accountId: string; hash: string } }
+  | { kind: 'node.registered'; data: { nodeId: string; name: string; credentialHash: string } }
+  | { kind: 'node.formatted'; data: { nodeId: string; partitions: PartitionDefinition[] } }
+  | {
+      kind: 'software.published';
+      data: {
+        softwareId: string;
+        name: string;
+        version: string;
+        hash: string;
+        description: string;
+        definition: unknown;
+        parameterSchemas: Record<string, object>;
+      };
+    }
+  | { kind: 'supply.requested'; data: { nodeId: string; softwareId: string; state: 'available' | 'destroyed' } }
+  | { kind: 'supply.reported'; data: { nodeId: string; softwareId: string; status: 'built' | 'error' | 'removed'; message: string | null } }
+  | {
+      kind: 'instance.requested';
+      data: {
+        instanceId: string;
+        ownerId: string;
+        title: string;
+        softwareId: string;
+        softwareType: string;
+        parameters: Parameters;
+        state: RequestedState;
+        serial: number;
+      };
+    }
+  | { kind: 'instance.allocated'; data: { instanceId: string; partitionId: string; node: string; partition: string } }
+  | { kind: 'instance.unallocated'; data: { instanceId: string; reason: string } }
+  | {
+      kind: `instance.${ReportedStatus}`;
+      data: {
+        instanceId: string;
+        serial: number;
+        partitionId: string | null;
+        message: string | null;
+        connection?: ConnectionParameters;
+      };
+    };
+
+export type MovementKind = Movement['kind'];
+
+export interface MovementRecord {
+  /** Idempotency key; a random one when the movement has no natural key. */
+  id?: string;
+  /** Who: `account:<id>`, `node:<id>` or `master`. */
+  actor: string;
+  /** What it is about, for history queries: an instance, node, account or software id. */
+  subject: string;
+  at?: string;
+}
+
+/**
+ * Appends a movement and applies it. Returns false, changing nothing, when a movement
+ * with the same id was already recorded: that is how a re-sent report is counted once.
+ */
+export async function record(trx: Transaction<Tables>, movement: Movement, meta: MovementRecord): Promise<boolean> {
+  const at = meta.at ?? new Date().toISOString();
+  const inserted = await trx
+    .insertInto('movements')
+    .values({
+      id: meta.id ?? randomUUID(),
+      at,
+      actor: meta.actor,
+      kind: movement.kind,
+      subject: meta.subject,
+      data: JSON.stringify(movement.data),
+    })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .returning('seq')
+    .executeTakeFirst();
+  if (!inserted) return false;
+  await apply(trx, movement, at);
+  return true;
+}
+
+/** The projection of one movement. The only code that writes projection tables. */
+async function apply(db: Db, movement: Movement, at: string): Promise<void> {
+  switch (movement.kind) {
+    case 'account.created': {
+      const { accountId, name, role } = movement.data;
+      await db.insertInto('accounts').values({ id: accountId, name, role, created_at: at }).execute();
+      return;
+    }
+    case 'token.issued': {
+      const { accountId, hash } = movement.data;
+      await db.insertInto('tokens').values({ hash, account_id: accountId, created_at: at }).execute();
+      return;
+    }
+    case 'node.registered': {
+      const { nodeId, name, credentialHash } = movement.data;
+      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at }).execute();
+      return;
+    }
+    case 'node.formatted': {
+      const { nodeId, partitions } = movement.data;
+      for (const p of partitions) {
+        await db
+          .insertInto('partitions')
+          .values({
+            id: partitionId(nodeId, p.reference),
+            node_id: nodeId,
+            reference: p.reference,
+            ip: p.ip,
+            port_first: p.ports.first,
+            port_last: p.ports.last,
+            instance_id: null,
+          })
+          .onConflict((oc) =>
+            oc.column('id').doUpdateSet({ ip: p.ip, port_first: p.ports.first, port_last: p.ports.last }),
+          )
+          .execute();
+      }
+      return;
+    }
+    case 'software.published': {
+      const d = movement.data;
+      await db
+        .insertInto('software')
+        .values({
+          id: d.softwareId,
+          name: d.name,
+          version: d.version,
+          hash: d.hash,
+          description: d.description,
+          definition: JSON.stringify(d.definition),
+          parameter_schemas: JSON.stringify(d.parameterSchemas),
+          published_at: at,
+        })
+        .execute();
+      return;
+    }
+    case 'supply.requested': {
+      const { nodeId, softwareId, state } = movement.data;
+      await db
+        .insertInto('supplies')
+        .values({ node_id: nodeId, software_id: softwareId, state, status: 'pending', message: null })
+        .onConflict((oc) => oc.columns(['node_id', 'software_id']).doUpdateSet({ state, status: 'pending', message: null }))
+        .execute();
+      return;
+    }
+    case 'supply.reported': {
+      const { nodeId, softwareId, status, message } = movement.data;
+      await db
+        .updateTable('supplies')
+        .set({ status, message })
+        .where('node_id', '=', nodeId)
+        .where('software_id', '=', softwareId)
+        .execute();
+      return;
+    }
+    case 'instance.requested': {
+      const d = movement.data;
+      const existing = await db.selectFrom('instances').select(['partition_id']).where('id', '=', d.instanceId).executeTakeFirst();
+      const values = {
+        software_id: d.softwareId,
+        software_type: d.softwareType,
+        parameters: JSON.stringify(d.parameters),
+        state: d.state,
+        serial: d.serial,
+        status: existing?.partition_id ? 'allocated' : 'unallocated',
+        message: null,
+        updated_at: at,
+      };
+      if (existing) {
+        await db.updateTable('instances').set(values).where('id', '=', d.instanceId).execute();
+      } else {
+        await db
+          .insertInto('instances')
+          .values({ id: d.instanceId, owner_id: d.ownerId, title: d.title, partition_id: null, connection: '{}', created_at: at, ...values })
+          .execute();
+      }
+      return;
+    }
+    case 'instance.allocated': {
+      const { instanceId, partitionId } = movement.data;
+      // Conditional, so that two master processes can never take the same partition.
+      const taken = await db
+        .updateTable('partitions')
+        .set({ instance_id: instanceId })
+        .where('id', '=', partitionId)
+        .where('instance_id', 'is', null)
+        .executeTakeFirst();
+      if (Number(taken.numUpdatedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
+      await db
+        .updateTable('instances')
+        .set({ partition_id: partitionId, status: 'allocated', message: null, updated_at: at })
+        .where('id', '=', instanceId)
+        .execute();
+      return;
+    }
+    case 'instance.unallocated': {
+      const { instanceId, reason } = movement.data;
+      await db.updateTable('instances').set({ status: 'unallocated', message: reason, updated_at: at }).where('id', '=', instanceId).execute();
+      return;
+    }
+    case 'instance.deployed':
+    case 'instance.started':
+    case 'instance.stopped':
+    case 'instance.destroyed':
+    case 'instance.error': {
+      const { instanceId, serial, message, connection } = movement.data;
+      const status = movement.kind.slice('instance.'.length) as ReportedStatus;
+      const current = await db.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirstOrThrow();
+      if (status === 'destroyed' && current.state === 'destroyed') {
+        // The partition is free again: the node wiped it.
+        await db.updateTable('partitions').set({ instance_id: null }).where('instance_id', '=', instanceId).execute();
+        await db.updateTable('instances').set({ partition_id: null }).where('id', '=', instanceId).execute();
+      }
+      // A report about an older request is history, not the current status.
+      if (serial !== current.serial) return;
+      await db
+        .updateTable('instances')
+        .set({
+          status,
+          message: status === 'error' ? message : null,
+          ...(connection ? { connection: JSON.stringify(connection) } : {}),
+          updated_at: at,
+        })
+        .where('id', '=', instanceId)
+        .execute();
+      return;
+    }
+  }
+}
+
+export function partitionId(nodeId: string, reference: string): string {
+  return `${nodeId}:${reference}`;
+}
+
+const PROJECTIONS = ['instances', 'supplies', 'partitions', 'software', 'tokens', 'nodes', 'accounts'] as const;
+
+/**
+ * Empties the projections and replays every movement in order. The result equals the
+ * live projections: a test compares the two.
+ */
+export async function rebuildProjections(db: Kysely<Tables>): Promise<number> {
+  return db.transaction().execute(async (trx) => {
+    // Instances and partitions point at each other: break the cycle before deleting.
+    await trx.updateTable('instances').set({ partition_id: null }).execute();
+    for (const table of PROJECTIONS) await trx.deleteFrom(table).execute();
+    let replayed = 0;
+    let after = 0;
+    for (;;) {
+      const batch = await trx.selectFrom('movements').selectAll().where('seq', '>', after).orderBy('seq').limit(1000).execute();
+      if (batch.length === 0) return replayed;
+      for (const row of batch) {
+        await apply(trx, { kind: row.kind, data: JSON.parse(row.data) } as Movement, row.at);
+        after = Number(row.seq);
+        replayed++;
+      }
+    }
+  });
+}

@@ -1,0 +1,203 @@
+/**
+ * Nodes and what they tell the master: registration, partitions, the desired-state
+ * snapshot they pull, and the events they report.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { DesiredState, EventsReceipt, NodeCredential, NodeEvent, NodeView, PartitionDefinition, Parameters } from '../protocol/api.js';
+import { PledgerError } from '../protocol/errors.js';
+import { allocatePending } from './allocation.js';
+import type { NodesTable, Tables } from './db/tables.js';
+import { partitionId, record } from './ledger/movements.js';
+import { hashSecret, newSecret } from './secrets.js';
+
+export type NodeRow = NodesTable;
+
+export async function registerNode(db: Kysely<Tables>, name: string, actor: string): Promise<NodeCredential> {
+  const credential = newSecret('plg_n');
+  await db.transaction().execute(async (trx) => {
+    const taken = await trx.selectFrom('nodes').select('id').where('name', '=', name).executeTakeFirst();
+    if (taken) throw new PledgerError('CONFLICT', `a node named "${name}" is already registered`);
+    const nodeId = randomUUID();
+    await record(trx, { kind: 'node.registered', data: { nodeId, name, credentialHash: hashSecret(credential) } }, { actor, subject: nodeId });
+  });
+  return { name, credential };
+}
+
+export async function nodeByCredential(db: Kysely<Tables>, credential: string): Promise<NodeRow | undefined> {
+  return db.selectFrom('nodes').selectAll().where('credential_hash', '=', hashSecret(credential)).executeTakeFirst();
+}
+
+/** Notes that a node called; written at most once a minute per node. */
+export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<void> {
+  const now = new Date();
+  const staleBefore = new Date(now.getTime() - 60_000).toISOString();
+  await db
+    .insertInto('node_heartbeats')
+    .values({ node_id: nodeId, last_seen_at: now.toISOString() })
+    .onConflict((oc) =>
+      oc
+        .column('node_id')
+        .doUpdateSet({ last_seen_at: now.toISOString() })
+        .where('node_heartbeats.last_seen_at', '<', staleBefore),
+    )
+    .execute();
+}
+
+export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
+  const nodes = await db
+    .selectFrom('nodes')
+    .leftJoin('node_heartbeats', 'node_heartbeats.node_id', 'nodes.id')
+    .select(['nodes.id', 'nodes.name', 'nodes.registered_at', 'node_heartbeats.last_seen_at'])
+    .orderBy('nodes.name')
+    .execute();
+  const partitions = await db.selectFrom('partitions').select(['node_id', 'instance_id']).execute();
+  const supplies = await db
+    .selectFrom('supplies')
+    .innerJoin('software', 'software.id', 'supplies.software_id')
+    .select(['supplies.node_id', 'software.name', 'software.version', 'software.hash', 'supplies.state', 'supplies.status'])
+    .orderBy('software.name')
+    .execute();
+  return nodes.map((n) => {
+    const own = partitions.filter((p) => p.node_id === n.id);
+    return {
+      name: n.name,
+      registeredAt: n.registered_at,
+      lastSeenAt: n.last_seen_at,
+      partitions: own.length,
+      freePartitions: own.filter((p) => p.instance_id === null).length,
+      software: supplies
+        .filter((s) => s.node_id === n.id)
+        .map((s) => ({ name: s.name, version: s.version, hash: s.hash, state: s.state, status: s.status })),
+    };
+  });
+}
+
+/**
+ * Records the partitions a node laid out. Formatting again with the same layout changes
+ * nothing; new partitions are added; a partition in use cannot change its address.
+ */
+export async function formatPartitions(db: Kysely<Tables>, node: NodeRow, partitions: PartitionDefinition[]): Promise<void> {
+  const references = new Set(partitions.map((p) => p.reference));
+  if (references.size !== partitions.length) throw new PledgerError('BAD_REQUEST', 'a partition reference is listed twice');
+  for (const p of partitions) {
+    if (p.ports.first > p.ports.last) throw new PledgerError('BAD_REQUEST', `partition ${p.reference}: its first port is after its last`);
+  }
+  const changed = await db.transaction().execute(async (trx) => {
+    const current = await trx.selectFrom('partitions').selectAll().where('node_id', '=', node.id).execute();
+    const byReference = new Map(current.map((p) => [p.reference, p]));
+    const updates = partitions.filter((p) => {
+      const known = byReference.get(p.reference);
+      if (!known) return true;
+      const same = known.ip === p.ip && known.port_first === p.ports.first && known.port_last === p.ports.last;
+      if (!same && known.instance_id !== null) {
+        throw new PledgerError('CONFLICT', `partition ${p.reference} hosts an instance: its address and ports cannot change`);
+      }
+      return !same;
+    });
+    if (updates.length === 0) return false;
+    await record(trx, { kind: 'node.formatted', data: { nodeId: node.id, partitions: updates } }, { actor: `node:${node.name}`, subject: node.id });
+    return true;
+  });
+  if (changed) await allocatePending(db);
+}
+
+/** The one snapshot a node pulls, and its ETag. */
+export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{ state: DesiredState; etag: string }> {
+  const software = await db
+    .selectFrom('supplies')
+    .innerJoin('software', 'software.id', 'supplies.software_id')
+    .select(['software.name', 'software.version', 'software.hash', 'supplies.state'])
+    .where('supplies.node_id', '=', node.id)
+    .orderBy('software.id')
+    .execute();
+  const rows = await db
+    .selectFrom('partitions')
+    .leftJoin('instances', 'instances.id', 'partitions.instance_id')
+    .leftJoin('software', 'software.id', 'instances.software_id')
+    .select(['partitions.reference', 'partitions.ip', 'partitions.port_first', 'partitions.port_last'])
+    .select(['instances.id', 'instances.title', 'instances.software_type', 'instances.parameters', 'instances.state', 'instances.serial'])
+    .select(['software.name', 'software.version', 'software.hash'])
+    .where('partitions.node_id', '=', node.id)
+    .orderBy('partitions.reference')
+    .execute();
+  const state: DesiredState = {
+    node: node.name,
+    software,
+    partitions: rows.map((r) => ({
+      reference: r.reference,
+      ip: r.ip,
+      ports: { first: r.port_first, last: r.port_last },
+      instance:
+        r.id === null
+          ? null
+          : {
+              id: r.id,
+              title: r.title!,
+              software: { name: r.name!, version: r.version!, hash: r.hash! },
+              softwareType: r.software_type!,
+              parameters: JSON.parse(r.parameters!) as Parameters,
+              state: r.state!,
+              serial: r.serial!,
+            },
+    })),
+  };
+  const etag = `"${createHash('sha256').update(JSON.stringify(state)).digest('base64url')}"`;
+  return { state, etag };
+}
+
+/**
+ * Applies a batch of node events, each once: an event already applied is listed as a
+ * duplicate and changes nothing. The batch is checked whole before anything is
+ * written, so a bad event refuses the batch and changes nothing.
+ */
+export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
+  const receipt: EventsReceipt = { applied: [], duplicates: [] };
+  let freed = false;
+  await db.transaction().execute(async (trx) => {
+    const checked = [];
+    for (const event of events) {
+      if (event.type.startsWith('instance.')) {
+        const e = event as Extract<NodeEvent, { partition: string }>;
+        const pid = partitionId(node.id, e.partition);
+        const partition = await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', '=', pid).executeTakeFirst();
+        if (!partition) throw new PledgerError('FORBIDDEN', `partition ${e.partition} is not a partition of node ${node.name}`);
+        const instance = await trx.selectFrom('instances').select(['id', 'serial']).where('id', '=', e.instance).executeTakeFirst();
+        if (!instance || partition.instance_id !== instance.id) {
+          throw new PledgerError('FORBIDDEN', `instance ${e.instance} is not allocated to partition ${e.partition} of node ${node.name}`);
+        }
+        if (e.serial > instance.serial) throw new PledgerError('BAD_REQUEST', `instance ${e.instance} has no serial ${e.serial} yet`);
+        checked.push({ event, subject: instance.id, partitionId: pid });
+      } else {
+        const e = event as Extract<NodeEvent, { software: string }>;
+        const supply = await trx
+          .selectFrom('supplies')
+          .innerJoin('software', 'software.id', 'supplies.software_id')
+          .select('software.id')
+          .where('supplies.node_id', '=', node.id)
+          .where('software.hash', '=', e.software)
+          .executeTakeFirst();
+        if (!supply) throw new PledgerError('FORBIDDEN', `software ${e.software} is not supplied to node ${node.name}`);
+        checked.push({ event, subject: supply.id, partitionId: null });
+      }
+    }
+    for (const { event, subject, partitionId: pid } of checked) {
+      const meta = { id: `node:${node.id}:${event.id}`, actor: `node:${node.name}`, subject };
+      let applied: boolean;
+      if ('partition' in event) {
+        const data = { instanceId: subject, serial: event.serial, partitionId: pid, message: event.message ?? null, connection: event.connection };
+        applied = await record(trx, { kind: event.type, data }, meta);
+        if (applied && event.type === 'instance.destroyed') freed = true;
+      } else {
+        const status = event.type === 'software.built' ? 'built' : event.type === 'software.error' ? 'error' : 'removed';
+        applied = await record(trx, { kind: 'supply.reported', data: { nodeId: node.id, softwareId: subject, status, message: event.message ?? null } }, {
+          ...meta,
+          subject: node.id,
+        });
+      }
+      (applied ? receipt.applied : receipt.duplicates).push(event.id);
+    }
+  });
+  if (freed) await allocatePending(db);
+  return receipt;
+}

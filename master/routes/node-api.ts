@@ -1,0 +1,38 @@
+/**
+ * The node API: what a node agent calls with its own credential. A node sees and
+ * reports only its own partitions.
+ */
+import type { Kysely } from 'kysely';
+import { Type } from 'typebox';
+import { DesiredState, EventsReceipt, EventsReport, PartitionsReport, Sha256 } from '../../protocol/api.js';
+import type { App } from '../app.js';
+import type { Tables } from '../db/tables.js';
+import { applyEvents, desiredState, formatPartitions } from '../nodes.js';
+import { archiveForNode } from '../software.js';
+
+export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
+  app.get('/desired-state', { schema: { response: { 200: DesiredState, 304: Type.Null() } } }, async (request, reply) => {
+    const { state, etag } = await desiredState(db, request.node);
+    reply.header('etag', etag).header('cache-control', 'no-cache');
+    if (request.headers['if-none-match'] === etag) return reply.code(304).send(null);
+    return state;
+  });
+
+  app.put(
+    '/partitions',
+    { schema: { body: PartitionsReport, response: { 200: Type.Object({ partitions: Type.Integer() }) } } },
+    async (request) => {
+      await formatPartitions(db, request.node, request.body.partitions);
+      return { partitions: request.body.partitions.length };
+    },
+  );
+
+  app.post('/events', { schema: { body: EventsReport, response: { 200: EventsReceipt } } }, async (request) =>
+    applyEvents(db, request.node, request.body.events),
+  );
+
+  app.get('/software/:hash', { schema: { params: Type.Object({ hash: Sha256 }) } }, async (request, reply) => {
+    const archive = await archiveForNode(db, request.node.id, request.params.hash);
+    return reply.type('application/gzip').send(archive);
+  });
+}

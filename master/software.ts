@@ -1,0 +1,144 @@
+/**
+ * The software releases the master knows, and their supply to nodes.
+ *
+ * A release is published once per name and version: publishing the same content again
+ * changes nothing, publishing other content under the same version is refused (a
+ * version names one content forever). The archive is kept in the database so that any
+ * master process can serve it to any node.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Kysely } from 'kysely';
+import type { SoftwareView, SupplyRequest, SupplyView } from '../protocol/api.js';
+import { PledgerError } from '../protocol/errors.js';
+import { packSoftware, unpackSoftware } from '../protocol/software-archive.js';
+import { loadSoftware, SOFTWARE_FILE, type SoftwareDefinition } from '../protocol/software-release.js';
+import type { SoftwareTable, Tables } from './db/tables.js';
+import { record } from './ledger/movements.js';
+import { allocatePending } from './allocation.js';
+
+export type SoftwareRow = SoftwareTable;
+
+export async function publishSoftware(
+  db: Kysely<Tables>,
+  archive: Buffer,
+  actor: string,
+): Promise<{ software: SoftwareView; created: boolean }> {
+  const scratch = await mkdtemp(path.join(tmpdir(), 'pledger-publish-'));
+  let loaded;
+  try {
+    await unpackSoftware(archive, scratch);
+    loaded = await loadSoftware(scratch);
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+  const { definition, hash, parameterSchemas } = loaded;
+  const softwareId = `${definition.name}@${definition.version}`;
+  const created = await db.transaction().execute(async (trx) => {
+    const existing = await trx.selectFrom('software').select('hash').where('id', '=', softwareId).executeTakeFirst();
+    if (existing && existing.hash !== hash) {
+      throw new PledgerError('CONFLICT', `${softwareId} is already published with other content`, {
+        hint: 'a version names one content forever: publish the change under a new version',
+      });
+    }
+    if (existing) return false;
+    await trx.insertInto('software_archives').values({ hash, archive }).onConflict((oc) => oc.column('hash').doNothing()).execute();
+    return record(
+      trx,
+      {
+        kind: 'software.published',
+        data: { softwareId, name: definition.name, version: definition.version, hash, description: definition.description ?? '', definition, parameterSchemas },
+      },
+      // Keyed by release, so that master processes starting together publish it once.
+      { id: `software.published:${softwareId}`, actor, subject: softwareId },
+    );
+  });
+  return { software: softwareView(await resolveSoftware(db, softwareId)), created };
+}
+
+/**
+ * Publishes every release folder found under `dir` (the bundled software-releases/).
+ * A folder that fails is reported and skipped, so that one bad release does not keep
+ * the master from starting.
+ */
+export async function publishBundled(
+  db: Kysely<Tables>,
+  dir: string,
+): Promise<{ name: string; status: 'published' | 'unchanged' | 'failed'; message?: string }[]> {
+  const results = [];
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const entry of entries.filter((e) => e.isDirectory()).sort((a, b) => a.name.localeCompare(b.name))) {
+    const folder = path.join(dir, entry.name);
+    if (!(await readdir(folder)).includes(SOFTWARE_FILE)) continue;
+    try {
+      const { created } = await publishSoftware(db, await packSoftware(folder), 'master');
+      results.push({ name: entry.name, status: created ? ('published' as const) : ('unchanged' as const) });
+    } catch (error) {
+      results.push({ name: entry.name, status: 'failed' as const, message: (error as Error).message });
+    }
+  }
+  return results;
+}
+
+/** `NAME@VERSION`, or `NAME` for the version published last. */
+export async function resolveSoftware(db: Kysely<Tables>, ref: string): Promise<SoftwareRow> {
+  const [name, version] = ref.split('@') as [string, string | undefined];
+  let query = db.selectFrom('software').selectAll().where('name', '=', name);
+  if (version !== undefined) query = query.where('version', '=', version);
+  const row = await query.orderBy('published_at', 'desc').orderBy('id', 'desc').executeTakeFirst();
+  if (!row) throw new PledgerError('SOFTWARE_NOT_FOUND', `no software release ${ref} is published`);
+  return row;
+}
+
+export function softwareView(row: SoftwareRow): SoftwareView {
+  const schemas = JSON.parse(row.parameter_schemas) as Record<string, object>;
+  const definition = JSON.parse(row.definition) as SoftwareDefinition;
+  return {
+    name: row.name,
+    version: row.version,
+    hash: row.hash,
+    description: row.description,
+    publishedAt: row.published_at,
+    softwareTypes: Object.fromEntries(Object.keys(definition['software-types']).map((t) => [t, { parameters: schemas[t] ?? {} }])),
+  };
+}
+
+export async function listSoftware(db: Kysely<Tables>): Promise<SoftwareView[]> {
+  const rows = await db.selectFrom('software').selectAll().orderBy('name').orderBy('published_at').execute();
+  return rows.map(softwareView);
+}
+
+/** The archive of a release, for a node it is supplied to. */
+export async function archiveForNode(db: Kysely<Tables>, nodeId: string, hash: string): Promise<Buffer> {
+  const row = await db
+    .selectFrom('software_archives')
+    .innerJoin('software', 'software.hash', 'software_archives.hash')
+    .innerJoin('supplies', 'supplies.software_id', 'software.id')
+    .select('software_archives.archive')
+    .where('software_archives.hash', '=', hash)
+    .where('supplies.node_id', '=', nodeId)
+    .executeTakeFirst();
+  if (!row) throw new PledgerError('SOFTWARE_NOT_FOUND', `no software release with hash ${hash} is supplied to this node`);
+  return Buffer.from(row.archive);
+}
+
+/** Asks a node to build (available) or remove (destroyed) a release. */
+export async function supply(db: Kysely<Tables>, request: SupplyRequest, actor: string): Promise<SupplyView> {
+  const software = await resolveSoftware(db, request.software);
+  const node = await db.selectFrom('nodes').select(['id', 'name']).where('name', '=', request.node).executeTakeFirst();
+  if (!node) throw new PledgerError('NODE_NOT_FOUND', `no node named "${request.node}"`);
+  const state = request.state ?? 'available';
+  await db.transaction().execute(async (trx) => {
+    const current = await trx
+      .selectFrom('supplies')
+      .select('state')
+      .where('node_id', '=', node.id)
+      .where('software_id', '=', software.id)
+      .executeTakeFirst();
+    if (current?.state === state) return;
+    await record(trx, { kind: 'supply.requested', data: { nodeId: node.id, softwareId: software.id, state } }, { actor, subject: node.id });
+  });
+  if (state === 'available') await allocatePending(db);
+  return { software: { name: software.name, version: software.version, hash: software.hash }, node: node.name, state };
+}

@@ -1,0 +1,262 @@
+/**
+ * The master's API over a real database, on every engine of testEngines(): ordering,
+ * allocation, node reports, isolation between tenants and nodes, and the rule that a
+ * refused request changes nothing in the ledger.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initMaster } from '../master/server.js';
+import { buildApp, type App } from '../master/app.js';
+import { openDatabase, type Database } from '../master/db/database.js';
+import { migrate } from '../master/db/migrate.js';
+import { rebuildProjections } from '../master/ledger/movements.js';
+import { packSoftware } from '../protocol/software-archive.js';
+import type { DesiredState, EventsReceipt, InstanceView, NodeEvent } from '../protocol/api.js';
+import { freshDatabase, testEngines, type TestDatabase } from './helpers/databases.js';
+import { greeterRelease, writeTree } from './helpers/tree.js';
+
+describe.each(testEngines())('master API on %s', (engine) => {
+  let testDb: TestDatabase;
+  let database: Database;
+  let app: App;
+  let admin: string;
+  let alice: string;
+  let bob: string;
+  let nodeA: string;
+  let nodeB: string;
+
+  const call = async (token: string | null, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown, headers: Record<string, string> = {}) => {
+    const response = await app.inject({
+      method,
+      url,
+      payload: payload as string | object | Buffer | undefined,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...headers },
+    });
+    return { status: response.statusCode, body: response.body ? (JSON.parse(response.body) as Record<string, any>) : {}, headers: response.headers };
+  };
+  const movements = async () => Number((await database.db.selectFrom('movements').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+  const expectUnchanged = async (action: () => Promise<unknown>) => {
+    const before = await movements();
+    await action();
+    expect(await movements()).toBe(before);
+  };
+  const event = (fields: Partial<NodeEvent> & Pick<NodeEvent, 'type'>): NodeEvent =>
+    ({ id: `ev${Math.random().toString(36).slice(2, 12)}`, at: new Date().toISOString(), ...fields }) as NodeEvent;
+
+  beforeAll(async () => {
+    testDb = await freshDatabase(engine);
+    ({ token: admin } = await initMaster(testDb.url, 'admin'));
+    database = openDatabase(testDb.url);
+    await migrate(database);
+    app = buildApp({ database });
+    alice = (await call(admin, 'POST', '/api/v1/accounts', { name: 'alice' })).body.token;
+    bob = (await call(admin, 'POST', '/api/v1/accounts', { name: 'bob' })).body.token;
+    const archive = await packSoftware(writeTree(greeterRelease()));
+    expect((await call(admin, 'POST', '/api/v1/software', archive, { 'content-type': 'application/gzip' })).status).toBe(201);
+    nodeA = (await call(admin, 'POST', '/api/v1/nodes', { name: 'node-a' })).body.credential;
+    nodeB = (await call(admin, 'POST', '/api/v1/nodes', { name: 'node-b' })).body.credential;
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.close();
+    await testDb?.drop();
+  });
+
+  it('refuses to initialize a database twice', async () => {
+    await expect(initMaster(testDb.url, 'admin')).rejects.toThrow(/already initialized/);
+  });
+
+  it('stores tokens hashed, never as given', async () => {
+    const rows = await database.db.selectFrom('tokens').select('hash').execute();
+    expect(rows.length).toBe(3);
+    for (const token of [admin, alice, bob]) expect(rows.map((r) => r.hash)).not.toContain(token);
+    const movementText = (await database.db.selectFrom('movements').select('data').execute()).map((r) => r.data).join('\n');
+    expect(movementText).not.toContain(alice);
+  });
+
+  it('refuses a missing or unknown token with 401 and an operator-only call with 403', async () => {
+    expect((await call(null, 'GET', '/api/v1/whoami')).body.error.code).toBe('UNAUTHENTICATED');
+    expect((await call('plg_u_forged', 'GET', '/api/v1/whoami')).status).toBe(401);
+    await expectUnchanged(async () => {
+      const refused = await call(alice, 'POST', '/api/v1/accounts', { name: 'mallory' });
+      expect(refused.status).toBe(403);
+      expect(refused.body.error.message).toMatch(/operator/);
+    });
+    expect((await call(alice, 'GET', '/api/v1/whoami')).body).toMatchObject({ name: 'alice', role: 'user' });
+  });
+
+  it('publishes a release once per content and refuses other content under the same version', async () => {
+    await expectUnchanged(async () => {
+      const again = await call(admin, 'POST', '/api/v1/software', await packSoftware(writeTree(greeterRelease())), { 'content-type': 'application/gzip' });
+      expect(again.status).toBe(200);
+      const changed = await call(admin, 'POST', '/api/v1/software', await packSoftware(writeTree(greeterRelease('1.0.0', { 'README.md': 'x' }))), {
+        'content-type': 'application/gzip',
+      });
+      expect(changed.status).toBe(409);
+      expect(changed.body.error.message).toMatch(/already published with other content/);
+    });
+  });
+
+  it('refuses an invalid release with every problem and its place', async () => {
+    const broken = greeterRelease('2.0.0');
+    broken['software.yaml'] += '    services:\n      web: []\n';
+    delete broken['greeting.njk'];
+    await expectUnchanged(async () => {
+      const refused = await call(admin, 'POST', '/api/v1/software', await packSoftware(writeTree(broken)), { 'content-type': 'application/gzip' });
+      expect(refused.status).toBe(422);
+      expect(refused.body.error.message).toMatch(/software-types\.default\.services\.web/);
+    });
+  });
+
+  it('refuses an unknown release, parameters that break the schema and malformed bodies, recording nothing', async () => {
+    await expectUnchanged(async () => {
+      const unknown = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'nosuch' });
+      expect(unknown.status).toBe(404);
+      expect(unknown.body.error).toMatchObject({ code: 'SOFTWARE_NOT_FOUND', message: 'no software release nosuch is published' });
+
+      const tooLong = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', parameters: { greeting: 'x'.repeat(30) } });
+      expect(tooLong.status).toBe(422);
+      expect(tooLong.body.error.message).toMatch(/greeting must NOT have more than 20 characters/);
+      const extra = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', parameters: { colour: 'red' } });
+      expect(extra.body.error.message).toMatch(/must NOT have additional properties \(colour\)/);
+
+      const malformed = await call(alice, 'PUT', '/api/v1/instances/web', '{"software": ', { 'content-type': 'application/json' });
+      expect(malformed.status).toBe(400);
+      expect(malformed.body.error.code).toBe('BAD_REQUEST');
+      const unknownField = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', colour: 'red' });
+      expect(unknownField.status).toBe(400);
+      expect(unknownField.body.error.message).toMatch(/colour/);
+      const badState = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', state: 'running' });
+      expect(badState.status).toBe(400);
+    });
+    expect((await call(alice, 'GET', '/api/v1/instances')).body).toEqual([]);
+  });
+
+  it('keeps an instance unallocated, with the reason, until a node has its release and a free partition', async () => {
+    const requested = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', parameters: { greeting: 'hi' } });
+    expect(requested.status).toBe(200);
+    expect(requested.body).toMatchObject({ status: 'unallocated', message: 'no node has greeter@1.0.0 supplied', serial: 1, ready: false });
+    expect(requested.body.parameters).toEqual({ greeting: 'hi' });
+
+    await call(admin, 'POST', '/api/v1/supplies', { software: 'greeter', node: 'node-a' });
+    const partitions = [0, 1].map((i) => ({ reference: `part${i}`, ip: `127.42.0.${i + 1}`, ports: { first: 30000 + i * 10, last: 30009 + i * 10 } }));
+    expect((await call(nodeA, 'PUT', '/api/v1/node/partitions', { partitions })).status).toBe(200);
+    const allocated = (await call(alice, 'GET', '/api/v1/instances/web')).body;
+    expect(allocated).toMatchObject({ status: 'allocated', node: 'node-a', partition: 'part0', message: null });
+  });
+
+  it('treats the same request as the same instance, and a change as a new serial', async () => {
+    await expectUnchanged(async () => {
+      const same = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', parameters: { greeting: 'hi' } });
+      expect(same.body.serial).toBe(1);
+      const keepsParameters = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter' });
+      expect(keepsParameters.body.parameters).toEqual({ greeting: 'hi' });
+    });
+    const changed = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', parameters: { greeting: 'hey' } });
+    expect(changed.body).toMatchObject({ serial: 2, partition: 'part0', parameters: { greeting: 'hey' } });
+  });
+
+  it('fills in parameter defaults from the schema', async () => {
+    const view = (await call(bob, 'PUT', '/api/v1/instances/default-greeting', { software: 'greeter' })).body;
+    expect(view.parameters).toEqual({ greeting: 'hello' });
+  });
+
+  it('shows each account its own instances only', async () => {
+    expect((await call(bob, 'GET', '/api/v1/instances/web')).status).toBe(404);
+    expect((await call(bob, 'GET', '/api/v1/instances/web/history')).status).toBe(404);
+    await expectUnchanged(async () => {
+      expect((await call(bob, 'DELETE', '/api/v1/instances/web')).status).toBe(404);
+    });
+    expect((await call(bob, 'GET', '/api/v1/instances')).body.map((i: InstanceView) => i.title)).toEqual(['default-greeting']);
+    expect((await call(alice, 'GET', '/api/v1/instances/web')).body.state).toBe('started');
+  });
+
+  it('gives a node one snapshot of its desired state, with an ETag', async () => {
+    const first = await call(nodeA, 'GET', '/api/v1/node/desired-state');
+    const state = first.body as DesiredState;
+    expect(state.node).toBe('node-a');
+    expect(state.software).toEqual([expect.objectContaining({ name: 'greeter', state: 'available' })]);
+    expect(state.partitions[0]!.instance).toMatchObject({ title: 'web', serial: 2, parameters: { greeting: 'hey' }, state: 'started' });
+    const again = await call(nodeA, 'GET', '/api/v1/node/desired-state', undefined, { 'if-none-match': String(first.headers.etag) });
+    expect(again.status).toBe(304);
+    const other = (await call(nodeB, 'GET', '/api/v1/node/desired-state')).body as DesiredState;
+    expect(other.partitions).toEqual([]);
+    expect((await call(alice, 'GET', '/api/v1/node/desired-state')).status).toBe(401);
+  });
+
+  it('applies each node event once and publishes connection parameters', async () => {
+    const state = (await call(nodeA, 'GET', '/api/v1/node/desired-state')).body as DesiredState;
+    const instance = state.partitions[0]!.instance!;
+    const started = event({ type: 'instance.started', partition: 'part0', instance: instance.id, serial: 2, connection: { url: 'http://127.42.0.1:30000/' } });
+    const first = (await call(nodeA, 'POST', '/api/v1/node/events', { events: [started] })).body as EventsReceipt;
+    expect(first).toEqual({ applied: [started.id], duplicates: [] });
+    await expectUnchanged(async () => {
+      const again = (await call(nodeA, 'POST', '/api/v1/node/events', { events: [started] })).body as EventsReceipt;
+      expect(again).toEqual({ applied: [], duplicates: [started.id] });
+    });
+    const view = (await call(alice, 'GET', '/api/v1/instances/web')).body;
+    expect(view).toMatchObject({ status: 'started', ready: true, connection: { url: 'http://127.42.0.1:30000/' } });
+  });
+
+  it('refuses a node reporting on a partition of another node, changing nothing', async () => {
+    const state = (await call(nodeA, 'GET', '/api/v1/node/desired-state')).body as DesiredState;
+    const instance = state.partitions[0]!.instance!;
+    await expectUnchanged(async () => {
+      const forged = event({ type: 'instance.error', partition: 'part0', instance: instance.id, serial: 2, message: 'forged' });
+      const refused = await call(nodeB, 'POST', '/api/v1/node/events', { events: [forged] });
+      expect(refused.status).toBe(403);
+      expect(refused.body.error.message).toMatch(/not a partition of node node-b/);
+      // A batch with one bad event is refused whole.
+      const good = event({ type: 'instance.started', partition: 'part0', instance: instance.id, serial: 2 });
+      const mixed = await call(nodeA, 'POST', '/api/v1/node/events', { events: [good, { ...good, id: 'other-event-1', partition: 'part9' }] });
+      expect(mixed.status).toBe(403);
+      const malformed = await call(nodeA, 'POST', '/api/v1/node/events', { events: [{ ...good, serial: 'two' }] });
+      expect(malformed.status).toBe(400);
+    });
+    expect((await call(alice, 'GET', '/api/v1/instances/web')).body.status).toBe('started');
+  });
+
+  it('frees the partition once the node reports the instance destroyed', async () => {
+    const destroying = (await call(alice, 'DELETE', '/api/v1/instances/web')).body;
+    expect(destroying).toMatchObject({ state: 'destroyed', status: 'allocated', ready: false, serial: 3 });
+    const instance = ((await call(nodeA, 'GET', '/api/v1/node/desired-state')).body as DesiredState).partitions[0]!.instance!;
+    expect(instance.state).toBe('destroyed');
+    await call(nodeA, 'POST', '/api/v1/node/events', { events: [event({ type: 'instance.destroyed', partition: 'part0', instance: instance.id, serial: 3 })] });
+    const destroyed = (await call(alice, 'GET', '/api/v1/instances/web')).body;
+    expect(destroyed).toMatchObject({ status: 'destroyed', ready: true, partition: null, node: null });
+    expect((await call(alice, 'GET', '/api/v1/instances')).body).toEqual([]);
+    // bob's instance, waiting for a partition, now gets one.
+    expect((await call(bob, 'GET', '/api/v1/instances/default-greeting')).body.status).toBe('allocated');
+  });
+
+  it('lists every step of an instance in its history', async () => {
+    const history = (await call(alice, 'GET', '/api/v1/instances/web/history')).body as unknown as { kind: string; actor: string }[];
+    expect(history.map((m) => m.kind)).toEqual([
+      'instance.requested',
+      'instance.unallocated', // no node has the release
+      'instance.unallocated', // supplied, but no partition yet
+      'instance.allocated',
+      'instance.requested',
+      'instance.started',
+      'instance.requested',
+      'instance.destroyed',
+    ]);
+    expect(history[0]!.actor).toBe('account:alice');
+    expect(history[5]!.actor).toBe('node:node-a');
+    expect(history[2]!).toMatchObject({ data: { reason: 'no node that has greeter@1.0.0 supplied has a free partition' } });
+  });
+
+  it('rebuilds projections from the movements equal to the live ones', async () => {
+    const snapshot = async () =>
+      Object.fromEntries(
+        await Promise.all(
+          (['accounts', 'tokens', 'nodes', 'partitions', 'software', 'supplies', 'instances'] as const).map(async (table) => [
+            table,
+            await database.db.selectFrom(table).selectAll().orderBy(table === 'tokens' ? 'hash' : table === 'supplies' ? 'node_id' : 'id').execute(),
+          ]),
+        ),
+      );
+    const live = await snapshot();
+    await rebuildProjections(database.db);
+    expect(await snapshot()).toEqual(live);
+  });
+});
