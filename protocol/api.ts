@@ -5,7 +5,7 @@
  * request against and the TypeScript type that the clients use. The master and the
  * node agent share this module and nothing else.
  */
-import { Type, type Static } from 'typebox';
+import { Type, type Static, type TSchema } from 'typebox';
 
 export const API_PREFIX = '/api/v1';
 
@@ -19,6 +19,14 @@ export const Title = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\
 export const SoftwareName = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
 export const SoftwareVersion = Type.String({ pattern: '^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$' });
 /** `NAME` (the latest version published) or `NAME@VERSION`. */
+/**
+ * An object whose keys all match `key` and whose values all match `value`. TypeBox's
+ * Record alone lets a key that misses the pattern through, unchecked: not here.
+ */
+export function StrictRecord<K extends TSchema, V extends TSchema>(key: K, value: V, options: object = {}) {
+  return Type.Record(key, value, { ...options, additionalProperties: false, propertyNames: key });
+}
+
 export const SoftwareRef = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}(@[0-9A-Za-z][0-9A-Za-z.+_-]{0,63})?$' });
 export const SoftwareType = Type.String({ pattern: '^[a-z0-9][a-z0-9_-]{0,62}$' });
 export const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
@@ -50,9 +58,9 @@ export const InstanceStatus = Type.Union([
 export type InstanceStatus = Static<typeof InstanceStatus>;
 
 /** Instance parameters: a JSON object, checked against the software type's JSON Schema. */
-export const Parameters = Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.Unknown());
+export const Parameters = StrictRecord(Type.String({ minLength: 1, maxLength: 128 }), Type.Unknown());
 export type Parameters = Static<typeof Parameters>;
-export const ConnectionParameters = Type.Record(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ maxLength: 8192 }));
+export const ConnectionParameters = StrictRecord(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ maxLength: 8192 }));
 export type ConnectionParameters = Static<typeof ConnectionParameters>;
 
 export const SoftwareId = Type.Object({ name: SoftwareName, version: SoftwareVersion, hash: Sha256 });

@@ -12,14 +12,17 @@ import path from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import addFormatsImport from 'ajv-formats';
 import { Type, type Static } from 'typebox';
+import nunjucks from 'nunjucks';
 import { parseDocument } from 'yaml';
-import { SoftwareName, SoftwareType, SoftwareVersion } from './api.js';
+import { SoftwareName, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
 import { PledgerError } from './errors.js';
 
 // ajv-formats is CommonJS: its default export arrives wrapped under ESM.
 const addFormats = ((addFormatsImport as unknown as { default?: unknown }).default ?? addFormatsImport) as (ajv: Ajv) => Ajv;
 
 export const SOFTWARE_FILE = 'software.yaml';
+/** What the node agent adds to a release folder when it builds it: a release may not ship these. */
+export const RESERVED_NAMES = ['parts', 'build.log', '.pledger-built'] as const;
 
 const RelativePath = Type.String({ minLength: 1, maxLength: 255, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$))[A-Za-z0-9._/+-]+$' });
 const Command = Type.Array(Type.String({ minLength: 1 }), { minItems: 1 });
@@ -62,12 +65,12 @@ const SoftwareTypeDefinition = Type.Object(
     /** Random secrets generated once per instance, kept in its partition. */
     secrets: Type.Optional(Type.Array(Identifier, { maxItems: 64 })),
     /** Files of the partition (relative path) rendered from templates of the release. */
-    files: Type.Optional(Type.Record(RelativePath, RelativePath)),
+    files: Type.Optional(StrictRecord(RelativePath, RelativePath)),
     /** Long-running processes: argv lists whose items are templates. */
-    services: Type.Optional(Type.Record(Identifier, Command)),
-    promises: Type.Optional(Type.Record(Identifier, Promise_)),
+    services: Type.Optional(StrictRecord(Identifier, Command)),
+    promises: Type.Optional(StrictRecord(Identifier, Promise_)),
     /** Connection parameters published to the requester; values are templates. */
-    publish: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }), Type.String())),
+    publish: Type.Optional(StrictRecord(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }), Type.String())),
   },
   { additionalProperties: false },
 );
@@ -77,8 +80,8 @@ export const SoftwareDefinition = Type.Object(
     name: SoftwareName,
     version: SoftwareVersion,
     description: Type.Optional(Type.String({ maxLength: 1000 })),
-    parts: Type.Optional(Type.Record(Identifier, Part)),
-    'software-types': Type.Record(SoftwareType, SoftwareTypeDefinition, { minProperties: 1 }),
+    parts: Type.Optional(StrictRecord(Identifier, Part)),
+    'software-types': StrictRecord(SoftwareType, SoftwareTypeDefinition, { minProperties: 1 }),
   },
   { additionalProperties: false },
 );
@@ -105,16 +108,20 @@ export interface SoftwareProblem {
 const ajv = new Ajv({ allErrors: true, strict: false });
 addFormats(ajv);
 const validateDefinition = ajv.compile<SoftwareDefinition>(SoftwareDefinition);
+const syntaxEnvironment = new nunjucks.Environment([], { autoescape: false });
 
 /**
  * Reads and checks a release folder: its software.yaml against the format, the
  * files it names, and its parameter schemas. Every problem is reported at once.
  *
+ * `knownHash` skips hashing a folder already checked against its hash: a built
+ * release also holds its build's output (links included), which the hash never covers.
+ *
  * @example
  *   const sr = await loadSoftware('software-releases/hello');
  *   sr.definition.name; // 'hello'
  */
-export async function loadSoftware(dir: string): Promise<LoadedSoftware> {
+export async function loadSoftware(dir: string, options: { knownHash?: string } = {}): Promise<LoadedSoftware> {
   const problems: SoftwareProblem[] = [];
   let text: string;
   try {
@@ -127,9 +134,17 @@ export async function loadSoftware(dir: string): Promise<LoadedSoftware> {
     throw invalid(document.errors.map((e) => ({ where: `${SOFTWARE_FILE}:${e.linePos?.[0]?.line ?? '?'}`, message: e.message })));
   }
   const definition: unknown = document.toJS();
-  if (!validateDefinition(definition)) {
-    throw invalid(validateDefinition.errors!.map(describeSchemaError));
+  // A built release (known hash) holds what the node agent built: only a release on
+  // its way in must not ship those names.
+  const topLevel = options.knownHash ? [] : await readdir(dir);
+  for (const name of RESERVED_NAMES) {
+    if (topLevel.includes(name)) problems.push({ where: name, message: `${name} is reserved for what the node agent builds` });
   }
+  if (!validateDefinition(definition)) {
+    throw invalid([...problems, ...validateDefinition.errors!.map(describeSchemaError)]);
+  }
+
+  problems.push(...(await checkTemplateSyntax(dir, definition)));
 
   const exists = async (relative: string) => (await lstat(path.join(dir, relative)).catch(() => null))?.isFile() ?? false;
   for (const [partName, part] of Object.entries(definition.parts ?? {})) {
@@ -158,7 +173,38 @@ export async function loadSoftware(dir: string): Promise<LoadedSoftware> {
     }
   }
   if (problems.length > 0) throw invalid(problems);
-  return { definition, hash: await hashDirectory(dir), parameterSchemas };
+  return { definition, hash: options.knownHash ?? (await hashDirectory(dir)), parameterSchemas };
+}
+
+/**
+ * Compiles (never renders) every template of the release, so that a syntax error is
+ * refused when the release is published rather than found by a node deploying it.
+ */
+async function checkTemplateSyntax(dir: string, definition: SoftwareDefinition): Promise<SoftwareProblem[]> {
+  const problems: SoftwareProblem[] = [];
+  const check = (where: string, source: string) => {
+    try {
+      new nunjucks.Template(source, syntaxEnvironment, where, true);
+    } catch (error) {
+      problems.push({ where, message: `template syntax: ${(error as Error).message.replace(/\s+/g, ' ').trim()}` });
+    }
+  };
+  for (const [partName, part] of Object.entries(definition.parts ?? {})) {
+    (part.build ?? []).forEach((command, i) => command.forEach((arg) => check(`parts.${partName}.build[${i}]`, arg)));
+  }
+  for (const [typeName, type] of Object.entries(definition['software-types'])) {
+    const where = `software-types.${typeName}`;
+    for (const [name, argv] of Object.entries(type.services ?? {})) argv.forEach((arg) => check(`${where}.services.${name}`, arg));
+    for (const [name, promise] of Object.entries(type.promises ?? {})) {
+      for (const value of Object.values(promise)) if (typeof value === 'string') check(`${where}.promises.${name}`, value);
+    }
+    for (const [name, value] of Object.entries(type.publish ?? {})) check(`${where}.publish.${name}`, value);
+    for (const template of Object.values(type.files ?? {})) {
+      const source = await readFile(path.join(dir, template), 'utf8').catch(() => null);
+      if (source !== null) check(template, source);
+    }
+  }
+  return problems;
 }
 
 function describeSchemaError(error: ErrorObject): SoftwareProblem {
