@@ -52,18 +52,22 @@ export class MasterClient {
     const headers: Record<string, string> = { accept: 'application/json', ...options.headers };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     let response: Response;
+    const release = new AbortController();
     try {
       response = await fetch(`${this.url}${path}`, {
         method,
         headers,
         body: options.body,
-        signal: AbortSignal.timeout(this.timeoutMs),
+        signal: AbortSignal.any([release.signal, AbortSignal.timeout(this.timeoutMs)]),
       });
     } catch (error) {
       const reason = (error as Error & { cause?: Error }).cause?.message ?? (error as Error).message;
       throw new PledgerError('MASTER_UNREACHABLE', `cannot reach the master at ${this.url}: ${reason}`, { cause: error });
     }
     const body = Buffer.from(await response.arrayBuffer());
+    // A 304 has no body; a server that still announces one (Content-Length) leaves the
+    // connection waiting for it, which keeps the process alive until it times out.
+    if (response.status === 304) release.abort();
     if (response.ok || response.status === 304) return { status: response.status, headers: response.headers, body };
     let parsed: unknown;
     try {

@@ -1,0 +1,109 @@
+/**
+ * The node agent's configuration: which master to pull from, with which credential,
+ * and how the node's root is cut into partitions. Written once by
+ * `pledger node configure`, read at every run.
+ */
+import { chmod, mkdir, readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Type } from 'typebox';
+import { PledgerError } from '../protocol/errors.js';
+import { writeFileAtomic } from './files.js';
+import { checkSchema } from './validate.js';
+
+export interface NodeConfig {
+  masterUrl: string;
+  /** The secret the master issued at registration: sent as a bearer token. */
+  credential: string;
+  /** Absolute directory that holds everything the agent builds and runs. */
+  root: string;
+  partitions: number;
+  /** Address of the first partition; the next ones get the next addresses. */
+  ipBase: string;
+  /** First port of the first partition. */
+  portBase: number;
+  portsPerPartition: number;
+}
+
+export const NODE_CONFIG_DEFAULTS = {
+  partitions: 4,
+  ipBase: '127.42.0.1',
+  portBase: 30000,
+  portsPerPartition: 10,
+} as const satisfies Partial<NodeConfig>;
+
+const CONFIGURE_HINT = 'run `pledger node configure`';
+
+const NodeConfigFile = Type.Object(
+  {
+    masterUrl: Type.String({ pattern: '^https?://[^\\s]+$' }),
+    credential: Type.String({ minLength: 1 }),
+    root: Type.String({ minLength: 2, pattern: '^/' }),
+    partitions: Type.Optional(Type.Integer({ minimum: 1, maximum: 4096 })),
+    ipBase: Type.Optional(Type.String({ pattern: '^127\\.\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}$' })),
+    portBase: Type.Optional(Type.Integer({ minimum: 1024, maximum: 65535 })),
+    portsPerPartition: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  },
+  { additionalProperties: false },
+);
+
+export function defaultNodeConfigPath(): string {
+  return process.env.PLEDGER_NODE_CONFIG || path.join(os.homedir(), '.config', 'pledger', 'node.json');
+}
+
+/**
+ * Completes a configuration with the defaults and checks it as a whole: the addresses
+ * must stay in 127.0.0.0/8 and the ports below 65536 for every partition.
+ */
+export function resolveNodeConfig(input: unknown, where = 'node configuration'): NodeConfig {
+  const given = checkSchema<Partial<NodeConfig> & Pick<NodeConfig, 'masterUrl' | 'credential' | 'root'>>(
+    NodeConfigFile,
+    input,
+    where,
+    'BAD_REQUEST',
+    CONFIGURE_HINT,
+  );
+  const config: NodeConfig = { ...NODE_CONFIG_DEFAULTS, ...given, root: path.resolve(given.root) };
+  const bad = (message: string) => new PledgerError('BAD_REQUEST', `invalid ${where}: ${message}`, { hint: CONFIGURE_HINT });
+  const octets = config.ipBase.split('.').map(Number);
+  if (octets.some((octet) => octet > 255)) throw bad(`ipBase ${config.ipBase} is not an IPv4 address`);
+  if (ipToNumber(config.ipBase) + config.partitions - 1 > ipToNumber('127.255.255.254')) {
+    throw bad(`${config.partitions} partitions from ${config.ipBase} leave 127.0.0.0/8`);
+  }
+  const lastPort = config.portBase + config.partitions * config.portsPerPartition - 1;
+  if (lastPort > 65535) throw bad(`the last partition would end at port ${lastPort}, above 65535`);
+  return config;
+}
+
+export async function readNodeConfig(file: string): Promise<NodeConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : (error as Error).message;
+    throw new PledgerError('BAD_REQUEST', `node configuration ${file} ${reason}`, { hint: CONFIGURE_HINT });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new PledgerError('BAD_REQUEST', `node configuration ${file} is not JSON: ${(error as Error).message}`, { hint: CONFIGURE_HINT });
+  }
+  return resolveNodeConfig(parsed, `node configuration ${file}`);
+}
+
+/** Mode 0600: the file holds the node's credential. */
+export async function writeNodeConfig(file: string, config: NodeConfig): Promise<void> {
+  const checked = resolveNodeConfig(config);
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  await writeFileAtomic(file, `${JSON.stringify(checked, null, 2)}\n`, 0o600);
+  await chmod(file, 0o600);
+}
+
+export function ipToNumber(ip: string): number {
+  return ip.split('.').reduce((value, octet) => value * 256 + Number(octet), 0);
+}
+
+export function numberToIp(value: number): string {
+  return [24, 16, 8, 0].map((shift) => Math.floor(value / 2 ** shift) % 256).join('.');
+}

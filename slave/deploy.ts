@@ -1,0 +1,119 @@
+/**
+ * Everything a deployment needs, computed before anything running is touched: the
+ * release and its software type, the partition's secrets and named ports, the
+ * template context, and every rendered file, service command, promise and published
+ * value. A deployment that cannot be rendered fails here and leaves the partition as it was.
+ */
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type nunjucks from 'nunjucks';
+import type { DesiredInstance, DesiredState } from '../protocol/api.js';
+import { loadSoftware, type PromiseDefinition, type SoftwareTypeDefinition } from '../protocol/software-release.js';
+import { randomToken, writeFileAtomic } from './files.js';
+import { PARTITION_PRIVATE_DIR, partitionPath, softwarePath } from './paths.js';
+import { createTemplateEnvironment, renderFiles, renderString, type RenderedFile } from './render.js';
+
+export type DesiredPartition = DesiredState['partitions'][number];
+
+/** What templates see. Parameters are values here, never template source. */
+export interface InstanceContext {
+  parameters: Record<string, unknown>;
+  partition: { reference: string; ip: string; path: string; ports: { first: number; last: number } };
+  ports: Record<string, number>;
+  parts: Record<string, { path: string }>;
+  software: { name: string; version: string; hash: string; path: string };
+  secrets: Record<string, string>;
+  instance: { title: string; softwareType: string; serial: number };
+}
+
+export interface Deployment {
+  releaseDir: string;
+  partitionDir: string;
+  type: SoftwareTypeDefinition;
+  context: InstanceContext;
+  env: nunjucks.Environment;
+}
+
+export interface RenderedDeployment {
+  files: RenderedFile[];
+  services: Record<string, string[]>;
+  promises: Record<string, PromiseDefinition>;
+  publish: Record<string, string>;
+}
+
+const SECRETS_FILE = 'secrets.json';
+
+/** Gathers the release, secrets, ports and context of an instance whose software is built. */
+export async function prepareDeployment(root: string, partition: DesiredPartition, instance: DesiredInstance): Promise<Deployment> {
+  const releaseDir = softwarePath(root, instance.software.hash);
+  const partitionDir = partitionPath(root, partition.reference);
+  const release = await loadSoftware(releaseDir, { knownHash: instance.software.hash });
+  const { definition } = release;
+  const type = definition['software-types'][instance.softwareType];
+  if (!type) throw new Error(`software ${definition.name}@${definition.version} has no software type ${instance.softwareType}`);
+  const context: InstanceContext = {
+    parameters: instance.parameters,
+    partition: { reference: partition.reference, ip: partition.ip, path: partitionDir, ports: { ...partition.ports } },
+    ports: namePorts(type.ports ?? [], partition.ports),
+    parts: Object.fromEntries(Object.keys(definition.parts ?? {}).map((name) => [name, { path: path.join(releaseDir, 'parts', name) }])),
+    software: { name: definition.name, version: definition.version, hash: instance.software.hash, path: releaseDir },
+    secrets: await ensureSecrets(partitionDir, type.secrets ?? []),
+    instance: { title: instance.title, softwareType: instance.softwareType, serial: instance.serial },
+  };
+  return { releaseDir, partitionDir, type, context, env: createTemplateEnvironment(releaseDir) };
+}
+
+/** Renders everything of the software type; the first error stops it with a message naming the culprit. */
+export function renderDeployment(deployment: Deployment): RenderedDeployment {
+  const { env, context, type, releaseDir } = deployment;
+  const render = (source: string, where: string) => renderString(env, source, context, where);
+  const services = Object.fromEntries(
+    Object.entries(type.services ?? {}).map(([name, argv]) => [name, argv.map((item, i) => render(item, `services.${name}[${i}]`))]),
+  );
+  const promises = Object.fromEntries(
+    Object.entries(type.promises ?? {}).map(([name, promise]): [string, PromiseDefinition] => {
+      const where = `promises.${name}`;
+      if ('tcp' in promise) return [name, { ...promise, tcp: render(promise.tcp, `${where}.tcp`) }];
+      const rendered = { ...promise, http: render(promise.http, `${where}.http`) };
+      if (promise.contains !== undefined) rendered.contains = render(promise.contains, `${where}.contains`);
+      return [name, rendered];
+    }),
+  );
+  const publish = Object.fromEntries(Object.entries(type.publish ?? {}).map(([key, value]) => [key, render(value, `publish.${key}`)]));
+  return { files: renderFiles(env, releaseDir, type.files ?? {}, context), services, promises, publish };
+}
+
+/** The software type's port names, given in order from the partition's range. */
+export function namePorts(names: string[], range: { first: number; last: number }): Record<string, number> {
+  const available = range.last - range.first + 1;
+  if (names.length > available) {
+    throw new Error(`the software type names ${names.length} ports, the partition has ${available} (${range.first}-${range.last})`);
+  }
+  return Object.fromEntries(names.map((name, i) => [name, range.first + i]));
+}
+
+/**
+ * The instance's secrets: generated once (24 random bytes each), kept in the partition
+ * with mode 0600 and reused by every later deployment, so a password never changes
+ * under its clients. A secret the release no longer names is kept, in case it returns.
+ */
+export async function ensureSecrets(partitionDir: string, names: string[]): Promise<Record<string, string>> {
+  const dir = path.join(partitionDir, PARTITION_PRIVATE_DIR);
+  const file = path.join(dir, SECRETS_FILE);
+  let secrets: Record<string, string> = {};
+  try {
+    secrets = JSON.parse(await readFile(file, 'utf8')) as Record<string, string>;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}: ${(error as Error).message}`);
+  }
+  const missing = names.filter((name) => typeof secrets[name] !== 'string');
+  if (missing.length === 0) return pick(secrets, names);
+  for (const name of missing) secrets[name] = randomToken(24);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(file, `${JSON.stringify(secrets, null, 2)}\n`, 0o600);
+  return pick(secrets, names);
+}
+
+function pick(secrets: Record<string, string>, names: string[]): Record<string, string> {
+  return Object.fromEntries(names.map((name) => [name, secrets[name] ?? '']));
+}

@@ -1,0 +1,274 @@
+/**
+ * Converging the partitions towards the desired state, one partition at a time.
+ *
+ * The serial of an instance is the only change detector: a partition whose instance
+ * has the serial last applied, and whose services all still run, costs two file reads
+ * and nothing else. Every outcome is reported as an event through the outbox, and each
+ * one only once per serial, so a node that runs every minute does not flood its master.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { DesiredInstance, InstanceEvent } from '../protocol/api.js';
+import type { NodeConfig } from './config.js';
+import { prepareDeployment, renderDeployment, type DesiredPartition, type RenderedDeployment } from './deploy.js';
+import { emptyDirectory, errorMessage } from './files.js';
+import type { Logger } from './log.js';
+import { connectMaster, pullDesiredState } from './master.js';
+import { newEvent, Outbox } from './outbox.js';
+import { deletePartitionState, readPartitionState, writePartitionState, type LocalStatus, type PartitionState } from './partition-state.js';
+import { withLock } from './lock.js';
+import { lockPath, outboxPath, partitionPath } from './paths.js';
+import { cleanEnv, isAlive, startProcess, stopProcessGroup, type ServiceRecord } from './processes.js';
+import { checkPromises } from './promises.js';
+import { writePartitionFiles } from './render.js';
+import type { ItemResult, RunReport } from './result.js';
+import { isSoftwareBuilt } from './software.js';
+
+export type { ItemResult, RunReport } from './result.js';
+
+interface Run {
+  config: NodeConfig;
+  outbox: Outbox;
+  log: Logger;
+}
+
+type InstanceEventType = InstanceEvent['type'];
+
+/**
+ * Brings every partition to its instance's requested state (started, stopped,
+ * destroyed), deploying when the serial changed and restarting services that died.
+ * One partition's failure never stops the others. Throws when the master is
+ * unreachable and no desired state was ever saved, and CONFLICT while another run
+ * processes the instances.
+ */
+export async function processInstances(config: NodeConfig, log: Logger): Promise<RunReport> {
+  return withLock(lockPath(config.root, 'instances'), 'processing instances', () => processAll(config, log));
+}
+
+async function processAll(config: NodeConfig, log: Logger): Promise<RunReport> {
+  const master = connectMaster(config);
+  const pulled = await pullDesiredState(config, master, log);
+  const run: Run = { config, outbox: new Outbox(outboxPath(config.root)), log };
+  const results: ItemResult[] = [];
+  for (const partition of pulled.state.partitions) {
+    try {
+      const result = await processPartition(run, partition);
+      if (result) results.push(result);
+    } catch (error) {
+      log.error('partition failed', { partition: partition.reference, reason: errorMessage(error) });
+      results.push({ item: partition.reference, status: 'failed', message: errorMessage(error) });
+    }
+  }
+  const flushed = await run.outbox.flush(master, log);
+  return { results, offline: pulled.offline || flushed.offline };
+}
+
+async function processPartition(run: Run, partition: DesiredPartition): Promise<ItemResult | undefined> {
+  const { root } = run.config;
+  const instance = partition.instance;
+  let local = await readPartitionState(root, partition.reference);
+
+  if (local && local.instanceId !== instance?.id) {
+    // The instance left the partition (or another one took it) without us seeing it destroyed.
+    if (local.status !== 'destroyed') {
+      await wipePartition(run, partition, local);
+      await report(run, partition, local.instanceId, local.serial, 'instance.destroyed');
+    }
+    await deletePartitionState(root, partition.reference);
+    if (!instance) return local.status === 'destroyed' ? undefined : { item: partition.reference, status: 'done', message: 'destroyed' };
+    local = undefined;
+  }
+  if (!instance) return undefined;
+
+  await mkdir(partitionPath(root, partition.reference), { recursive: true, mode: 0o750 });
+  switch (instance.state) {
+    case 'started':
+      return startInstance(run, partition, instance, local);
+    case 'stopped':
+      return stopInstance(run, partition, instance, local);
+    case 'destroyed':
+      return destroyInstance(run, partition, instance, local);
+  }
+}
+
+const itemName = (partition: DesiredPartition, instance: DesiredInstance) => `${partition.reference} (${instance.title})`;
+
+async function startInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
+  if (local?.serial === instance.serial && (local.status === 'started' || local.status === 'deployed')) {
+    const dead = await deadServices(local.services);
+    if (local.status === 'started' && dead.length === 0) return { item: itemName(partition, instance), status: 'unchanged' };
+    return repair(run, partition, instance, local, dead);
+  }
+  return deploy(run, partition, instance, local);
+}
+
+async function deadServices(services: Record<string, ServiceRecord>): Promise<string[]> {
+  const dead: string[] = [];
+  for (const [name, record] of Object.entries(services)) if (!(await isAlive(record))) dead.push(name);
+  return dead;
+}
+
+/** Renders the partition for this serial and (re)starts all its services. */
+async function deploy(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
+  const { root } = run.config;
+  const previous = local?.serial === instance.serial ? local : undefined;
+  const oldServices = local?.status === 'stopped' ? {} : (local?.services ?? {});
+  const fail = (message: string, services = oldServices) => failure(run, partition, instance, previous, 'error', services, message);
+
+  const software = instance.software;
+  if (!(await isSoftwareBuilt(root, software.hash))) return fail(`software ${software.name}@${software.version} not built yet`);
+  let rendered: RenderedDeployment;
+  let partitionDir: string;
+  try {
+    const deployment = await prepareDeployment(root, partition, instance);
+    rendered = renderDeployment(deployment);
+    partitionDir = deployment.partitionDir;
+    await writePartitionFiles(partitionDir, rendered.files);
+  } catch (error) {
+    return fail(`cannot deploy: ${errorMessage(error)}`);
+  }
+
+  await stopServices(oldServices);
+  // Recorded as `error` while starting: a run that dies halfway leaves a state that the
+  // next run redeploys (stopping what was recorded) rather than takes for deployed.
+  const state: PartitionState = { instanceId: instance.id, serial: instance.serial, status: 'error', services: {} };
+  try {
+    for (const [name, argv] of Object.entries(rendered.services)) {
+      state.services[name] = await startService(partitionDir, name, argv);
+      await writePartitionState(root, partition.reference, state);
+    }
+  } catch (error) {
+    return fail(`cannot start services: ${errorMessage(error)}`, state.services);
+  }
+  state.status = 'deployed';
+  await writePartitionState(root, partition.reference, state);
+  run.log.info('instance deployed', { partition: partition.reference, instance: instance.title, serial: instance.serial });
+  await report(run, partition, instance.id, instance.serial, 'instance.deployed');
+  return keepPromises(run, partition, instance, { ...state, message: previous?.message }, rendered);
+}
+
+/** Same serial: restart only the services that died, then check the promises again. */
+async function repair(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState, dead: string[]): Promise<ItemResult> {
+  const { root } = run.config;
+  const fail = (message: string) => failure(run, partition, instance, local, local.status, local.services, message);
+  if (!(await isSoftwareBuilt(root, instance.software.hash))) return fail(`software ${instance.software.name}@${instance.software.version} is gone`);
+  let rendered: RenderedDeployment;
+  try {
+    rendered = renderDeployment(await prepareDeployment(root, partition, instance));
+  } catch (error) {
+    return fail(`cannot restart: ${errorMessage(error)}`);
+  }
+  const state: PartitionState = { ...local, services: { ...local.services } };
+  try {
+    for (const name of dead) {
+      const argv = rendered.services[name];
+      if (!argv) {
+        delete state.services[name];
+        continue;
+      }
+      state.services[name] = await startService(partitionPath(root, partition.reference), name, argv);
+      run.log.info('service restarted', { partition: partition.reference, service: name });
+    }
+  } catch (error) {
+    return failure(run, partition, instance, local, 'deployed', state.services, `cannot restart: ${errorMessage(error)}`);
+  }
+  await writePartitionState(root, partition.reference, state);
+  const result = await keepPromises(run, partition, instance, state, rendered);
+  return dead.length > 0 && result.status !== 'failed' ? { ...result, status: 'done', message: `restarted ${dead.join(', ')}` } : result;
+}
+
+/**
+ * Checks the promises. When they all hold, the instance is started and its connection
+ * parameters published; when one fails, nothing is killed: the services stay up to be
+ * debugged and the promises are checked again at the next run.
+ */
+async function keepPromises(
+  run: Run,
+  partition: DesiredPartition,
+  instance: DesiredInstance,
+  state: PartitionState,
+  rendered: RenderedDeployment,
+): Promise<ItemResult> {
+  const broken = (await checkPromises(rendered.promises)).filter((result) => !result.ok);
+  if (broken.length > 0) {
+    return failure(run, partition, instance, state, 'deployed', state.services, broken.map((result) => result.message).join('; '));
+  }
+  const wasStarted = state.status === 'started';
+  await writePartitionState(run.config.root, partition.reference, { ...state, status: 'started', message: undefined });
+  if (wasStarted) return { item: itemName(partition, instance), status: 'unchanged' };
+  run.log.info('instance started', { partition: partition.reference, instance: instance.title, serial: instance.serial });
+  await report(run, partition, instance.id, instance.serial, 'instance.started', { connection: rendered.publish });
+  return { item: itemName(partition, instance), status: 'done' };
+}
+
+/**
+ * Records a failure and reports it, unless the same message was already reported for
+ * this serial: a release that is not built yet must not produce an event every minute.
+ */
+async function failure(
+  run: Run,
+  partition: DesiredPartition,
+  instance: DesiredInstance,
+  previous: PartitionState | undefined,
+  status: LocalStatus,
+  services: Record<string, ServiceRecord>,
+  message: string,
+): Promise<ItemResult> {
+  const known = previous?.instanceId === instance.id && previous.serial === instance.serial && previous.message === message;
+  await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status, services, message });
+  if (!known) {
+    run.log.error('instance failed', { partition: partition.reference, instance: instance.title, reason: message });
+    await report(run, partition, instance.id, instance.serial, 'instance.error', { message });
+  }
+  return { item: itemName(partition, instance), status: 'failed', message };
+}
+
+async function stopInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
+  if (local?.serial === instance.serial && local.status === 'stopped') return { item: itemName(partition, instance), status: 'unchanged' };
+  await stopServices(local?.services ?? {});
+  await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status: 'stopped', services: {} });
+  run.log.info('instance stopped', { partition: partition.reference, instance: instance.title });
+  await report(run, partition, instance.id, instance.serial, 'instance.stopped');
+  return { item: itemName(partition, instance), status: 'done', message: 'stopped' };
+}
+
+/** Wipes the partition and leaves a tombstone, removed once the master frees the partition. */
+async function destroyInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
+  if (local?.serial === instance.serial && local.status === 'destroyed') return { item: itemName(partition, instance), status: 'unchanged' };
+  await wipePartition(run, partition, local);
+  await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status: 'destroyed', services: {} });
+  await report(run, partition, instance.id, instance.serial, 'instance.destroyed');
+  return { item: itemName(partition, instance), status: 'done', message: 'destroyed' };
+}
+
+/** Stops every process of the partition and empties its directory (the directory itself stays). */
+async function wipePartition(run: Run, partition: DesiredPartition, local: PartitionState | undefined): Promise<void> {
+  await stopServices(local?.services ?? {});
+  await emptyDirectory(partitionPath(run.config.root, partition.reference));
+  run.log.info('partition wiped', { partition: partition.reference });
+}
+
+async function stopServices(services: Record<string, ServiceRecord>): Promise<void> {
+  await Promise.all(Object.values(services).map((record) => stopProcessGroup(record)));
+}
+
+async function startService(partitionDir: string, name: string, argv: string[]): Promise<ServiceRecord> {
+  const logDir = path.join(partitionDir, 'var', 'log');
+  await mkdir(logDir, { recursive: true });
+  try {
+    return await startProcess({ argv, cwd: partitionDir, env: cleanEnv(partitionDir), logFile: path.join(logDir, `${name}.log`) });
+  } catch (error) {
+    throw new Error(`service ${name}: ${errorMessage(error)}`);
+  }
+}
+
+async function report(
+  run: Run,
+  partition: DesiredPartition,
+  instanceId: string,
+  serial: number,
+  type: InstanceEventType,
+  extra: { message?: string; connection?: Record<string, string> } = {},
+): Promise<void> {
+  await run.outbox.add(newEvent({ type, partition: partition.reference, instance: instanceId, serial, ...extra }));
+}

@@ -1,0 +1,145 @@
+/**
+ * Long-running services, supervised without root and without a daemon: each service
+ * is started in a process group of its own (detached), outlives the agent run that
+ * started it, and is known afterwards by its pid and its start time. The start time
+ * guards against pid reuse: a pid alone could name an unrelated process later.
+ */
+import { readdir, readFile, open } from 'node:fs/promises';
+import { execa } from 'execa';
+
+export interface ServiceRecord {
+  pid: number;
+  /** Field 22 of /proc/<pid>/stat: clock ticks after boot at which the process started. */
+  startTime: number;
+}
+
+interface ProcessStat {
+  state: string;
+  pgid: number;
+  startTime: number;
+}
+
+/** The PATH every child gets: the agent's own environment never leaks into builds or services. */
+export const CLEAN_PATH = '/usr/local/bin:/usr/bin:/bin';
+
+export function cleanEnv(home: string): Record<string, string> {
+  return { PATH: CLEAN_PATH, HOME: home, LANG: 'C.UTF-8' };
+}
+
+export async function readProcessStat(pid: number): Promise<ProcessStat | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // The command name (field 2) is in parentheses and may itself hold spaces or
+  // parentheses: the fields are counted from the last closing one, which ends field 2.
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const field = (n: number) => fields[n - 3] ?? '';
+  return { state: field(3), pgid: Number(field(5)), startTime: Number(field(22)) };
+}
+
+/** Alive: the same process (same start time) still exists and is not a zombie. */
+export async function isAlive(record: ServiceRecord): Promise<boolean> {
+  const stat = await readProcessStat(record.pid);
+  return stat !== undefined && stat.startTime === record.startTime && stat.state !== 'Z';
+}
+
+export interface StartOptions {
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  /** stdout and stderr are appended to this file. */
+  logFile: string;
+}
+
+/**
+ * The child writes straight into an open file, not through a pipe to the agent, so it
+ * keeps its output when the agent exits. execa takes any descriptor; its types list 3-9.
+ */
+export function fileDescriptor(fd: number): 3 {
+  return fd as 3;
+}
+
+/** Starts a process in a group of its own that survives the agent, and returns its record. */
+export async function startProcess(options: StartOptions): Promise<ServiceRecord> {
+  const [command, ...args] = options.argv;
+  if (!command) throw new Error('empty command');
+  const log = await open(options.logFile, 'a', 0o640);
+  try {
+    const child = execa(command, args, {
+      cwd: options.cwd,
+      env: options.env,
+      extendEnv: false,
+      detached: true,
+      cleanup: false,
+      stdin: 'ignore',
+      stdout: fileDescriptor(log.fd),
+      stderr: fileDescriptor(log.fd),
+      reject: false,
+      buffer: false,
+    });
+    if (child.pid === undefined) {
+      const result = await child;
+      throw new Error(`cannot start ${command}: ${result.originalMessage || result.shortMessage}`);
+    }
+    child.unref();
+    const stat = await readProcessStat(child.pid);
+    if (!stat) throw new Error(`${command} exited at once (see ${options.logFile})`);
+    return { pid: child.pid, startTime: stat.startTime };
+  } finally {
+    await log.close();
+  }
+}
+
+/** The processes of a group that still run (zombies excluded: they are only waiting to be reaped). */
+export async function groupMembers(pgid: number): Promise<number[]> {
+  const members: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const stat = await readProcessStat(Number(name));
+    if (stat && stat.pgid === pgid && stat.state !== 'Z') members.push(Number(name));
+  }
+  return members;
+}
+
+/**
+ * True when the group named by the service's pid is still the service's group. If the
+ * leader is gone its children may still hold the group; if the pid now names another
+ * process, the kernel had freed the number, so our group had no member left.
+ */
+async function ownsGroup(record: ServiceRecord): Promise<boolean> {
+  const stat = await readProcessStat(record.pid);
+  return stat === undefined || stat.startTime === record.startTime;
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
+  }
+}
+
+async function waitForEmptyGroup(pgid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if ((await groupMembers(pgid)).length === 0) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/**
+ * Stops a service and everything it started: SIGTERM to its process group, then
+ * SIGKILL to the group if anything is left after the grace period.
+ */
+export async function stopProcessGroup(record: ServiceRecord, graceMs = 5000): Promise<void> {
+  if (!(await ownsGroup(record))) return;
+  if ((await groupMembers(record.pid)).length === 0) return;
+  signalGroup(record.pid, 'SIGTERM');
+  if (await waitForEmptyGroup(record.pid, graceMs)) return;
+  signalGroup(record.pid, 'SIGKILL');
+  if (!(await waitForEmptyGroup(record.pid, 2000))) throw new Error(`process group ${record.pid} survived SIGKILL`);
+}

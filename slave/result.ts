@@ -1,0 +1,17 @@
+/** What one run did to one item (a software release or a partition), for the CLI to print. */
+export interface ItemResult {
+  item: string;
+  status: 'unchanged' | 'done' | 'failed';
+  message?: string;
+}
+
+/** What one run of the agent did. */
+export interface RunReport {
+  /** One per software release or partition that has, or had, something to do. */
+  results: ItemResult[];
+  /**
+   * True when the master could not be reached (for the desired state, a download or the
+   * events): the run went on from the saved desired state and the events wait in the outbox.
+   */
+  offline: boolean;
+}

@@ -1,0 +1,96 @@
+/** Services as real detached processes: started, recognised, stopped with everything they forked. */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cleanEnv, groupMembers, isAlive, readProcessStat, startProcess, stopProcessGroup, type ServiceRecord } from '../slave/processes.js';
+
+let scratch: string;
+const started: ServiceRecord[] = [];
+
+beforeAll(async () => {
+  scratch = await mkdtemp(path.join(tmpdir(), 'pledger-processes-'));
+});
+
+afterAll(async () => {
+  for (const record of started) await stopProcessGroup(record, 500).catch(() => {});
+  await rm(scratch, { recursive: true, force: true });
+});
+
+async function waitFor(condition: () => Promise<boolean>, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not reached');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+describe('processes', () => {
+  it('starts a detached service in its own group, with a clean environment and its output in a log', async () => {
+    const logFile = path.join(scratch, 'env.log');
+    const record = await startProcess({
+      argv: ['/bin/sh', '-c', 'echo "HOME=$HOME PATH=$PATH"; echo oops >&2; env | grep -c . ; sleep 60'],
+      cwd: scratch,
+      env: cleanEnv(scratch),
+      logFile,
+    });
+    started.push(record);
+    expect(await isAlive(record)).toBe(true);
+    expect((await readProcessStat(record.pid))?.pgid).toBe(record.pid);
+    await waitFor(async () => (await readFile(logFile, 'utf8')).includes('oops'));
+    const log = await readFile(logFile, 'utf8');
+    expect(log).toContain(`HOME=${scratch} PATH=/usr/local/bin:/usr/bin:/bin`);
+    expect(log).not.toMatch(/VITEST|NODE_OPTIONS/);
+    await stopProcessGroup(record);
+    expect(await isAlive(record)).toBe(false);
+  });
+
+  it('stops a service and every process it forked, even one that ignores SIGTERM', async () => {
+    const record = await startProcess({
+      // The child ignores SIGTERM: only the SIGKILL that follows the grace period ends it.
+      argv: ['/bin/sh', '-c', "sh -c 'trap \"\" TERM; while :; do sleep 1; done' & sleep 60 & wait"],
+      cwd: scratch,
+      env: cleanEnv(scratch),
+      logFile: path.join(scratch, 'fork.log'),
+    });
+    started.push(record);
+    await waitFor(async () => (await groupMembers(record.pid)).length >= 3);
+    const began = Date.now();
+    await stopProcessGroup(record, 800);
+    expect(Date.now() - began).toBeGreaterThanOrEqual(700);
+    expect(await groupMembers(record.pid)).toEqual([]);
+    // Zombies (exited, not yet reaped by their parent) go within moments: then the group is empty.
+    await waitFor(async () => {
+      try {
+        process.kill(-record.pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+  });
+
+  it('does not take a reused pid for the service', async () => {
+    const record = await startProcess({ argv: ['/bin/sleep', '60'], cwd: scratch, env: cleanEnv(scratch), logFile: path.join(scratch, 'sleep.log') });
+    started.push(record);
+    const impostor = { pid: record.pid, startTime: record.startTime - 1 };
+    expect(await isAlive(record)).toBe(true);
+    expect(await isAlive(impostor)).toBe(false);
+    await stopProcessGroup(impostor);
+    expect(await isAlive(record)).toBe(true);
+    await stopProcessGroup(record);
+    expect(await isAlive(record)).toBe(false);
+  });
+
+  it('reports a command that cannot start', async () => {
+    await expect(
+      startProcess({ argv: ['/nonexistent/binary'], cwd: scratch, env: cleanEnv(scratch), logFile: path.join(scratch, 'x.log') }),
+    ).rejects.toThrow(/cannot start \/nonexistent\/binary: .*ENOENT/);
+  });
+
+  it('reads a start time even when the command name holds spaces and parentheses', async () => {
+    const stat = await readProcessStat(process.pid);
+    expect(stat?.startTime).toBeGreaterThan(0);
+    expect(await readProcessStat(2 ** 22 + 1)).toBeUndefined();
+  });
+});
