@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'software-releases/**'] },
+  { ignores: ['dist/**', 'node_modules/**', 'software-releases/**', 'scripts/**', '*.config.ts', 'eslint.config.js'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

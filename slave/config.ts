@@ -4,11 +4,11 @@
  * `pledger node configure`, read at every run.
  */
 import { chmod, mkdir, readFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { Type } from 'typebox';
 import { PledgerError } from '../protocol/errors.js';
 import { writeFileAtomic } from './files.js';
+export { defaultNodeConfigPath } from './paths.js';
 import { checkSchema } from './validate.js';
 
 export interface NodeConfig {
@@ -47,9 +47,6 @@ const NodeConfigFile = Type.Object(
   { additionalProperties: false },
 );
 
-export function defaultNodeConfigPath(): string {
-  return process.env.PLEDGER_NODE_CONFIG || path.join(os.homedir(), '.config', 'pledger', 'node.json');
-}
 
 /**
  * Completes a configuration with the defaults and checks it as a whole: the addresses

@@ -5,7 +5,13 @@
  *   <root>/partitions/<reference>/ one partition: the instance's files, var/log, .pledger/
  *   <root>/state/                  the agent's memory: desired state, outbox, partition states
  */
+import os from 'node:os';
 import path from 'node:path';
+
+/** The configuration file `pledger node configure` writes, unless told otherwise. */
+export function defaultNodeConfigPath(): string {
+  return process.env.PLEDGER_NODE_CONFIG || path.join(os.homedir(), '.config', 'pledger', 'node.json');
+}
 
 export const BUILT_MARKER = '.pledger-built';
 

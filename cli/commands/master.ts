@@ -4,7 +4,6 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { PledgerError } from '../../protocol/errors.js';
-import { initMaster, serveUntilSignalled } from '../../master/server.js';
 import { fields, print } from '../output.js';
 import { BUNDLED_SOFTWARE_DIR, DEFAULT_MASTER_PORT } from '../settings.js';
 import { globals } from './globals.js';
@@ -32,6 +31,7 @@ export function registerMasterCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       const database = await databaseUrl(options);
+      const { initMaster } = await import('../../master/server.js');
       const { token } = await initMaster(database, options.admin);
       print(g, { admin: options.admin, token, database: database.replace(/:[^:@/]*@/, ':***@') }, (v) =>
         [fields([['operator', v.admin], ['token', v.token], ['database', v.database]]), '', 'keep the token: it is shown only once'].join('\n'),
@@ -49,6 +49,7 @@ export function registerMasterCommands(program: Command): void {
     .action(async (options) => {
       const port = Number(options.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new PledgerError('BAD_REQUEST', `--port ${options.port} is not a port`);
+      const { serveUntilSignalled } = await import('../../master/server.js');
       await serveUntilSignalled({
         database: await databaseUrl(options),
         host: options.host,

@@ -2,15 +2,14 @@
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { PledgerError } from '../../protocol/errors.js';
-import { defaultNodeConfigPath, NODE_CONFIG_DEFAULTS, readNodeConfig, resolveNodeConfig, writeNodeConfig } from '../../slave/config.js';
-import { formatNode } from '../../slave/format.js';
-import { processInstances } from '../../slave/instance.js';
-import { createLogger } from '../../slave/log.js';
+import { defaultNodeConfigPath } from '../../slave/paths.js';
 import type { ItemResult } from '../../slave/result.js';
-import { installSoftware } from '../../slave/software.js';
 import { print, table } from '../output.js';
 import { globals } from './globals.js';
 import { registerNodeAdminCommands } from './operator.js';
+
+// The node agent loads when a node command runs, so that other commands start fast.
+const agent = () => import('../../slave/index.js');
 
 /** Exit codes of one-shot node runs. */
 export const NODE_EXIT = { success: 0, failure: 1, offline: 3 } as const;
@@ -35,15 +34,16 @@ export function registerNodeCommands(program: Command): void {
     .description('write the node configuration: master URL (--master), credential, root and partitions')
     .requiredOption('--credential <credential>', 'the credential printed by `pledger node register`')
     .option('--root <dir>', 'the folder that holds partitions and software', path.join(process.env.HOME ?? '/tmp', 'pledger-node'))
-    .option('--partitions <n>', 'how many partitions', String(NODE_CONFIG_DEFAULTS.partitions))
-    .option('--ip-base <ip>', 'address of the first partition, in 127.0.0.0/8', NODE_CONFIG_DEFAULTS.ipBase)
-    .option('--port-base <port>', 'first port of the first partition', String(NODE_CONFIG_DEFAULTS.portBase))
-    .option('--ports-per-partition <n>', 'ports given to each partition', String(NODE_CONFIG_DEFAULTS.portsPerPartition))
+    .option('--partitions <n>', 'how many partitions (default 4)')
+    .option('--ip-base <ip>', 'address of the first partition, in 127.0.0.0/8 (default 127.42.0.1)')
+    .option('--port-base <port>', 'first port of the first partition (default 30000)')
+    .option('--ports-per-partition <n>', 'ports given to each partition (default 10)')
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
       const masterUrl = g.master ?? process.env.PLEDGER_MASTER_URL;
       if (!masterUrl) throw new PledgerError('BAD_REQUEST', 'no master given', { hint: 'pass --master URL or set PLEDGER_MASTER_URL' });
+      const { resolveNodeConfig, writeNodeConfig } = await agent();
       const config = resolveNodeConfig(
         {
           masterUrl,
@@ -66,6 +66,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
+      const { createLogger, formatNode, readNodeConfig } = await agent();
       const config = await readNodeConfig(options.config);
       const partitions = await formatNode(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
       print(g, partitions, (list) => table(['PARTITION', 'IP', 'PORTS'], list.map((p) => [p.reference, p.ip, `${p.ports.first}-${p.ports.last}`])));
@@ -77,6 +78,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
+      const { createLogger, installSoftware, readNodeConfig } = await agent();
       const config = await readNodeConfig(options.config);
       const run = await installSoftware(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
       printResults(g, run.results, run.offline);
@@ -88,13 +90,15 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
+      const { createLogger, processInstances, readNodeConfig } = await agent();
       const config = await readNodeConfig(options.config);
       const run = await processInstances(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
       printResults(g, run.results, run.offline);
     });
 }
 
-function integer(value: string, flag: string): number {
+function integer(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
   const n = Number(value);
   if (!Number.isInteger(n)) throw new PledgerError('BAD_REQUEST', `${flag} ${value} is not a whole number`);
   return n;

@@ -2,8 +2,6 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Account, AccountWithToken, NodeCredential, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
-import { packSoftware } from '../../protocol/software-archive.js';
-import { loadSoftware } from '../../protocol/software-release.js';
 import { fields, print, table } from '../output.js';
 import { userClient, writeClientConfig } from '../settings.js';
 import { globals } from './globals.js';
@@ -83,6 +81,8 @@ export function registerOperatorCommands(program: Command): void {
     .action(async (dir, _options, command) => {
       const g = globals(command);
       const client = await userClient(g);
+      const { loadSoftware } = await import('../../protocol/software-release.js');
+      const { packSoftware } = await import('../../protocol/software-archive.js');
       await loadSoftware(dir); // refuse locally, with the same message, before uploading
       const archive = await packSoftware(dir);
       const answer = await client.raw('POST', '/api/v1/software', { body: archive, headers: { 'content-type': 'application/gzip' } });

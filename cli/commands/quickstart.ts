@@ -13,12 +13,6 @@ import type { Command } from '@commander-js/extra-typings';
 import type { InstanceView, NodeCredential } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
-import { resolveNodeConfig, writeNodeConfig, readNodeConfig } from '../../slave/config.js';
-import { formatNode } from '../../slave/format.js';
-import { processInstances } from '../../slave/instance.js';
-import { createLogger } from '../../slave/log.js';
-import { installSoftware } from '../../slave/software.js';
-import { initMaster } from '../../master/server.js';
 import { fields, print } from '../output.js';
 import { DEFAULT_MASTER_PORT, INSTALL_ROOT } from '../settings.js';
 import { describeInstance, waitUntilReady } from './instances.js';
@@ -36,6 +30,10 @@ export function registerQuickstartCommand(program: Command): void {
     .option('--greeting <text>', 'what the hello instance answers')
     .action(async (options, command) => {
       const g = globals(command);
+      const { initMaster } = await import('../../master/server.js');
+      const { createLogger, formatNode, installSoftware, processInstances, readNodeConfig, resolveNodeConfig, writeNodeConfig } = await import(
+        '../../slave/index.js'
+      );
       const say = (line: string) => {
         if (!g.json) process.stderr.write(`${line}\n`);
       };

@@ -1,0 +1,138 @@
+/**
+ * Real processes for end-to-end tests: a master on 127.0.0.1, the `pledger` CLI, and
+ * an unprivileged user for the node agent when the tests run as root.
+ */
+import { execFileSync } from 'node:child_process';
+import { chownSync, mkdtempSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+
+export const PROJECT = path.resolve(import.meta.dirname, '..', '..');
+export const CLI = path.join(PROJECT, 'dist', 'cli', 'main.js');
+
+export interface RunResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  json<T = unknown>(): T;
+}
+
+export interface RunOptions {
+  env?: Record<string, string>;
+  user?: AgentUser;
+  timeoutMs?: number;
+}
+
+/** Runs the real CLI; never throws on a non-zero exit. */
+export async function pledger(args: string[], options: RunOptions = {}): Promise<RunResult> {
+  const result = await execa(process.execPath, [CLI, ...args], {
+    reject: false,
+    env: { PLEDGER_CONFIG: '/nonexistent/pledger-client.json', ...options.env },
+    extendEnv: !options.user,
+    timeout: options.timeoutMs ?? 120_000,
+    ...(options.user ? { uid: options.user.uid, gid: options.user.gid, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: options.user.home, ...options.env } } : {}),
+  });
+  return {
+    exitCode: result.exitCode ?? -1,
+    stdout: String(result.stdout),
+    stderr: String(result.stderr),
+    json: () => JSON.parse(String(result.stdout)),
+  };
+}
+
+export interface RunningMaster {
+  url: string;
+  adminToken: string;
+  database: string;
+  process: ResultPromise;
+  stop(): Promise<void>;
+}
+
+/** Initializes `database` and serves it on a free port of 127.0.0.1. */
+export async function startMaster(database: string): Promise<RunningMaster> {
+  const init = await pledger(['master', 'init', '--database', database, '--json']);
+  if (init.exitCode !== 0) throw new Error(`master init failed: ${init.stderr}`);
+  const adminToken = init.json<{ token: string }>().token;
+  const child = execa(process.execPath, [CLI, 'master', 'serve', '--database', database, '--host', '127.0.0.1', '--port', '0'], {
+    reject: false,
+    env: { PLEDGER_LOG_LEVEL: 'info' },
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let seen = '';
+    const timer = setTimeout(() => reject(new Error(`master did not start:\n${seen}`)), 30_000);
+    child.stdout!.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      const match = /"url":"(http:\/\/127\.0\.0\.1:\d+)"/.exec(seen);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]!);
+      }
+    });
+    void child.then(() => reject(new Error(`master exited:\n${seen}`)));
+  });
+  return {
+    url,
+    adminToken,
+    database,
+    process: child,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await child;
+    },
+  };
+}
+
+export interface AgentUser {
+  uid: number;
+  gid: number;
+  name: string;
+  home: string;
+}
+
+/**
+ * The user the node agent runs as: an ordinary account created for the tests when
+ * they run as root, or the current user otherwise. Its home is a fresh folder.
+ */
+export function agentUser(): AgentUser {
+  const home = mkdtempSync(path.join(tmpdir(), 'pledger-node-'));
+  if (process.getuid!() !== 0) return { uid: process.getuid!(), gid: process.getgid!(), name: 'current', home };
+  const name = 'pledger-agent';
+  try {
+    execFileSync('id', ['-u', name], { stdio: 'ignore' });
+  } catch {
+    execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', name]);
+  }
+  const uid = Number(execFileSync('id', ['-u', name]).toString().trim());
+  const gid = Number(execFileSync('id', ['-g', name]).toString().trim());
+  chownSync(home, uid, gid);
+  return { uid, gid, name, home };
+}
+
+/** Processes whose executable or arguments mention `needle`, with their owner. */
+export function processesMentioning(needle: string): { pid: number; uid: number; cmdline: string }[] {
+  const found = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ');
+      let exe = '';
+      try {
+        exe = readlinkSync(`/proc/${entry}/exe`);
+      } catch {
+        // not ours to read
+      }
+      if (!cmdline.includes(needle) && !exe.includes(needle)) continue;
+      const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${entry}/status`, 'utf8'))![1]);
+      found.push({ pid: Number(entry), uid, cmdline });
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return found;
+}
+
+/** A port range nobody else in this test run uses. */
+export function portBase(): number {
+  return 20000 + Math.floor(Math.random() * 3000) * 10;
+}
