@@ -2,6 +2,7 @@
 import type { Command } from '@commander-js/extra-typings';
 import type { Account, AccountWithToken, NodeCredential, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
+import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
 import { userClient, writeClientConfig } from '../settings.js';
 import { globals } from './globals.js';
@@ -9,14 +10,13 @@ import { globals } from './globals.js';
 export function registerOperatorCommands(program: Command): void {
   program
     .command('login')
-    .description('check a master URL and token, and keep them for the next commands')
-    .requiredOption('--master <url>', 'the master URL')
-    .requiredOption('--token <token>', 'your API token')
+    .description('check a master URL (--master) and token (--token), and keep them for the next commands')
     .action(async (_options, command) => {
       const g = globals(command);
-      const client = new MasterClient({ url: g.master!, token: g.token! });
+      if (!g.master || !g.token) throw new PledgerError('BAD_REQUEST', 'login needs --master URL and --token TOKEN');
+      const client = new MasterClient({ url: g.master, token: g.token });
       const me = await client.call<Account>('GET', '/api/v1/whoami');
-      const file = await writeClientConfig({ master: client.url, token: g.token! });
+      const file = await writeClientConfig({ master: client.url, token: g.token });
       print(g, { ...me, config: file }, (v) => `logged in to ${client.url} as ${v.name} (${v.role}); settings kept in ${file}`);
     });
 

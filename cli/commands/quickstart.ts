@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, openSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
@@ -20,14 +20,16 @@ import { globals } from './globals.js';
 
 const NODE_NAME = 'local';
 const TITLE = 'hello-world';
+const DEFAULT_DIR = path.join(homedir(), '.pledger', 'quickstart');
 
 export function registerQuickstartCommand(program: Command): void {
   program
     .command('quickstart')
     .description('run a master and a node on this machine and deploy the hello release')
-    .option('--dir <dir>', 'where the master and node keep their files', path.join(homedir(), '.pledger', 'quickstart'))
+    .option('--dir <dir>', 'where the master and node keep their files', DEFAULT_DIR)
     .option('--port <port>', 'the master port', String(DEFAULT_MASTER_PORT))
     .option('--greeting <text>', 'what the hello instance answers')
+    .option('--down', 'destroy the instance, wipe its partition and stop the master')
     .action(async (options, command) => {
       const g = globals(command);
       const { initMaster } = await import('../../master/server.js');
@@ -43,6 +45,11 @@ export function registerQuickstartCommand(program: Command): void {
       const nodeConfigFile = path.join(dir, 'node.json');
       await mkdir(masterDir, { recursive: true, mode: 0o700 });
       const url = `http://127.0.0.1:${options.port}`;
+      if (options.down) {
+        await down({ url, operatorFile, nodeConfigFile, masterDir, say });
+        print(g, { down: true }, () => 'the quickstart instance is destroyed and the master stopped');
+        return;
+      }
 
       if (!existsSync(operatorFile)) {
         say('creating the master database');
@@ -89,6 +96,7 @@ export function registerQuickstartCommand(program: Command): void {
       const view = await waitUntilReady(client, TITLE, 60);
       const answer = view.connection.url ? await (await fetch(view.connection.url)).text() : '';
 
+      const sameDir = `${options.dir === DEFAULT_DIR ? '' : ` --dir ${dir}`}${options.port === String(DEFAULT_MASTER_PORT) ? '' : ` --port ${options.port}`}`;
       print(g, { master: url, token, instance: view, answer }, (v) =>
         [
           describeInstance(v.instance),
@@ -99,10 +107,37 @@ export function registerQuickstartCommand(program: Command): void {
           `  export PLEDGER_MASTER_URL=${v.master} PLEDGER_TOKEN=${v.token}`,
           `  scripts/pledger list`,
           `  scripts/pledger request ${TITLE} hello --parameters greeting='Hi there' && scripts/pledger node instance --config ${nodeConfigFile}`,
-          `Stop the master with: kill $(cat ${path.join(masterDir, 'master.pid')})`,
+          `Undo it all (instance destroyed, master stopped): scripts/pledger quickstart --down${sameDir}`,
         ].join('\n'),
       );
     });
+}
+
+/** Undoes the quickstart: destroys the instance (the node wipes it), then stops the master. */
+async function down(where: { url: string; operatorFile: string; nodeConfigFile: string; masterDir: string; say: (line: string) => void }): Promise<void> {
+  const { processInstances, readNodeConfig, createLogger } = await import('../../slave/index.js');
+  if (existsSync(where.operatorFile) && (await healthy(where.url))) {
+    const { token } = JSON.parse(await readFile(where.operatorFile, 'utf8')) as { token: string };
+    const client = new MasterClient({ url: where.url, token });
+    const present = await client.call<InstanceView[]>('GET', '/api/v1/instances');
+    if (present.some((i) => i.title === TITLE)) {
+      where.say(`destroying instance "${TITLE}"`);
+      await client.call('DELETE', `/api/v1/instances/${TITLE}`);
+      await processInstances(await readNodeConfig(where.nodeConfigFile), createLogger(!process.stderr.isTTY));
+    }
+  }
+  const pidFile = path.join(where.masterDir, 'master.pid');
+  if (existsSync(pidFile)) {
+    const pid = Number((await readFile(pidFile, 'utf8')).trim());
+    where.say(`stopping the master (pid ${pid})`);
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // already gone
+    }
+    await waitFor(async () => !(await healthy(where.url)), 10_000);
+    await rm(pidFile, { force: true });
+  }
 }
 
 async function healthy(url: string): Promise<boolean> {

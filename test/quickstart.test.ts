@@ -1,0 +1,78 @@
+/**
+ * The README's first command, as a newcomer runs it: `pledger quickstart` brings up a
+ * master and a node on this machine, deploys hello and prints what its URL answers;
+ * running it again reuses everything; `--down` undoes it.
+ */
+import { mkdtempSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { InstanceView } from '../protocol/api.js';
+import { pledger, processesMentioning } from './helpers/processes.js';
+
+interface QuickstartOutput {
+  master: string;
+  token: string;
+  instance: InstanceView;
+  answer: string;
+}
+
+describe('pledger quickstart', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'pledger-quickstart-'));
+  let port: number;
+  const quickstart = (...args: string[]) => pledger(['quickstart', '--dir', dir, '--port', String(port), ...args], { timeoutMs: 120_000 });
+
+  afterAll(async () => {
+    await quickstart('--down');
+    for (const p of processesMentioning(dir)) process.kill(p.pid, 'SIGKILL');
+  });
+
+  it('runs a master and a node, deploys hello and prints what it answers', async () => {
+    port = await freePort();
+    const result = await quickstart('--json');
+    expect(result.exitCode).toBe(0);
+    const output = result.json<QuickstartOutput>();
+    expect(output.master).toBe(`http://127.0.0.1:${port}`);
+    expect(output.instance).toMatchObject({ title: 'hello-world', status: 'started', ready: true });
+    expect(output.answer).toBe('Hello from Pledger!\n');
+    expect(await (await fetch(output.instance.connection.url!)).text()).toBe('Hello from Pledger!\n');
+  });
+
+  it('reuses everything when run again', async () => {
+    const again = await quickstart('--greeting', 'Welcome back', '--json');
+    expect(again.exitCode).toBe(0);
+    const output = again.json<QuickstartOutput>();
+    expect(output.instance).toMatchObject({ serial: 2, partition: 'part0' });
+    expect(output.answer).toBe('Welcome back\n');
+    const nodes = await pledger(['node', 'list', '--json'], { env: { PLEDGER_MASTER_URL: output.master, PLEDGER_TOKEN: output.token } });
+    expect(nodes.json<{ name: string }[]>().map((n) => n.name)).toEqual(['local']);
+  });
+
+  it('undoes it all with --down', async () => {
+    const down = await quickstart('--down');
+    expect(down.exitCode).toBe(0);
+    expect(await portOpen(port)).toBe(false);
+    expect(processesMentioning(path.join(dir, 'node', 'software'))).toEqual([]);
+  });
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function portOpen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
