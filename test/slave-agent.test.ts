@@ -1,28 +1,32 @@
 /**
- * The node agent against a stand-in master: building releases, deploying instances,
- * keeping their promises, repairing, stopping and destroying them, and carrying on
- * without the master.
+ * The node agent against a real master (in this process, over a fresh SQLite file):
+ * building releases, deploying instances, keeping their promises, repairing, stopping
+ * and destroying them, and carrying on without the master. What the node reported is
+ * read back through the master's own API: instance histories and the node list.
  */
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { DesiredInstance, NodeEvent } from '../protocol/api.js';
+import { serveMaster, initMaster, type RunningMaster } from '../master/server.js';
+import type { DesiredState, InstanceRequest, InstanceView, MovementView, NodeCredential, NodeView, SoftwareView } from '../protocol/api.js';
+import { MasterClient } from '../protocol/client.js';
 import { packSoftware } from '../protocol/software-archive.js';
-import { hashDirectory } from '../protocol/software-release.js';
 import { resolveNodeConfig, type NodeConfig } from '../slave/config.js';
 import { formatNode } from '../slave/format.js';
 import { processInstances } from '../slave/instance.js';
 import { silentLogger } from '../slave/log.js';
 import { readPartitionState } from '../slave/partition-state.js';
-import { isAlive, stopProcessGroup } from '../slave/processes.js';
+import { isAlive, stopProcessGroup, type ServiceRecord } from '../slave/processes.js';
 import { installSoftware } from '../slave/software.js';
-import { startFakeMaster, type FakeMaster } from './slave-fake-master.js';
+import { freshDatabase, type TestDatabase } from './helpers/databases.js';
+import { portBase } from './helpers/processes.js';
+import { writeTree } from './helpers/tree.js';
 
-let scratch: string;
-let master: FakeMaster;
-let config: NodeConfig;
-const releases: Record<string, { dir: string; hash: string }> = {};
+const NODE = 'agent-node';
+const PARTITIONS = ['part0', 'part1', 'part2', 'part3'];
 
 const ECHO_YAML = `
 name: echo
@@ -35,6 +39,7 @@ parts:
       - [/bin/chmod, '755', tool.sh]
 software-types:
   default:
+    parameters: schema/default.json
     ports: [http]
     secrets: [password]
     files:
@@ -66,88 +71,139 @@ require('node:http')
   .listen({{ ports.http }}, {{ partition.ip | json }});
 `;
 
-async function writeRelease(name: string, files: Record<string, string>): Promise<void> {
-  const dir = path.join(scratch, 'releases', name);
-  for (const [file, content] of Object.entries(files)) {
-    await mkdir(path.dirname(path.join(dir, file)), { recursive: true });
-    await writeFile(path.join(dir, file), content);
-  }
-  const hash = await hashDirectory(dir);
-  releases[name] = { dir, hash };
-  master.archives.set(hash, await packSoftware(dir));
-}
-
-const supply = (name: string, state = 'available') => ({ name, version: '1.0.0', hash: releases[name]!.hash, state });
-
-function instance(id: string, software: string, fields: Partial<DesiredInstance> = {}): DesiredInstance {
-  return {
-    id,
-    title: `title of ${id}`,
-    software: { name: software, version: '1.0.0', hash: releases[software]!.hash },
-    softwareType: 'default',
-    parameters: {},
-    state: 'started',
-    serial: 1,
-    ...fields,
-  };
-}
-
-function place(reference: string, desired: DesiredInstance | null): void {
-  const partition = master.state.partitions.find((p) => p.reference === reference)!;
-  partition.instance = desired;
-}
-
-const eventsOf = (type: NodeEvent['type'], partition?: string) =>
-  master.events.filter((e) => e.type === type && (partition === undefined || ('partition' in e && e.partition === partition)));
-
-async function services(reference: string) {
-  return (await readPartitionState(config.root, reference))?.services ?? {};
-}
-
-beforeAll(async () => {
-  scratch = await mkdtemp(path.join(tmpdir(), 'pledger-agent-'));
-  master = await startFakeMaster();
-  const octet = 10 + Math.floor(Math.random() * 200);
-  config = resolveNodeConfig({
-    masterUrl: master.url,
-    credential: 'node-secret',
-    root: path.join(scratch, 'node'),
-    partitions: 4,
-    ipBase: `127.45.${octet}.1`,
-    portBase: 20000 + Math.floor(Math.random() * 3000) * 10,
-  });
-  await writeRelease('echo', {
+const RELEASES = {
+  echo: {
     'software.yaml': ECHO_YAML,
+    'schema/default.json': JSON.stringify({
+      type: 'object',
+      additionalProperties: false,
+      properties: { greeting: { type: 'string', maxLength: 200, default: 'hello' } },
+    }),
     'src/tool.sh': '#!/bin/sh\necho tool\n',
     'templates/greeting.txt.njk': '{{ parameters.greeting }}',
     'templates/server.cjs.njk': SERVER,
     'templates/broken.njk': 'ok = {{ partition.ip }}\nvalue = {{ parameters.nope }}\n',
-  });
-  await writeRelease('fails', {
+  },
+  fails: {
     'software.yaml': "name: fails\nversion: 1.0.0\nparts:\n  x:\n    build:\n      - [/bin/sh, -c, 'echo first line; echo the-reason >&2; exit 3']\nsoftware-types:\n  default: {}\n",
+  },
+  forged: {
+    'software.yaml': 'name: forged\nversion: 1.0.0\nsoftware-types:\n  default: {}\n',
+  },
+};
+const HELLO_DIR = path.join(import.meta.dirname, '..', 'software-releases', 'hello');
+
+let scratch: string;
+let db: TestDatabase;
+let master: RunningMaster;
+let masterPort: number;
+let operator: MasterClient;
+let alice: MasterClient;
+let credential: string;
+let config: NodeConfig;
+const hashes: Record<string, string> = {};
+
+/** Every request the master answered, as `METHOD /path STATUS`, release hashes shown as :hash. */
+const answered: string[] = [];
+
+/** Serves the test database, on `port` when given, and notes every request it answers. */
+async function startMaster(port = 0): Promise<void> {
+  master = await serveMaster({ database: db.url, host: '127.0.0.1', port, softwareDir: null });
+  masterPort = Number(new URL(master.url).port);
+  master.app.server.on('request', (request, response) => {
+    const route = `${request.method} ${(request.url ?? '').split('?')[0]!.replace(/[0-9a-f]{64}/, ':hash')}`;
+    response.on('finish', () => answered.push(`${route} ${response.statusCode}`));
   });
-  // Supplied under a hash its archive does not have.
-  releases.forged = { dir: '', hash: 'f'.repeat(64) };
-  master.archives.set(releases.forged.hash, master.archives.get(releases.echo!.hash)!);
+}
+
+/** The requests the master answered while `run` ran, and what `run` returned. */
+async function watching<T>(run: () => Promise<T>): Promise<{ result: T; requests: string[] }> {
+  const from = answered.length;
+  const result = await run();
+  return { result, requests: answered.slice(from) };
+}
+
+const DESIRED_STATE_UNCHANGED = 'GET /api/v1/node/desired-state 304';
+
+async function publish(dir: string): Promise<SoftwareView> {
+  const answer = await operator.raw('POST', '/api/v1/software', { body: await packSoftware(dir), headers: { 'content-type': 'application/gzip' } });
+  return JSON.parse(answer.body.toString('utf8')) as SoftwareView;
+}
+
+const supply = (software: string, state: 'available' | 'destroyed' = 'available') =>
+  operator.call('POST', '/api/v1/supplies', { software, node: NODE, state });
+
+const request = (title: string, body: InstanceRequest) => alice.call<InstanceView>('PUT', `/api/v1/instances/${encodeURIComponent(title)}`, body);
+const info = (title: string) => alice.call<InstanceView>('GET', `/api/v1/instances/${encodeURIComponent(title)}`);
+const nodeView = async () => (await operator.call<NodeView[]>('GET', '/api/v1/nodes')).find((n) => n.name === NODE)!;
+
+/** What the node reported about an instance, in order, as `KIND SERIAL`. */
+async function reported(title: string): Promise<string[]> {
+  const history = await alice.call<MovementView[]>('GET', `/api/v1/instances/${encodeURIComponent(title)}/history`);
+  return history.filter((m) => m.actor === `node:${NODE}`).map((m) => `${m.kind} ${(m.data as { serial: number }).serial}`);
+}
+
+async function services(reference: string): Promise<Record<string, ServiceRecord>> {
+  return (await readPartitionState(config.root, reference))?.services ?? {};
+}
+
+async function allServices(): Promise<Record<string, Record<string, ServiceRecord>>> {
+  return Object.fromEntries(await Promise.all(PARTITIONS.map(async (reference) => [reference, await services(reference)] as const)));
+}
+
+const outbox = () => readFile(path.join(config.root, 'state', 'outbox.jsonl'), 'utf8').catch(() => '');
+const sqliteFile = () => db.url.replace(/^sqlite:/, '');
+
+beforeAll(async () => {
+  // The master logs every request at info; its warnings and errors are enough here.
+  process.env.PLEDGER_LOG_LEVEL ??= 'warn';
+  scratch = mkdtempSync(path.join(tmpdir(), 'pledger-agent-'));
+  db = await freshDatabase('sqlite');
+  const { token } = await initMaster(db.url, 'admin');
+  await startMaster();
+  operator = new MasterClient({ url: master.url, token });
+  alice = new MasterClient({ url: master.url, token: (await operator.call<{ token: string }>('POST', '/api/v1/accounts', { name: 'alice' })).token });
+  credential = (await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name: NODE })).credential;
+  config = resolveNodeConfig({
+    masterUrl: master.url,
+    credential,
+    root: path.join(scratch, 'node'),
+    partitions: PARTITIONS.length,
+    ipBase: `127.45.${10 + Math.floor(Math.random() * 200)}.1`,
+    portBase: portBase(),
+  });
+  for (const [name, files] of Object.entries(RELEASES)) hashes[name] = (await publish(writeTree(files, path.join(scratch, 'releases', name)))).hash;
 });
 
 afterAll(async () => {
-  for (const reference of ['part0', 'part1', 'part2', 'part3']) {
-    for (const record of Object.values(await services(reference))) await stopProcessGroup(record, 500).catch(() => {});
+  if (config) {
+    for (const reference of PARTITIONS) {
+      for (const record of Object.values(await services(reference))) await stopProcessGroup(record, 500).catch(() => {});
+    }
   }
-  await master.close();
-  await rm(scratch, { recursive: true, force: true });
+  await master?.close();
+  await db?.drop();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
-describe('node agent', () => {
-  it('formats the node', async () => {
+describe('node agent, against a real master', () => {
+  it('formats the node and tells the master its partitions', async () => {
     const partitions = await formatNode(config, silentLogger);
-    master.state.partitions = partitions.map((p) => ({ ...p, instance: null }));
-    expect(master.partitions).toHaveLength(4);
+    expect(partitions.map((p) => p.reference)).toEqual(PARTITIONS);
+    expect(await nodeView()).toMatchObject({ partitions: 4, freePartitions: 4, lastSeenAt: expect.any(String) });
   });
 
   it('builds the supplied releases, refusing a forged one, reporting a failed build with its log', async () => {
-    master.state.software = [supply('echo'), supply('fails'), { ...supply('forged'), name: 'forged' }];
+    // A compromised store: the master serves echo's archive under forged's hash.
+    const sqlite = new SqliteDatabase(sqliteFile());
+    try {
+      const echo = sqlite.prepare('SELECT archive FROM software_archives WHERE hash = ?').get(hashes.echo) as { archive: Buffer };
+      expect(sqlite.prepare('UPDATE software_archives SET archive = ? WHERE hash = ?').run(echo.archive, hashes.forged).changes).toBe(1);
+    } finally {
+      sqlite.close();
+    }
+    for (const name of ['echo', 'fails', 'forged']) await supply(name);
+
     const { results, offline } = await installSoftware(config, silentLogger);
     expect(offline).toBe(false);
     expect(results.map((r) => [r.item, r.status])).toEqual([
@@ -156,154 +212,239 @@ describe('node agent', () => {
       ['forged@1.0.0', 'failed'],
     ]);
     expect(results[1]!.message).toMatch(/exited with code 3[\s\S]*first line\nthe-reason/);
-    expect(results[2]!.message).toMatch(/refused: the release downloaded has the content hash [0-9a-f]{64}, not f{64}/);
+    expect(results[2]!.message).toBe(`refused: the release downloaded has the content hash ${hashes.echo}, not ${hashes.forged}`);
 
-    const built = path.join(config.root, 'software', releases.echo!.hash);
+    const built = path.join(config.root, 'software', hashes.echo!);
     expect(await readFile(path.join(built, '.pledger-built'), 'utf8')).toMatch(/^\d{4}-/);
     expect((await stat(path.join(built, 'parts', 'tool', 'tool.sh'))).mode & 0o111).not.toBe(0);
     const log = await readFile(path.join(built, 'build.log'), 'utf8');
-    expect(log).toMatch(new RegExp(`building in .*/software/\\.build-${releases.echo!.hash}-[^/]+/parts/tool for ${built}/parts/tool with HOME=.*\\.build-`));
-    expect((await readdir(path.join(config.root, 'software'))).sort()).toEqual([releases.echo!.hash]);
+    expect(log).toMatch(new RegExp(`building in .*/software/\\.build-${hashes.echo}-[^/]+/parts/tool for ${built}/parts/tool with HOME=.*\\.build-`));
+    expect((await readdir(path.join(config.root, 'software'))).sort()).toEqual([hashes.echo]);
 
-    expect(eventsOf('software.built').map((e) => 'software' in e && e.software)).toEqual([releases.echo!.hash]);
-    expect(eventsOf('software.error')).toHaveLength(2);
+    expect((await nodeView()).software.map((s) => [s.name, s.status])).toEqual([
+      ['echo', 'built'],
+      ['fails', 'error'],
+      ['forged', 'error'],
+    ]);
+    // The API shows a supply's status only: what the node said is read from the master's database.
+    const sqliteRead = new SqliteDatabase(sqliteFile(), { readonly: true });
+    try {
+      const messages = sqliteRead
+        .prepare('SELECT software.name, supplies.message FROM supplies JOIN software ON software.id = supplies.software_id ORDER BY software.name')
+        .all() as { name: string; message: string | null }[];
+      expect(messages).toEqual([
+        { name: 'echo', message: null },
+        { name: 'fails', message: results[1]!.message },
+        { name: 'forged', message: results[2]!.message },
+      ]);
+    } finally {
+      sqliteRead.close();
+    }
   });
 
-  it('does nothing when everything is built', async () => {
-    master.state.software = [supply('echo')];
-    const downloads = master.hits['GET /api/v1/node/software/:hash'];
-    const events = master.events.length;
-    expect(await installSoftware(config, silentLogger)).toEqual({ results: [{ item: 'echo@1.0.0', status: 'unchanged' }], offline: false });
-    expect(master.hits['GET /api/v1/node/software/:hash']).toBe(downloads);
-    expect(master.hits['POST /api/v1/node/events']).toBe(1);
-    expect(master.events).toHaveLength(events);
+  it('downloads nothing and reports nothing when everything it is asked for is built', async () => {
+    await supply('fails', 'destroyed');
+    await supply('forged', 'destroyed');
+    const { result, requests } = await watching(() => installSoftware(config, silentLogger));
+    expect(result).toEqual({
+      results: [
+        { item: 'echo@1.0.0', status: 'unchanged' },
+        { item: 'fails@1.0.0', status: 'unchanged' },
+        { item: 'forged@1.0.0', status: 'unchanged' },
+      ],
+      offline: false,
+    });
+    expect(requests).toEqual(['GET /api/v1/node/desired-state 200']);
   });
 
   it('deploys instances, keeps parameters as data, and reports each failure clearly', async () => {
-    place('part0', instance('i-web', 'echo', { parameters: { greeting: '{{ 7*7 }} {% include "software.yaml" %}' } }));
-    place('part1', instance('i-broken', 'echo', { softwareType: 'broken' }));
-    place('part2', instance('i-silent', 'echo', { softwareType: 'silent' }));
-    place('part3', instance('i-waiting', 'forged'));
+    // hello is supplied, but the node has not built it yet.
+    await publish(HELLO_DIR);
+    await supply('hello');
+    expect((await request('web', { software: 'echo', parameters: { greeting: '{{ 7*7 }} {% include "software.yaml" %}' } })).partition).toBe('part0');
+    expect((await request('broken', { software: 'echo', softwareType: 'broken' })).partition).toBe('part1');
+    expect((await request('silent', { software: 'echo', softwareType: 'silent' })).partition).toBe('part2');
+    expect((await request('hello', { software: 'hello', parameters: { greeting: 'Hi {{ there }}' } })).partition).toBe('part3');
+
     const { results, offline } = await processInstances(config, silentLogger);
     expect(offline).toBe(false);
     expect(results.map((r) => [r.item, r.status])).toEqual([
-      ['part0 (title of i-web)', 'done'],
-      ['part1 (title of i-broken)', 'failed'],
-      ['part2 (title of i-silent)', 'failed'],
-      ['part3 (title of i-waiting)', 'failed'],
+      ['part0 (web)', 'done'],
+      ['part1 (broken)', 'failed'],
+      ['part2 (silent)', 'failed'],
+      ['part3 (hello)', 'failed'],
     ]);
     expect(results[1]!.message).toBe('cannot deploy: etc/broken.conf (from templates/broken.njk), line 2: {{ parameters.nope }} is undefined');
-    expect(results[2]!.message).toMatch(/promise listening: cannot connect to 127\.45\.\d+\.3:\d+/);
-    expect(results[3]!.message).toBe('software forged@1.0.0 not built yet');
+    expect(results[2]!.message).toMatch(/^promise listening: cannot connect to 127\.45\.\d+\.3:\d+/);
+    expect(results[3]!.message).toBe('software hello@1.0.0 not built yet');
 
-    const [started] = eventsOf('instance.started', 'part0');
-    const connection = started && 'connection' in started ? started.connection! : {};
-    expect(connection.url).toBe(`http://${config.ipBase}:${config.portBase}/`);
-    expect(connection.password).toMatch(/^[A-Za-z0-9_-]{32}$/);
-    expect(connection.tool).toBe(path.join(config.root, 'software', releases.echo!.hash, 'parts', 'tool', 'tool.sh'));
-    expect(await (await fetch(connection.url!)).text()).toBe('{{ 7*7 }} {% include "software.yaml" %}');
-    expect(await readFile(path.join(config.root, 'partitions', 'part0', '.pledger', 'secrets.json'), 'utf8')).toContain(connection.password);
+    const web = await info('web');
+    expect(web).toMatchObject({ status: 'started', ready: true, message: null });
+    expect(web.connection.url).toBe(`http://${config.ipBase}:${config.portBase}/`);
+    expect(web.connection.password).toMatch(/^[A-Za-z0-9_-]{32}$/);
+    expect(web.connection.tool).toBe(path.join(config.root, 'software', hashes.echo!, 'parts', 'tool', 'tool.sh'));
+    expect(await (await fetch(web.connection.url!)).text()).toBe('{{ 7*7 }} {% include "software.yaml" %}');
+    expect(await readFile(path.join(config.root, 'partitions', 'part0', '.pledger', 'secrets.json'), 'utf8')).toContain(web.connection.password);
 
-    expect(eventsOf('instance.deployed').map((e) => 'partition' in e && e.partition)).toEqual(['part0', 'part2']);
-    expect(eventsOf('instance.error').map((e) => 'partition' in e && e.partition)).toEqual(['part1', 'part2', 'part3']);
+    for (const [title, result] of [['broken', results[1]!], ['silent', results[2]!], ['hello', results[3]!]] as const) {
+      expect(await info(title)).toMatchObject({ status: 'error', ready: false, message: result.message });
+    }
+    expect(await reported('web')).toEqual(['instance.deployed 1', 'instance.started 1']);
+    expect(await reported('broken')).toEqual(['instance.error 1']);
+    expect(await reported('silent')).toEqual(['instance.deployed 1', 'instance.error 1']);
+    expect(await reported('hello')).toEqual(['instance.error 1']);
+
     // A broken promise kills nothing: the service stays up to be debugged.
     expect(await isAlive((await services('part2')).idle!)).toBe(true);
     expect(await readdir(path.join(config.root, 'partitions', 'part1'))).not.toContain('etc');
   });
 
-  it('changes nothing and reports nothing when nothing changed', async () => {
-    const events = master.events.length;
-    const pid = (await services('part0')).web!.pid;
-    const { results } = await processInstances(config, silentLogger);
-    expect(results.map((r) => r.status)).toEqual(['unchanged', 'failed', 'failed', 'failed']);
-    expect(master.events).toHaveLength(events);
-    expect(master.notModified).toBeGreaterThanOrEqual(1);
-    expect((await services('part0')).web!.pid).toBe(pid);
+  it('changes nothing, starts nothing and reports nothing when nothing changed', async () => {
+    const before = await allServices();
+    const { result, requests } = await watching(() => processInstances(config, silentLogger));
+    expect(result.results.map((r) => r.status)).toEqual(['unchanged', 'failed', 'failed', 'failed']);
+    expect(requests).toEqual([DESIRED_STATE_UNCHANGED]);
+    expect(await allServices()).toEqual(before);
   });
 
   it('restarts a service that died, and only that one', async () => {
     const before = (await services('part0')).web!;
+    const idle = (await services('part2')).idle!;
     process.kill(-before.pid, 'SIGKILL');
     while (await isAlive(before)) await new Promise((resolve) => setTimeout(resolve, 20));
-    const { results } = await processInstances(config, silentLogger);
-    expect(results[0]).toEqual({ item: 'part0 (title of i-web)', status: 'done', message: 'restarted web' });
+
+    const { result, requests } = await watching(() => processInstances(config, silentLogger));
+    expect(result.results[0]).toEqual({ item: 'part0 (web)', status: 'done', message: 'restarted web' });
     const after = (await services('part0')).web!;
     expect(after.pid).not.toBe(before.pid);
     expect(await isAlive(after)).toBe(true);
     expect(await (await fetch(`http://${config.ipBase}:${config.portBase}/`)).text()).toContain('{{ 7*7 }}');
+    expect((await services('part2')).idle).toEqual(idle);
+    // Still started, as the master knows: nothing to tell it.
+    expect(requests).toEqual([DESIRED_STATE_UNCHANGED]);
   });
 
   it('stops an instance once, and destroys it once', async () => {
     const web = (await services('part0')).web!;
-    place('part0', instance('i-web', 'echo', { state: 'stopped', serial: 2 }));
-    expect((await processInstances(config, silentLogger)).results[0]).toMatchObject({ status: 'done', message: 'stopped' });
+    expect(await request('web', { software: 'echo', state: 'stopped' })).toMatchObject({ serial: 2 });
+    expect((await processInstances(config, silentLogger)).results[0]).toEqual({ item: 'part0 (web)', status: 'done', message: 'stopped' });
     expect(await isAlive(web)).toBe(false);
-    expect((await processInstances(config, silentLogger)).results[0]!.status).toBe('unchanged');
-    expect(eventsOf('instance.stopped')).toHaveLength(1);
+    expect(await info('web')).toMatchObject({ state: 'stopped', status: 'stopped', ready: true });
+    expect((await processInstances(config, silentLogger)).results[0]).toEqual({ item: 'part0 (web)', status: 'unchanged' });
+    expect(await reported('web')).toEqual(['instance.deployed 1', 'instance.started 1', 'instance.stopped 2']);
 
-    place('part0', instance('i-web', 'echo', { state: 'destroyed', serial: 3 }));
-    expect((await processInstances(config, silentLogger)).results[0]).toMatchObject({ status: 'done', message: 'destroyed' });
+    expect(await alice.call<InstanceView>('DELETE', '/api/v1/instances/web')).toMatchObject({ state: 'destroyed', serial: 3 });
+    expect((await processInstances(config, silentLogger)).results[0]).toEqual({ item: 'part0 (web)', status: 'done', message: 'destroyed' });
     expect(await readdir(path.join(config.root, 'partitions', 'part0'))).toEqual([]);
-    expect((await processInstances(config, silentLogger)).results[0]!.status).toBe('unchanged');
-    expect(eventsOf('instance.destroyed', 'part0')).toHaveLength(1);
+    // The report freed the partition on the master.
+    expect(await info('web')).toMatchObject({ status: 'destroyed', partition: null });
+    expect(await nodeView()).toMatchObject({ freePartitions: 1 });
 
-    place('part0', null);
-    const { results } = await processInstances(config, silentLogger);
-    expect(results.map((r) => r.item)).not.toContain('part0 (title of i-web)');
+    const { result, requests } = await watching(() => processInstances(config, silentLogger));
+    expect(result.results.map((r) => r.item)).toEqual(['part1 (broken)', 'part2 (silent)', 'part3 (hello)']);
     expect(await readPartitionState(config.root, 'part0')).toBeUndefined();
-    expect(eventsOf('instance.destroyed', 'part0')).toHaveLength(1);
+    expect(requests).toEqual(['GET /api/v1/node/desired-state 200']);
+    expect(await reported('web')).toEqual(['instance.deployed 1', 'instance.started 1', 'instance.stopped 2', 'instance.destroyed 3']);
   });
 
-  it('wipes a partition whose instance vanished from the desired state', async () => {
-    const idle = (await services('part2')).idle!;
-    place('part2', null);
+  it('builds and runs the hello release of this repository once it is built', async () => {
+    const software = await installSoftware(config, silentLogger);
+    expect(software.results.find((r) => r.item === 'hello@1.0.0')).toEqual({ item: 'hello@1.0.0', status: 'done' });
+    expect((await nodeView()).software.find((s) => s.name === 'hello')).toMatchObject({ status: 'built' });
+
     const { results } = await processInstances(config, silentLogger);
-    expect(results.find((r) => r.item === 'part2')).toEqual({ item: 'part2', status: 'done', message: 'destroyed' });
+    expect(results.find((r) => r.item.startsWith('part3'))).toEqual({ item: 'part3 (hello)', status: 'done' });
+    const hello = await info('hello');
+    expect(hello).toMatchObject({ status: 'started', ready: true, message: null });
+    expect(await (await fetch(hello.connection.url!)).text()).toBe('Hi {{ there }}\n');
+    expect(await reported('hello')).toEqual(['instance.error 1', 'instance.deployed 1', 'instance.started 1']);
+  });
+
+  it('wipes a partition whose instance left it unseen, and delivers the other events when the master refuses that report', async () => {
+    const idle = (await services('part2')).idle!;
+    // The master frees a partition once its node reports the instance destroyed. Here that
+    // report comes from elsewhere with the node's credential, so this agent never saw it.
+    await alice.call('DELETE', '/api/v1/instances/silent');
+    const asNode = new MasterClient({ url: master.url, token: credential });
+    const desired = await asNode.call<DesiredState>('GET', '/api/v1/node/desired-state');
+    const silent = desired.partitions.find((p) => p.reference === 'part2')!.instance!;
+    const at = new Date().toISOString();
+    await asNode.call('POST', '/api/v1/node/events', { events: [{ id: 'destroyed-elsewhere', at, type: 'instance.destroyed', partition: 'part2', instance: silent.id, serial: 2 }] });
+    expect(await info('silent')).toMatchObject({ status: 'destroyed', partition: null });
+    // Meanwhile hello gets a new greeting: its events travel with the agent's report on part2.
+    await request('hello', { software: 'hello', parameters: { greeting: 'Bonjour' } });
+
+    const { result, requests } = await watching(() => processInstances(config, silentLogger));
+    expect(result.offline).toBe(false);
+    expect(result.results).toEqual([
+      { item: 'part1 (broken)', status: 'failed', message: expect.stringMatching(/^cannot deploy/) },
+      { item: 'part2', status: 'done', message: 'destroyed' },
+      { item: 'part3 (hello)', status: 'done' },
+    ]);
     expect(await isAlive(idle)).toBe(false);
     expect(await readdir(path.join(config.root, 'partitions', 'part2'))).toEqual([]);
-    expect(eventsOf('instance.destroyed', 'part2')).toHaveLength(1);
+    expect(await readPartitionState(config.root, 'part2')).toBeUndefined();
+
+    // The batch is refused for the event about a partition no longer the instance's, then
+    // sent again one event at a time: that one is refused and dropped, the others applied.
+    expect(requests.filter((r) => r.startsWith('POST /api/v1/node/events'))).toEqual([
+      'POST /api/v1/node/events 403',
+      'POST /api/v1/node/events 403',
+      'POST /api/v1/node/events 200',
+      'POST /api/v1/node/events 200',
+    ]);
+    expect(await outbox()).toBe('');
+    expect(await reported('silent')).toEqual(['instance.deployed 1', 'instance.error 1', 'instance.destroyed 2']);
+    expect(await reported('hello')).toEqual(['instance.error 1', 'instance.deployed 1', 'instance.started 1', 'instance.deployed 2', 'instance.started 2']);
+    expect(await (await fetch((await info('hello')).connection.url!)).text()).toBe('Bonjour\n');
   });
 
-  it('builds and runs the hello release of this repository', async () => {
-    const dir = path.join(import.meta.dirname, '..', 'software-releases', 'hello');
-    const hash = await hashDirectory(dir);
-    releases.hello = { dir, hash };
-    master.archives.set(hash, await packSoftware(dir));
-    master.state.software.push(supply('hello'));
-    expect((await installSoftware(config, silentLogger)).results.find((r) => r.item === 'hello@1.0.0')?.status).toBe('done');
-    place('part2', instance('i-hello', 'hello', { parameters: { greeting: 'Hi {{ there }}' } }));
-    const { results } = await processInstances(config, silentLogger);
-    expect(results.find((r) => r.item.startsWith('part2'))).toEqual({ item: 'part2 (title of i-hello)', status: 'done' });
-    const [started] = eventsOf('instance.started', 'part2');
-    const url = started && 'connection' in started ? started.connection!.url! : '';
-    expect(await (await fetch(url)).text()).toContain('Hi {{ there }}');
-  });
-
-  it('keeps converging without its master, and delivers its events when the master is back', async () => {
-    place('part1', instance('i-broken', 'echo', { softwareType: 'broken', state: 'stopped', serial: 2 }));
+  it('keeps converging without its master, and delivers its events once when the master is back', async () => {
+    await request('broken', { software: 'echo', state: 'stopped' });
+    await request('hello', { software: 'hello', parameters: { greeting: 'Hallo' } });
     await installSoftware(config, silentLogger); // pulls and saves the new desired state
-    const port = Number(new URL(master.url).port);
-    const { state, archives } = master;
+    const url = (await info('hello')).connection.url!;
     await master.close();
 
     expect(await installSoftware(config, silentLogger)).toEqual({
       results: [
         { item: 'echo@1.0.0', status: 'unchanged' },
+        { item: 'fails@1.0.0', status: 'unchanged' },
+        { item: 'forged@1.0.0', status: 'unchanged' },
         { item: 'hello@1.0.0', status: 'unchanged' },
       ],
       offline: true,
     });
     const offline = await processInstances(config, silentLogger);
-    expect(offline.offline).toBe(true);
-    expect(offline.results.find((r) => r.item.startsWith('part1'))).toMatchObject({ status: 'done', message: 'stopped' });
-    expect(await readFile(path.join(config.root, 'state', 'outbox.jsonl'), 'utf8')).toContain('instance.stopped');
+    expect(offline).toEqual({
+      results: [
+        { item: 'part1 (broken)', status: 'done', message: 'stopped' },
+        { item: 'part3 (hello)', status: 'done' },
+      ],
+      offline: true,
+    });
+    expect(await (await fetch(url)).text()).toBe('Hallo\n');
+    const waiting = (await outbox()).trim().split('\n').map((line) => (JSON.parse(line) as { type: string }).type);
+    expect(waiting).toEqual(['instance.stopped', 'instance.deployed', 'instance.started']);
 
-    master = await startFakeMaster('node-secret', port);
-    Object.assign(master, { state, archives });
-    const online = await processInstances(config, silentLogger);
-    expect(online.offline).toBe(false);
-    expect(master.events.map((e) => e.type)).toEqual(['instance.stopped']);
-    expect(await readFile(path.join(config.root, 'state', 'outbox.jsonl'), 'utf8')).toBe('');
+    await startMaster(masterPort);
+    const online = await watching(() => processInstances(config, silentLogger));
+    expect(online.result).toEqual({
+      results: [
+        { item: 'part1 (broken)', status: 'unchanged' },
+        { item: 'part3 (hello)', status: 'unchanged' },
+      ],
+      offline: false,
+    });
+    expect(online.requests).toEqual([DESIRED_STATE_UNCHANGED, 'POST /api/v1/node/events 200']);
+    expect(await outbox()).toBe('');
+    expect(await info('broken')).toMatchObject({ status: 'stopped', serial: 2 });
+    expect(await info('hello')).toMatchObject({ status: 'started', serial: 3, ready: true });
+
+    const again = await watching(() => processInstances(config, silentLogger));
+    expect(again.requests).toEqual([DESIRED_STATE_UNCHANGED]);
+    expect(await reported('broken')).toEqual(['instance.error 1', 'instance.stopped 2']);
+    expect((await reported('hello')).slice(-2)).toEqual(['instance.deployed 3', 'instance.started 3']);
   });
 
   it('fails with MASTER_UNREACHABLE when it has never seen a desired state', async () => {
