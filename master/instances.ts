@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { Ajv, type ValidateFunction } from 'ajv';
 import type { Kysely } from 'kysely';
-import type { InstanceRequest, InstanceView, MovementView, Parameters, RequestedState } from '../protocol/api.js';
+import type { InstanceRequest, InstanceView, MovementView, Parameters, PromiseState, RequestedState } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
@@ -135,7 +135,19 @@ function instancesQuery(db: Kysely<Tables>) {
 
 type InstanceRow = Awaited<ReturnType<ReturnType<typeof instancesQuery>['executeTakeFirstOrThrow']>>;
 
-function instanceView(row: InstanceRow): InstanceView {
+async function promisesOf(db: Kysely<Tables>, instanceIds: string[]): Promise<Map<string, PromiseState[]>> {
+  const byInstance = new Map<string, PromiseState[]>();
+  if (instanceIds.length === 0) return byInstance;
+  const rows = await db.selectFrom('instance_promises').selectAll().where('instance_id', 'in', instanceIds).orderBy('name').execute();
+  for (const r of rows) {
+    const list = byInstance.get(r.instance_id) ?? [];
+    list.push({ name: r.name, status: r.status as PromiseState['status'], message: r.message, since: r.since });
+    byInstance.set(r.instance_id, list);
+  }
+  return byInstance;
+}
+
+function instanceView(row: InstanceRow, promises: PromiseState[] = []): InstanceView {
   return {
     title: row.title,
     software: { name: row.software_name, version: row.software_version, hash: row.software_hash },
@@ -149,6 +161,7 @@ function instanceView(row: InstanceRow): InstanceView {
     node: row.node_name,
     partition: row.partition_reference,
     connection: JSON.parse(row.connection) as Record<string, string>,
+    promises,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
@@ -158,13 +171,15 @@ export async function getInstance(db: Kysely<Tables>, owner: AccountRow, title: 
   const row = await instancesQuery(db).where('instances.owner_id', '=', owner.id).where('instances.title', '=', title).executeTakeFirst();
   // Another owner's instance of the same title is as absent as one that never was.
   if (!row) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
-  return instanceView(row);
+  return instanceView(row, (await promisesOf(db, [row.id])).get(row.id));
 }
 
 export async function listInstances(db: Kysely<Tables>, owner: AccountRow, includeDestroyed: boolean): Promise<InstanceView[]> {
   let query = instancesQuery(db).where('instances.owner_id', '=', owner.id);
   if (!includeDestroyed) query = query.where('instances.status', '!=', 'destroyed');
-  return (await query.orderBy('instances.title').execute()).map(instanceView);
+  const rows = await query.orderBy('instances.title').execute();
+  const promises = await promisesOf(db, rows.map((r) => r.id));
+  return rows.map((r) => instanceView(r, promises.get(r.id)));
 }
 
 export async function instanceHistory(db: Kysely<Tables>, owner: AccountRow, title: string): Promise<MovementView[]> {

@@ -3,12 +3,12 @@
  * snapshot they pull, and the events they report.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import type { DesiredState, EventsReceipt, NodeCredential, NodeEvent, NodeView, PartitionDefinition, Parameters } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { allocatePending } from './allocation.js';
 import type { NodesTable, Tables } from './db/tables.js';
-import { partitionId, record } from './ledger/movements.js';
+import { partitionId, record, type Movement, type MovementRecord } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 
 export type NodeRow = NodesTable;
@@ -155,49 +155,96 @@ export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: Nod
   const receipt: EventsReceipt = { applied: [], duplicates: [] };
   let freed = false;
   await db.transaction().execute(async (trx) => {
-    const checked = [];
-    for (const event of events) {
-      if (event.type.startsWith('instance.')) {
-        const e = event as Extract<NodeEvent, { partition: string }>;
-        const pid = partitionId(node.id, e.partition);
-        const partition = await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', '=', pid).executeTakeFirst();
-        if (!partition) throw new PledgerError('FORBIDDEN', `partition ${e.partition} is not a partition of node ${node.name}`);
-        const instance = await trx.selectFrom('instances').select(['id', 'serial']).where('id', '=', e.instance).executeTakeFirst();
-        if (!instance || partition.instance_id !== instance.id) {
-          throw new PledgerError('FORBIDDEN', `instance ${e.instance} is not allocated to partition ${e.partition} of node ${node.name}`);
-        }
-        if (e.serial > instance.serial) throw new PledgerError('BAD_REQUEST', `instance ${e.instance} has no serial ${e.serial} yet`);
-        checked.push({ event, subject: instance.id, partitionId: pid });
-      } else {
-        const e = event as Extract<NodeEvent, { software: string }>;
-        const supply = await trx
-          .selectFrom('supplies')
-          .innerJoin('software', 'software.id', 'supplies.software_id')
-          .select('software.id')
-          .where('supplies.node_id', '=', node.id)
-          .where('software.hash', '=', e.software)
-          .executeTakeFirst();
-        if (!supply) throw new PledgerError('FORBIDDEN', `software ${e.software} is not supplied to node ${node.name}`);
-        checked.push({ event, subject: supply.id, partitionId: null });
-      }
-    }
-    for (const { event, subject, partitionId: pid } of checked) {
-      const meta = { id: `node:${node.id}:${event.id}`, actor: `node:${node.name}`, subject };
-      let applied: boolean;
-      if ('partition' in event) {
-        const data = { instanceId: subject, serial: event.serial, partitionId: pid, message: event.message ?? null, connection: event.connection };
-        applied = await record(trx, { kind: event.type, data }, meta);
-        if (applied && event.type === 'instance.destroyed') freed = true;
-      } else {
-        const status = event.type === 'software.built' ? 'built' : event.type === 'software.error' ? 'error' : 'removed';
-        applied = await record(trx, { kind: 'supply.reported', data: { nodeId: node.id, softwareId: subject, status, message: event.message ?? null } }, {
-          ...meta,
-          subject: node.id,
-        });
-      }
+    const planned: { event: NodeEvent; movement: Movement; meta: MovementRecord }[] = [];
+    for (const event of events) planned.push({ event, ...(await planEvent(trx, node, event)) });
+    for (const { event, movement, meta } of planned) {
+      const applied = await record(trx, movement, meta);
+      if (applied && movement.kind === 'instance.destroyed') freed = true;
       (applied ? receipt.applied : receipt.duplicates).push(event.id);
     }
   });
   if (freed) await allocatePending(db);
   return receipt;
+}
+
+/** Checks that an event is this node's to send, and turns it into the movement it records. */
+async function planEvent(trx: Transaction<Tables>, node: NodeRow, event: NodeEvent): Promise<{ movement: Movement; meta: MovementRecord }> {
+  const actor = `node:${node.name}`;
+  if ('software' in event) {
+    const supply = await trx
+      .selectFrom('supplies')
+      .innerJoin('software', 'software.id', 'supplies.software_id')
+      .select('software.id')
+      .where('supplies.node_id', '=', node.id)
+      .where('software.hash', '=', event.software)
+      .executeTakeFirst();
+    if (!supply) throw new PledgerError('FORBIDDEN', `software ${event.software} is not supplied to node ${node.name}`);
+    const status = event.type === 'software.built' ? 'built' : event.type === 'software.error' ? 'error' : 'removed';
+    return {
+      movement: { kind: 'supply.reported', data: { nodeId: node.id, softwareId: supply.id, status, message: event.message ?? null } },
+      meta: { id: `node:${node.id}:${event.id}`, actor, subject: node.id },
+    };
+  }
+
+  const pid = partitionId(node.id, event.partition);
+  const partition = await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', '=', pid).executeTakeFirst();
+  if (!partition) throw new PledgerError('FORBIDDEN', `partition ${event.partition} is not a partition of node ${node.name}`);
+  const instance = await trx
+    .selectFrom('instances')
+    .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'last_partition_id'])
+    .where('id', '=', event.instance)
+    .executeTakeFirst();
+  // Usage may follow an instance out of its partition: the node meters the last hour
+  // after it has destroyed it. Every other report needs the instance in the partition.
+  const hosted = instance !== undefined && (partition.instance_id === instance.id || (event.type === 'instance.usage' && instance.last_partition_id === pid));
+  if (!instance || !hosted) {
+    throw new PledgerError('FORBIDDEN', `instance ${event.instance} is not allocated to partition ${event.partition} of node ${node.name}`);
+  }
+  const meta = { id: `node:${node.id}:${event.id}`, actor, subject: instance.id };
+
+  switch (event.type) {
+    case 'instance.usage':
+      return {
+        movement: {
+          kind: 'usage.reported',
+          data: {
+            instanceId: instance.id,
+            hour: event.hour,
+            ownerId: instance.owner_id,
+            softwareId: instance.software_id,
+            softwareType: instance.software_type,
+            nodeId: node.id,
+            cpuMs: event.cpuMilliseconds,
+            memoryByteSeconds: event.memoryByteSeconds,
+            diskByteSeconds: event.diskByteSeconds,
+            uptimeSeconds: event.uptimeSeconds,
+          },
+        },
+        // Keyed by instance and hour, not by event id: an hour is counted once, whatever
+        // id a node gives its report.
+        meta: { ...meta, id: `usage:${instance.id}:${event.hour}` },
+      };
+    case 'instance.promises':
+      checkSerial(event.serial, instance);
+      return { movement: { kind: 'instance.promises', data: { instanceId: instance.id, serial: event.serial, reportedAt: event.at, promises: event.promises } }, meta };
+    case 'instance.bang': {
+      checkSerial(event.serial, instance);
+      // One redeployment per serial: a bang about an older serial was already answered.
+      const redeploy = event.serial === instance.serial && instance.state === 'started';
+      return {
+        movement: { kind: 'instance.banged', data: { instanceId: instance.id, reportedSerial: event.serial, serial: redeploy ? instance.serial + 1 : null, message: event.message } },
+        meta,
+      };
+    }
+    default:
+      checkSerial(event.serial, instance);
+      return {
+        movement: { kind: event.type, data: { instanceId: instance.id, serial: event.serial, partitionId: pid, message: event.message ?? null, connection: event.connection } },
+        meta,
+      };
+  }
+}
+
+function checkSerial(serial: number, instance: { id: string; serial: number }): void {
+  if (serial > instance.serial) throw new PledgerError('BAD_REQUEST', `instance ${instance.id} has no serial ${serial} yet`);
 }

@@ -127,6 +127,20 @@ export const InstanceRequest = Type.Object(
 );
 export type InstanceRequest = Static<typeof InstanceRequest>;
 
+export const PromiseStatus = Type.Union([Type.Literal('ok'), Type.Literal('warning'), Type.Literal('critical'), Type.Literal('unknown')]);
+export type PromiseStatus = Static<typeof PromiseStatus>;
+export const PromiseState = Type.Object(
+  {
+    name: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,62}$' }),
+    status: PromiseStatus,
+    message: Type.String({ maxLength: 2048 }),
+    /** When the promise entered this status. */
+    since: Timestamp,
+  },
+  { additionalProperties: false },
+);
+export type PromiseState = Static<typeof PromiseState>;
+
 export const InstanceView = Type.Object({
   title: Title,
   software: SoftwareId,
@@ -142,6 +156,8 @@ export const InstanceView = Type.Object({
   node: Type.Union([Name, Type.Null()]),
   partition: Type.Union([PartitionReference, Type.Null()]),
   connection: ConnectionParameters,
+  /** What the node last reported of each promise. */
+  promises: Type.Array(PromiseState),
   createdAt: Timestamp,
   updatedAt: Timestamp,
 });
@@ -236,7 +252,61 @@ export const SoftwareEvent = Type.Object(
 );
 export type SoftwareEvent = Static<typeof SoftwareEvent>;
 
-export const NodeEvent = Type.Union([InstanceEvent, SoftwareEvent]);
+/** The state of every promise of an instance: sent when one changes, and as a periodic summary. */
+export const PromisesEvent = Type.Object(
+  {
+    ...eventBase,
+    type: Type.Literal('instance.promises'),
+    partition: PartitionReference,
+    instance: Type.String({ minLength: 1, maxLength: 64 }),
+    serial: Type.Integer({ minimum: 0 }),
+    promises: Type.Array(PromiseState, { maxItems: 256 }),
+  },
+  { additionalProperties: false },
+);
+export type PromisesEvent = Static<typeof PromisesEvent>;
+
+/** Something broke that the node cannot repair: the master redeploys the instance's tree. */
+export const BangEvent = Type.Object(
+  {
+    ...eventBase,
+    type: Type.Literal('instance.bang'),
+    partition: PartitionReference,
+    instance: Type.String({ minLength: 1, maxLength: 64 }),
+    serial: Type.Integer({ minimum: 0 }),
+    message: Type.String({ maxLength: 16384 }),
+  },
+  { additionalProperties: false },
+);
+export type BangEvent = Static<typeof BangEvent>;
+
+/**
+ * What one instance consumed during one whole hour (UTC), in integer units. The node
+ * sends one per instance and completed hour; its id is derived from (instance, hour), so
+ * a record sent again is recognised whatever happened to the node in between.
+ */
+export const UsageEvent = Type.Object(
+  {
+    ...eventBase,
+    type: Type.Literal('instance.usage'),
+    partition: PartitionReference,
+    instance: Type.String({ minLength: 1, maxLength: 64 }),
+    /** Start of the hour: 2026-11-22T04:00:00.000Z. */
+    hour: Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:00:00\\.000Z$' }),
+    /** CPU time of the partition's process trees (user + system). */
+    cpuMilliseconds: Type.Integer({ minimum: 0 }),
+    /** Resident memory integrated over the hour. */
+    memoryByteSeconds: Type.Integer({ minimum: 0 }),
+    /** Disk use of the partition integrated over the hour. */
+    diskByteSeconds: Type.Integer({ minimum: 0 }),
+    /** Seconds of the hour the instance was started (0 to 3600). */
+    uptimeSeconds: Type.Integer({ minimum: 0, maximum: 3600 }),
+  },
+  { additionalProperties: false },
+);
+export type UsageEvent = Static<typeof UsageEvent>;
+
+export const NodeEvent = Type.Union([InstanceEvent, SoftwareEvent, PromisesEvent, BangEvent, UsageEvent]);
 export type NodeEvent = Static<typeof NodeEvent>;
 
 export const EventsReport = Type.Object(

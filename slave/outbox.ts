@@ -23,7 +23,7 @@ export type EventFields = Distribute<InstanceEvent> | Distribute<SoftwareEvent>;
 /** Gives an event its own id and time. Long messages are cut from the front: the end of a log says why. */
 export function newEvent(fields: EventFields): NodeEvent {
   const event = { id: randomToken(16), at: new Date().toISOString(), ...fields } as NodeEvent;
-  if (event.message && event.message.length > MAX_MESSAGE_CHARS) event.message = `...${event.message.slice(-MAX_MESSAGE_CHARS)}`;
+  if ('message' in event && event.message && event.message.length > MAX_MESSAGE_CHARS) event.message = `...${event.message.slice(-MAX_MESSAGE_CHARS)}`;
   return event;
 }
 

@@ -10,7 +10,7 @@ import { openDatabase, type Database } from '../master/db/database.js';
 import { migrate } from '../master/db/migrate.js';
 import { rebuildProjections } from '../master/ledger/movements.js';
 import { packSoftware } from '../protocol/software-archive.js';
-import type { DesiredState, EventsReceipt, InstanceView, NodeEvent } from '../protocol/api.js';
+import type { DesiredState, EventsReceipt, InstanceView, NodeEvent, NodeView } from '../protocol/api.js';
 import { freshDatabase, testEngines, type TestDatabase } from './helpers/databases.js';
 import { greeterRelease, writeTree } from './helpers/tree.js';
 
@@ -44,6 +44,12 @@ describe.each(testEngines())('master API on %s', (engine) => {
   };
   const event = (fields: Partial<NodeEvent> & Pick<NodeEvent, 'type'>): NodeEvent =>
     ({ id: `ev${Math.random().toString(36).slice(2, 12)}`, at: new Date().toISOString(), ...fields }) as NodeEvent;
+
+  const bobsPartition = async () => {
+    const state = (await call(nodeA, 'GET', '/api/v1/node/desired-state')).body as DesiredState;
+    const partition = state.partitions.find((p) => p.instance?.title === 'default-greeting')!;
+    return { reference: partition.reference, instance: partition.instance! };
+  };
 
   beforeAll(async () => {
     testDb = await freshDatabase(engine);
@@ -227,8 +233,8 @@ describe.each(testEngines())('master API on %s', (engine) => {
     const destroyed = (await call(alice, 'GET', '/api/v1/instances/web')).body;
     expect(destroyed).toMatchObject({ status: 'destroyed', ready: true, partition: null, node: null });
     expect((await call(alice, 'GET', '/api/v1/instances')).body).toEqual([]);
-    // bob's instance, waiting for a partition, now gets one.
-    expect((await call(bob, 'GET', '/api/v1/instances/default-greeting')).body.status).toBe('allocated');
+    const nodes = (await call(admin, 'GET', '/api/v1/nodes')).body as unknown as NodeView[];
+    expect(nodes.find((n) => n.name === 'node-a')).toMatchObject({ partitions: 2, freePartitions: 1 });
   });
 
   it('lists every step of an instance in its history', async () => {
@@ -248,13 +254,76 @@ describe.each(testEngines())('master API on %s', (engine) => {
     expect(history[2]!).toMatchObject({ data: { reason: 'no node that has greeter@1.0.0 supplied has a free partition' } });
   });
 
+  it('keeps the latest promise states, never overwritten by an older report', async () => {
+    const { instance } = await bobsPartition();
+    const { reference } = await bobsPartition();
+    const report = (at: string, status: 'ok' | 'critical') =>
+      event({ type: 'instance.promises', at, partition: reference, instance: instance.id, serial: instance.serial, promises: [{ name: 'answers', status, message: `it is ${status}`, since: at }] });
+    await call(nodeA, 'POST', '/api/v1/node/events', { events: [report('2026-11-22T10:00:00.000Z', 'critical')] });
+    await call(nodeA, 'POST', '/api/v1/node/events', { events: [report('2026-11-22T09:00:00.000Z', 'ok')] });
+    const view = (await call(bob, 'GET', '/api/v1/instances/default-greeting')).body as InstanceView;
+    expect(view.promises).toEqual([{ name: 'answers', status: 'critical', message: 'it is critical', since: '2026-11-22T10:00:00.000Z' }]);
+    expect(((await call(bob, 'GET', '/api/v1/instances')).body as unknown as InstanceView[])[0]!.promises).toHaveLength(1);
+  });
+
+  it('redeploys an instance that bangs, once per serial', async () => {
+    const { instance, reference } = await bobsPartition();
+    const bang = () => event({ type: 'instance.bang', partition: reference, instance: instance.id, serial: instance.serial, message: 'service hello keeps crashing' });
+    await call(nodeA, 'POST', '/api/v1/node/events', { events: [bang()] });
+    const after = (await call(bob, 'GET', '/api/v1/instances/default-greeting')).body;
+    expect(after).toMatchObject({ serial: instance.serial + 1, status: 'allocated', ready: false });
+    await call(nodeA, 'POST', '/api/v1/node/events', { events: [bang()] });
+    expect((await call(bob, 'GET', '/api/v1/instances/default-greeting')).body.serial).toBe(instance.serial + 1);
+    const kinds = ((await call(bob, 'GET', '/api/v1/instances/default-greeting/history')).body as unknown as { kind: string }[]).map((m) => m.kind);
+    expect(kinds.filter((k) => k === 'instance.banged')).toHaveLength(2);
+  });
+
+  it('counts each hour of usage once, even after the instance left its partition, and only from its node', async () => {
+    const { instance, reference } = await bobsPartition();
+    const usage = (hour: string, cpu: number) =>
+      event({ type: 'instance.usage', partition: reference, instance: instance.id, hour, cpuMilliseconds: cpu, memoryByteSeconds: 3600 * 2 ** 20, diskByteSeconds: 3600 * 4096, uptimeSeconds: 3600 });
+    const first = (await call(nodeA, 'POST', '/api/v1/node/events', { events: [usage('2026-11-22T10:00:00.000Z', 1500)] })).body as EventsReceipt;
+    expect(first.applied).toHaveLength(1);
+    // The same hour under another event id is the same record.
+    const again = (await call(nodeA, 'POST', '/api/v1/node/events', { events: [usage('2026-11-22T10:00:00.000Z', 9999)] })).body as EventsReceipt;
+    expect(again.duplicates).toHaveLength(1);
+    await expectUnchanged(async () => {
+      expect((await call(nodeB, 'POST', '/api/v1/node/events', { events: [usage('2026-11-22T11:00:00.000Z', 1)] })).status).toBe(403);
+      const badHour = await call(nodeA, 'POST', '/api/v1/node/events', { events: [usage('2026-11-22T11:30:00.000Z', 1)] });
+      expect(badHour.status).toBe(400);
+    });
+
+    await call(bob, 'DELETE', '/api/v1/instances/default-greeting');
+    const { serial } = (await bobsPartition()).instance;
+    await call(nodeA, 'POST', '/api/v1/node/events', { events: [event({ type: 'instance.destroyed', partition: reference, instance: instance.id, serial })] });
+    const late = (await call(nodeA, 'POST', '/api/v1/node/events', { events: [usage('2026-11-22T11:00:00.000Z', 700)] })).body as EventsReceipt;
+    expect(late.applied).toHaveLength(1);
+    const rows = await database.db.selectFrom('usage_hours').selectAll().where('instance_id', '=', instance.id).orderBy('hour').execute();
+    expect(rows.map((r) => [r.hour, Number(r.cpu_ms), Number(r.memory_byte_seconds), r.uptime_seconds])).toEqual([
+      ['2026-11-22T10:00:00.000Z', 1500, 3600 * 2 ** 20, 3600],
+      ['2026-11-22T11:00:00.000Z', 700, 3600 * 2 ** 20, 3600],
+    ]);
+    expect(rows[0]).toMatchObject({ software_id: 'greeter@1.0.0', software_type: 'default' });
+  });
+
   it('rebuilds projections from the movements equal to the live ones', async () => {
+    const sortKey = {
+      accounts: 'id',
+      tokens: 'hash',
+      nodes: 'id',
+      partitions: 'id',
+      software: 'id',
+      supplies: 'node_id',
+      instances: 'id',
+      instance_promises: 'instance_id',
+      usage_hours: 'hour',
+    } as const;
     const snapshot = async () =>
       Object.fromEntries(
         await Promise.all(
-          (['accounts', 'tokens', 'nodes', 'partitions', 'software', 'supplies', 'instances'] as const).map(async (table) => [
+          (['accounts', 'tokens', 'nodes', 'partitions', 'software', 'supplies', 'instances', 'instance_promises', 'usage_hours'] as const).map(async (table) => [
             table,
-            await database.db.selectFrom(table).selectAll().orderBy(table === 'tokens' ? 'hash' : table === 'supplies' ? 'node_id' : 'id').execute(),
+            await database.db.selectFrom(table).selectAll().orderBy(sortKey[table]).execute(),
           ]),
         ),
       );

@@ -26,7 +26,8 @@ describe('outbox', () => {
     const e = event('part0');
     expect(e.id).toMatch(/^[A-Za-z0-9_-]{22}$/);
     expect(new Date(e.at).toISOString()).toBe(e.at);
-    expect(newEvent({ type: 'software.error', software: 'a'.repeat(64), message: 'x'.repeat(20000) }).message?.length).toBeLessThanOrEqual(16003);
+    const long = newEvent({ type: 'software.error', software: 'a'.repeat(64), message: 'x'.repeat(20000) });
+    expect('message' in long && long.message?.length).toBeLessThanOrEqual(16003);
   });
 
   it('keeps events while the master is unreachable and delivers them once it is back', async () => {

@@ -77,6 +77,7 @@ export function describeInstance(view: InstanceView): string {
   if (view.message) lines.push(['message', view.message]);
   lines.push(['node', view.node ? `${view.node} / ${view.partition}` : null], ['serial', view.serial], ['parameters', view.parameters]);
   for (const [name, value] of Object.entries(view.connection)) lines.push([`connection.${name}`, value]);
+  for (const p of view.promises) lines.push([`promise.${p.name}`, `${p.status} since ${p.since}${p.message ? `: ${p.message}` : ''}`]);
   return fields(lines);
 }
 
@@ -174,6 +175,12 @@ function movementDetail(m: MovementView): string {
     case 'instance.unallocated':
     case 'instance.error':
       return String(d.reason ?? d.message ?? '');
+    case 'instance.banged':
+      return `${String(d.message)}${d.serial === null ? '' : ` (redeploying as serial ${String(d.serial)})`}`;
+    case 'instance.promises':
+      return (d.promises as { name: string; status: string }[]).map((p) => `${p.name}=${p.status}`).join(' ');
+    case 'usage.reported':
+      return `${String(d.hour)}: cpu ${String(d.cpuMs)} ms, up ${String(d.uptimeSeconds)} s`;
     default:
       return d.serial !== undefined ? `serial ${String(d.serial)}` : '';
   }

@@ -96,9 +96,35 @@ export interface InstancesTable {
   status: string;
   message: string | null;
   partition_id: string | null;
+  /** The partition it was last allocated to, kept once freed. */
+  last_partition_id: string | null;
   connection: string;
   created_at: string;
   updated_at: string;
+}
+
+export interface InstancePromisesTable {
+  instance_id: string;
+  name: string;
+  status: string;
+  message: string;
+  since: string;
+  reported_at: string;
+}
+
+/** One instance's consumption during one UTC hour. PostgreSQL returns bigints as strings. */
+export interface UsageHoursTable {
+  instance_id: string;
+  hour: string;
+  owner_id: string;
+  software_id: string;
+  software_type: string;
+  node_id: string;
+  cpu_ms: number | string;
+  memory_byte_seconds: number | string;
+  disk_byte_seconds: number | string;
+  uptime_seconds: number;
+  recorded_at: string;
 }
 
 export interface Tables {
@@ -112,4 +138,6 @@ export interface Tables {
   software_archives: SoftwareArchivesTable;
   supplies: SuppliesTable;
   instances: InstancesTable;
+  instance_promises: InstancePromisesTable;
+  usage_hours: UsageHoursTable;
 }

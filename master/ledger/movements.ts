@@ -8,7 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
-import type { ConnectionParameters, Parameters, PartitionDefinition, RequestedState } from '../../protocol/api.js';
+import type { ConnectionParameters, Parameters, PartitionDefinition, PromiseState, RequestedState } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 
@@ -51,6 +51,27 @@ export type Movement =
     }
   | { kind: 'instance.allocated'; data: { instanceId: string; partitionId: string; node: string; partition: string } }
   | { kind: 'instance.unallocated'; data: { instanceId: string; reason: string } }
+  | { kind: 'instance.promises'; data: { instanceId: string; serial: number; reportedAt: string; promises: PromiseState[] } }
+  | {
+      kind: 'instance.banged';
+      /** `serial` is the new serial the node must deploy, or null when the bang was about an older one. */
+      data: { instanceId: string; reportedSerial: number; serial: number | null; message: string };
+    }
+  | {
+      kind: 'usage.reported';
+      data: {
+        instanceId: string;
+        hour: string;
+        ownerId: string;
+        softwareId: string;
+        softwareType: string;
+        nodeId: string;
+        cpuMs: number;
+        memoryByteSeconds: number;
+        diskByteSeconds: number;
+        uptimeSeconds: number;
+      };
+    }
   | {
       kind: `instance.${ReportedStatus}`;
       data: {
@@ -191,7 +212,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       } else {
         await db
           .insertInto('instances')
-          .values({ id: d.instanceId, owner_id: d.ownerId, title: d.title, partition_id: null, connection: '{}', created_at: at, ...values })
+          .values({ id: d.instanceId, owner_id: d.ownerId, title: d.title, partition_id: null, last_partition_id: null, connection: '{}', created_at: at, ...values })
           .execute();
       }
       return;
@@ -208,7 +229,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       if (Number(taken.numUpdatedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
       await db
         .updateTable('instances')
-        .set({ partition_id: partitionId, status: 'allocated', message: null, updated_at: at })
+        .set({ partition_id: partitionId, last_partition_id: partitionId, status: 'allocated', message: null, updated_at: at })
         .where('id', '=', instanceId)
         .execute();
       return;
@@ -216,6 +237,50 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     case 'instance.unallocated': {
       const { instanceId, reason } = movement.data;
       await db.updateTable('instances').set({ status: 'unallocated', message: reason, updated_at: at }).where('id', '=', instanceId).execute();
+      return;
+    }
+    case 'instance.promises': {
+      const { instanceId, reportedAt, promises } = movement.data;
+      const newer = await db
+        .selectFrom('instance_promises')
+        .select('name')
+        .where('instance_id', '=', instanceId)
+        .where('reported_at', '>', reportedAt)
+        .executeTakeFirst();
+      if (newer) return;
+      await db.deleteFrom('instance_promises').where('instance_id', '=', instanceId).execute();
+      if (promises.length > 0) {
+        await db
+          .insertInto('instance_promises')
+          .values(promises.map((p) => ({ instance_id: instanceId, name: p.name, status: p.status, message: p.message, since: p.since, reported_at: reportedAt })))
+          .execute();
+      }
+      return;
+    }
+    case 'instance.banged': {
+      const { instanceId, serial } = movement.data;
+      if (serial === null) return;
+      await db.updateTable('instances').set({ serial, status: 'allocated', message: null, updated_at: at }).where('id', '=', instanceId).execute();
+      return;
+    }
+    case 'usage.reported': {
+      const d = movement.data;
+      await db
+        .insertInto('usage_hours')
+        .values({
+          instance_id: d.instanceId,
+          hour: d.hour,
+          owner_id: d.ownerId,
+          software_id: d.softwareId,
+          software_type: d.softwareType,
+          node_id: d.nodeId,
+          cpu_ms: d.cpuMs,
+          memory_byte_seconds: d.memoryByteSeconds,
+          disk_byte_seconds: d.diskByteSeconds,
+          uptime_seconds: d.uptimeSeconds,
+          recorded_at: at,
+        })
+        .execute();
       return;
     }
     case 'instance.deployed':
@@ -252,7 +317,7 @@ export function partitionId(nodeId: string, reference: string): string {
   return `${nodeId}:${reference}`;
 }
 
-const PROJECTIONS = ['instances', 'supplies', 'partitions', 'software', 'tokens', 'nodes', 'accounts'] as const;
+const PROJECTIONS = ['usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'nodes', 'accounts'] as const;
 
 /**
  * Empties the projections and replays every movement in order. The result equals the
