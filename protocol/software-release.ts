@@ -40,20 +40,38 @@ const Part = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * Keys every promise may carry: `timeout` (seconds one check may take), `interval`
+ * (seconds between two periodic checks) and `bang-after` (consecutive failed periodic
+ * checks after which the node asks for the instance's tree to be redeployed; absent:
+ * never).
+ */
+const promiseTiming = {
+  timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })),
+  interval: Type.Optional(Type.Integer({ minimum: 1, maximum: 86400 })),
+  'bang-after': Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+};
+
 const Promise_ = Type.Union([
-  Type.Object(
-    { tcp: Type.String({ minLength: 1 }), timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })) },
-    { additionalProperties: false },
-  ),
+  Type.Object({ tcp: Type.String({ minLength: 1 }), ...promiseTiming }, { additionalProperties: false }),
   Type.Object(
     {
       http: Type.String({ minLength: 1 }),
       status: Type.Optional(Type.Integer({ minimum: 100, maximum: 599 })),
       contains: Type.Optional(Type.String()),
-      timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })),
+      ...promiseTiming,
     },
     { additionalProperties: false },
   ),
+  /** A file exists (a path relative to the partition, or absolute) and, with `max-age`, was modified less than that many seconds ago. */
+  Type.Object(
+    { file: Type.String({ minLength: 1 }), 'max-age': Type.Optional(Type.Integer({ minimum: 1, maximum: 31_536_000 })), ...promiseTiming },
+    { additionalProperties: false },
+  ),
+  /** A service of the software type has a running process. */
+  Type.Object({ process: Identifier, ...promiseTiming }, { additionalProperties: false }),
+  /** A program following the monitoring-plugins convention: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. */
+  Type.Object({ command: Command, ...promiseTiming }, { additionalProperties: false }),
 ]);
 
 const SoftwareTypeDefinition = Type.Object(
@@ -196,7 +214,10 @@ async function checkTemplateSyntax(dir: string, definition: SoftwareDefinition):
     const where = `software-types.${typeName}`;
     for (const [name, argv] of Object.entries(type.services ?? {})) argv.forEach((arg) => check(`${where}.services.${name}`, arg));
     for (const [name, promise] of Object.entries(type.promises ?? {})) {
-      for (const value of Object.values(promise)) if (typeof value === 'string') check(`${where}.promises.${name}`, value);
+      for (const value of Object.values(promise)) {
+        if (typeof value === 'string') check(`${where}.promises.${name}`, value);
+        if (Array.isArray(value)) for (const arg of value) check(`${where}.promises.${name}`, String(arg));
+      }
     }
     for (const [name, value] of Object.entries(type.publish ?? {})) check(`${where}.publish.${name}`, value);
     for (const template of Object.values(type.files ?? {})) {
