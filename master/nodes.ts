@@ -55,7 +55,7 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
   const supplies = await db
     .selectFrom('supplies')
     .innerJoin('software', 'software.id', 'supplies.software_id')
-    .select(['supplies.node_id', 'software.name', 'software.version', 'software.hash', 'supplies.state', 'supplies.status'])
+    .select(['supplies.node_id', 'software.name', 'software.version', 'software.hash', 'supplies.state', 'supplies.status', 'supplies.message'])
     .orderBy('software.name')
     .execute();
   return nodes.map((n) => {
@@ -68,7 +68,7 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
       freePartitions: own.filter((p) => p.instance_id === null).length,
       software: supplies
         .filter((s) => s.node_id === n.id)
-        .map((s) => ({ name: s.name, version: s.version, hash: s.hash, state: s.state, status: s.status })),
+        .map((s) => ({ name: s.name, version: s.version, hash: s.hash, state: s.state, status: s.status, message: s.message })),
     };
   });
 }

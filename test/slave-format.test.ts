@@ -7,14 +7,17 @@ import { PledgerError } from '../protocol/errors.js';
 import { defaultNodeConfigPath, readNodeConfig, resolveNodeConfig, writeNodeConfig, type NodeConfig } from '../slave/config.js';
 import { computePartitions, formatNode } from '../slave/format.js';
 import { silentLogger } from '../slave/log.js';
-import { startFakeMaster, type FakeMaster } from './slave-fake-master.js';
+import type { NodeView } from '../protocol/api.js';
+import { startInProcessMaster, type InProcessMaster } from './helpers/master-in-process.js';
 
 let scratch: string;
-let master: FakeMaster;
+let master: InProcessMaster;
+let credential: string;
 
 beforeAll(async () => {
   scratch = await mkdtemp(path.join(tmpdir(), 'pledger-format-'));
-  master = await startFakeMaster();
+  master = await startInProcessMaster();
+  credential = await master.registerNode('format-node');
 });
 
 afterAll(async () => {
@@ -35,15 +38,16 @@ describe('partitions', () => {
   });
 
   it('formats the node idempotently and reports its partitions to the master', async () => {
-    const config: NodeConfig = resolveNodeConfig({ masterUrl: master.url, credential: 'node-secret', root: path.join(scratch, 'node'), partitions: 2 });
+    const config: NodeConfig = resolveNodeConfig({ masterUrl: master.url, credential, root: path.join(scratch, 'node'), partitions: 2 });
     const first = await formatNode(config, silentLogger);
     expect(first.map((p) => p.reference)).toEqual(['part0', 'part1']);
-    expect(master.partitions).toEqual(first);
+    const nodes = await master.operator.call<NodeView[]>('GET', '/api/v1/nodes');
+    expect(nodes).toEqual([expect.objectContaining({ name: 'format-node', partitions: 2, freePartitions: 2 })]);
     expect((await stat(path.join(config.root, 'partitions', 'part1'))).mode & 0o777).toBe(0o750);
     await writeFile(path.join(config.root, 'partitions', 'part0', 'keep.txt'), 'kept');
     expect(await formatNode(config, silentLogger)).toEqual(first);
     expect(await readFile(path.join(config.root, 'partitions', 'part0', 'keep.txt'), 'utf8')).toBe('kept');
-    expect(master.hits['PUT /api/v1/node/partitions']).toBe(2);
+    expect(master.answered.filter((r) => r === 'PUT /api/v1/node/partitions 200')).toHaveLength(2);
   });
 });
 

@@ -6,17 +6,35 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../protocol/client.js';
 import { silentLogger } from '../slave/log.js';
 import { newEvent, Outbox } from '../slave/outbox.js';
-import { startFakeMaster, type FakeMaster } from './slave-fake-master.js';
+import type { NodeView } from '../protocol/api.js';
+import { startInProcessMaster, type InProcessMaster } from './helpers/master-in-process.js';
+import { greeterRelease, writeTree } from './helpers/tree.js';
 
 let scratch: string;
+let master: InProcessMaster;
+let credential: string;
+/** Two releases supplied to the node: reports about them are the node's to send. */
+const supplied: string[] = [];
 
 beforeAll(async () => {
   scratch = await mkdtemp(path.join(tmpdir(), 'pledger-outbox-'));
+  master = await startInProcessMaster();
+  credential = await master.registerNode('outbox-node');
+  for (const version of ['1.0.0', '2.0.0']) {
+    const release = await master.publish(writeTree(greeterRelease(version)));
+    await master.operator.call('POST', '/api/v1/supplies', { software: `greeter@${version}`, node: 'outbox-node' });
+    supplied.push(release.hash);
+  }
 });
 
 afterAll(async () => {
+  await master.close();
   await rm(scratch, { recursive: true, force: true });
 });
+
+const built = (hash: string) => newEvent({ type: 'software.built', software: hash });
+const statuses = async () =>
+  (await master.operator.call<NodeView[]>('GET', '/api/v1/nodes'))[0]!.software.map((s) => `${s.version}:${s.status}`);
 
 const event = (partition: string, type: 'instance.started' | 'instance.error' = 'instance.started') =>
   newEvent({ type, partition, instance: 'i-1', serial: 1 });
@@ -31,44 +49,34 @@ describe('outbox', () => {
   });
 
   it('keeps events while the master is unreachable and delivers them once it is back', async () => {
-    let master: FakeMaster = await startFakeMaster();
-    const port = Number(new URL(master.url).port);
-    await master.close();
-    const client = new MasterClient({ url: master.url, token: 'node-secret', timeoutMs: 2000 });
+    await master.stop();
+    const client = new MasterClient({ url: master.url, token: credential, timeoutMs: 2000 });
     const outbox = new Outbox(path.join(scratch, 'a', 'outbox.jsonl'));
-    await outbox.add(event('part0'));
-    await outbox.add(event('part1'));
+    await outbox.add(built(supplied[0]!));
+    await outbox.add(built(supplied[1]!));
     expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 2, offline: true });
     expect(await outbox.pending()).toHaveLength(2);
 
-    master = await startFakeMaster('node-secret', port);
-    try {
-      expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 2, pending: 0, offline: false });
-      expect(master.events.map((e) => e.type === 'instance.started' && e.partition)).toEqual(['part0', 'part1']);
-      expect(await outbox.pending()).toEqual([]);
-      await outbox.flush(client, silentLogger);
-      expect(master.hits['POST /api/v1/node/events']).toBe(1);
-    } finally {
-      await master.close();
-    }
+    await master.restart();
+    const from = master.answered.length;
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 2, pending: 0, offline: false });
+    expect(await statuses()).toEqual(['1.0.0:built', '2.0.0:built']);
+    expect(await outbox.pending()).toEqual([]);
+    await outbox.flush(client, silentLogger);
+    expect(master.answered.slice(from).filter((r) => r.startsWith('POST /api/v1/node/events'))).toEqual(['POST /api/v1/node/events 200']);
   });
 
   it('drops only the event the master refuses, and keeps everything on a bad credential', async () => {
-    const master = await startFakeMaster();
-    try {
-      master.refuse = (e) => 'partition' in e && e.partition === 'gone';
-      const outbox = new Outbox(path.join(scratch, 'b', 'outbox.jsonl'));
-      for (const partition of ['part0', 'gone', 'part2']) await outbox.add(event(partition));
-      const result = await outbox.flush(new MasterClient({ url: master.url, token: 'node-secret' }), silentLogger);
-      expect(result).toEqual({ sent: 3, pending: 0, offline: false });
-      expect(master.events.map((e) => 'partition' in e && e.partition)).toEqual(['part0', 'part2']);
+    const outbox = new Outbox(path.join(scratch, 'b', 'outbox.jsonl'));
+    const notSupplied = 'f'.repeat(64);
+    for (const hash of [supplied[0]!, notSupplied, supplied[1]!]) await outbox.add(newEvent({ type: 'software.error', software: hash, message: 'failed' }));
+    const result = await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger);
+    expect(result).toEqual({ sent: 3, pending: 0, offline: false });
+    expect(await statuses()).toEqual(['1.0.0:error', '2.0.0:error']);
 
-      await outbox.add(event('part3'));
-      const unauthorized = await outbox.flush(new MasterClient({ url: master.url, token: 'wrong' }), silentLogger);
-      expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false });
-      expect(await outbox.pending()).toHaveLength(1);
-    } finally {
-      await master.close();
-    }
+    await outbox.add(built(supplied[0]!));
+    const unauthorized = await outbox.flush(new MasterClient({ url: master.url, token: 'plg_n_wrong' }), silentLogger);
+    expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false });
+    expect(await outbox.pending()).toHaveLength(1);
   });
 });

@@ -119,14 +119,15 @@ export function registerNodeAdminCommands(node: Command): void {
     .action(async (_options, command) => {
       const g = globals(command);
       const list = await (await userClient(g)).call<NodeView[]>('GET', '/api/v1/nodes');
-      print(g, list, (l) =>
-        l.length === 0
-          ? 'no nodes'
-          : table(
-              ['NAME', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
-              l.map((n) => [n.name, n.partitions, n.freePartitions, n.lastSeenAt, n.software.map((s) => `${s.name}@${s.version}:${s.status}`).join(' ')]),
-            ),
-      );
+      print(g, list, (l) => {
+        if (l.length === 0) return 'no nodes';
+        const nodes = table(
+          ['NAME', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
+          l.map((n) => [n.name, n.partitions, n.freePartitions, n.lastSeenAt, n.software.map((s) => `${s.name}@${s.version}:${s.status}`).join(' ')]),
+        );
+        const failures = l.flatMap((n) => n.software.filter((s) => s.status === 'error').map((s) => `\n${n.name}: ${s.name}@${s.version} failed to build:\n${s.message ?? ''}`));
+        return nodes + failures.join('\n');
+      });
     });
 }
 
