@@ -87,7 +87,17 @@ export const NodeView = Type.Object({
   lastSeenAt: Type.Union([Timestamp, Type.Null()]),
   partitions: Type.Integer(),
   freePartitions: Type.Integer(),
-  software: Type.Array(Type.Object({ name: SoftwareName, version: SoftwareVersion, hash: Sha256, state: Type.String(), status: Type.String() })),
+  /** Releases supplied to the node; `message` says why a build failed, with the end of its log. */
+  software: Type.Array(
+    Type.Object({
+      name: SoftwareName,
+      version: SoftwareVersion,
+      hash: Sha256,
+      state: Type.String(),
+      status: Type.String(),
+      message: Type.Union([Type.String(), Type.Null()]),
+    }),
+  ),
 });
 export type NodeView = Static<typeof NodeView>;
 /** The credential is shown once, when the node is registered; the master keeps only its hash. */
