@@ -22,6 +22,7 @@ import { accountByToken, type AccountRow } from './accounts.js';
 import type { Database } from './db/database.js';
 import { isUniqueViolation } from './db/database.js';
 import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
+import { billingRoutes } from './routes/billing-api.js';
 import { nodeRoutes } from './routes/node-api.js';
 import { userRoutes } from './routes/user-api.js';
 
@@ -78,6 +79,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
         request.account = account;
       });
       await userRoutes(scope, db);
+      await billingRoutes(scope, database);
     },
     { prefix: API_PREFIX },
   );

@@ -22,8 +22,9 @@ export async function requestInstance(
   owner: AccountRow,
   title: string,
   request: InstanceRequest,
+  /** Who asks: the owner, or the master itself (stopping for non-payment). */
+  actor = `account:${owner.name}`,
 ): Promise<InstanceView> {
-  const actor = `account:${owner.name}`;
   await db.transaction().execute(async (trx) => {
     const existing = await trx
       .selectFrom('instances')

@@ -327,3 +327,162 @@ export type EventsReport = Static<typeof EventsReport>;
 /** Which events the master applied now and which it had applied before: both are delivered. */
 export const EventsReceipt = Type.Object({ applied: Type.Array(EventId), duplicates: Type.Array(EventId) });
 export type EventsReceipt = Static<typeof EventsReceipt>;
+
+// ---------------------------------------------------------------------------
+// Billing: price lists, invoices, payments, balances and exports. Money travels as
+// decimal strings in the operator's currency ("12.34"), never as JSON numbers, so that
+// no client turns it into a float.
+
+/** A billing month: YYYY-MM. */
+export const Period = Type.String({ pattern: '^\\d{4}-(0[1-9]|1[0-2])$' });
+/** An amount of money as a decimal string: 12.34. */
+export const Amount = Type.String({ pattern: '^-?\\d{1,15}(\\.\\d{1,6})?$' });
+export const Currency = Type.String({ pattern: '^[A-Z]{3}$' });
+export const InvoiceId = Type.String({ pattern: '^INV-\\d{4}-\\d{2}-\\d{5}$' });
+export const BillingResource = Type.Union([
+  Type.Literal('instance-month'),
+  Type.Literal('instance-hour'),
+  Type.Literal('cpu-hour'),
+  Type.Literal('memory-gib-hour'),
+  Type.Literal('disk-gib-month'),
+]);
+export type BillingResource = Static<typeof BillingResource>;
+
+const billingSettingsFields = {
+  currency: Currency,
+  decimals: Type.Integer({ minimum: 0, maximum: 4 }),
+  taxRateBasisPoints: Type.Integer({ minimum: 0, maximum: 10000 }),
+  paymentTermsDays: Type.Integer({ minimum: 0, maximum: 365 }),
+  graceDays: Type.Integer({ minimum: 0, maximum: 365 }),
+  destroyAfterDays: Type.Union([Type.Integer({ minimum: 1, maximum: 3650 }), Type.Null()]),
+};
+export const BillingSettingsView = Type.Object(billingSettingsFields);
+export type BillingSettingsView = Static<typeof BillingSettingsView>;
+export const BillingSettingsUpdate = Type.Partial(Type.Object(billingSettingsFields), { additionalProperties: false, minProperties: 1 });
+export type BillingSettingsUpdate = Static<typeof BillingSettingsUpdate>;
+
+const priceFields = {
+  'instance-month': Amount,
+  'instance-hour': Amount,
+  'cpu-hour': Amount,
+  'memory-gib-hour': Amount,
+  'disk-gib-month': Amount,
+};
+/** A price list version: what one instance of a release and software type costs, per unit. */
+export const PriceListSet = Type.Object(
+  {
+    software: SoftwareName,
+    softwareType: SoftwareType,
+    validFrom: Period,
+    prices: Type.Partial(Type.Object(priceFields), { additionalProperties: false, minProperties: 1 }),
+  },
+  { additionalProperties: false },
+);
+export type PriceListSet = Static<typeof PriceListSet>;
+export const PriceList = Type.Object({
+  software: SoftwareName,
+  softwareType: SoftwareType,
+  validFrom: Period,
+  currency: Currency,
+  prices: Type.Object(priceFields),
+});
+export type PriceList = Static<typeof PriceList>;
+
+export const InvoiceLine = Type.Object({
+  instance: Type.String(),
+  software: Type.String(),
+  softwareType: Type.String(),
+  /** The month the usage happened in: earlier than the invoice's period for a late report. */
+  usageMonth: Period,
+  resource: BillingResource,
+  /** In the resource's unit (months, hours, CPU hours, GiB-hours, GiB-months), rounded to 6 places. */
+  quantity: Type.String(),
+  unitPrice: Amount,
+  amount: Amount,
+});
+export type InvoiceLine = Static<typeof InvoiceLine>;
+const invoiceFields = {
+  id: InvoiceId,
+  account: Name,
+  period: Period,
+  currency: Currency,
+  subtotal: Amount,
+  taxRateBasisPoints: Type.Integer(),
+  tax: Amount,
+  total: Amount,
+  paid: Amount,
+  outstanding: Amount,
+  status: Type.Union([Type.Literal('paid'), Type.Literal('open'), Type.Literal('overdue')]),
+  issuedAt: Timestamp,
+  dueAt: Timestamp,
+};
+export const InvoiceSummary = Type.Object(invoiceFields);
+export type InvoiceSummary = Static<typeof InvoiceSummary>;
+export const InvoiceView = Type.Object({ ...invoiceFields, lines: Type.Array(InvoiceLine) });
+export type InvoiceView = Static<typeof InvoiceView>;
+
+export const BillingClose = Type.Object({ period: Period }, { additionalProperties: false });
+export const BillingCloseResult = Type.Object({
+  period: Period,
+  /** False when the period was already closed: nothing changed. */
+  closed: Type.Boolean(),
+  closedAt: Timestamp,
+  invoices: Type.Array(InvoiceSummary),
+});
+export type BillingCloseResult = Static<typeof BillingCloseResult>;
+
+export const PaymentCreate = Type.Object(
+  { invoice: InvoiceId, amount: Amount, reference: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })) },
+  { additionalProperties: false },
+);
+export type PaymentCreate = Static<typeof PaymentCreate>;
+export const PaymentView = Type.Object({
+  id: Type.String(),
+  invoice: InvoiceId,
+  amount: Amount,
+  currency: Currency,
+  paidAt: Timestamp,
+  reference: Type.String(),
+  outstanding: Amount,
+  /** Instances started again because nothing is overdue any more. */
+  restarted: Type.Array(Type.String()),
+});
+export type PaymentView = Static<typeof PaymentView>;
+
+export const BillingHold = Type.Object({ invoice: InvoiceId, reason: Type.String(), since: Timestamp, destroyed: Type.Boolean() });
+export const BalanceView = Type.Object({
+  account: Name,
+  currency: Currency,
+  /** What the account owes: invoiced minus paid. */
+  balance: Amount,
+  overdue: Amount,
+  hold: Type.Union([BillingHold, Type.Null()]),
+});
+export type BalanceView = Static<typeof BalanceView>;
+export const StatementEntry = Type.Object({
+  date: Type.String(),
+  transaction: Type.String(),
+  kind: Type.String(),
+  reference: Type.String(),
+  description: Type.String(),
+  amount: Amount,
+  balance: Amount,
+});
+export const StatementView = Type.Object({ account: Name, currency: Currency, balance: Amount, entries: Type.Array(StatementEntry) });
+export type StatementView = Static<typeof StatementView>;
+export const BillingAccountQuery = Type.Object({ account: Type.Optional(Name) }, { additionalProperties: false });
+export const InvoiceListQuery = Type.Object({ account: Type.Optional(Name), period: Type.Optional(Period) }, { additionalProperties: false });
+
+export const DunningRun = Type.Object({ asOf: Type.Optional(Timestamp) }, { additionalProperties: false });
+export const DunningResult = Type.Object({
+  asOf: Timestamp,
+  held: Type.Array(Name),
+  destroyed: Type.Array(Name),
+  /** Instances stopped (or destroyed) now, as ACCOUNT/TITLE. */
+  instances: Type.Array(Type.String()),
+});
+export type DunningResult = Static<typeof DunningResult>;
+
+export const ExportFormat = Type.Union([Type.Literal('csv'), Type.Literal('json'), Type.Literal('hledger'), Type.Literal('beancount')]);
+export type ExportFormat = Static<typeof ExportFormat>;
+export const ExportQuery = Type.Object({ period: Period, format: ExportFormat }, { additionalProperties: false });

@@ -11,6 +11,7 @@ import type { Kysely, Transaction } from 'kysely';
 import type { ConnectionParameters, Parameters, PartitionDefinition, PromiseState, RequestedState } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
+import { applyBilling, BILLING_PROJECTIONS, isBillingMovement, type BillingMovement } from '../billing/journal.js';
 
 type Db = Kysely<Tables> | Transaction<Tables>;
 
@@ -81,7 +82,8 @@ export type Movement =
         message: string | null;
         connection?: ConnectionParameters;
       };
-    };
+    }
+  | BillingMovement;
 
 export type MovementKind = Movement['kind'];
 
@@ -121,6 +123,7 @@ export async function record(trx: Transaction<Tables>, movement: Movement, meta:
 
 /** The projection of one movement. The only code that writes projection tables. */
 async function apply(db: Db, movement: Movement, at: string): Promise<void> {
+  if (isBillingMovement(movement)) return applyBilling(db, movement, at);
   switch (movement.kind) {
     case 'account.created': {
       const { accountId, name, role } = movement.data;
@@ -317,7 +320,7 @@ export function partitionId(nodeId: string, reference: string): string {
   return `${nodeId}:${reference}`;
 }
 
-const PROJECTIONS = ['usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'nodes', 'accounts'] as const;
+const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'nodes', 'accounts'] as const;
 
 /**
  * Empties the projections and replays every movement in order. The result equals the

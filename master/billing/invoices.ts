@@ -1,0 +1,203 @@
+/**
+ * Reading invoices, recording payments, balances and statements. A customer reads only
+ * their own; an operator reads anyone's and records payments.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { BalanceView, BillingResource, InvoiceSummary, InvoiceView, PaymentCreate, PaymentView, StatementView } from '../../protocol/api.js';
+import { PledgerError } from '../../protocol/errors.js';
+import type { AccountRow } from '../accounts.js';
+import type { Tables } from '../db/tables.js';
+import { record } from '../ledger/movements.js';
+import { BANK_ACCOUNT, receivableAccount } from './accounts.js';
+import { unitFraction } from './close.js';
+import { loadSettings, type BillingSettings } from './journal.js';
+import { formatAmount, formatQuotient, int, parseAmount } from './money.js';
+
+/** The account a request is about: the caller's own, or for an operator the one named. */
+export async function subjectAccount(db: Kysely<Tables>, caller: AccountRow, name: string | undefined): Promise<AccountRow> {
+  if (name === undefined || name === caller.name) return caller;
+  if (caller.role !== 'admin') throw new PledgerError('FORBIDDEN', 'only an operator may read the billing of another account');
+  const account = await db.selectFrom('accounts').selectAll().where('name', '=', name).executeTakeFirst();
+  if (!account) throw new PledgerError('ACCOUNT_NOT_FOUND', `no account named "${name}"`);
+  return account;
+}
+
+type InvoiceRow = Awaited<ReturnType<typeof invoiceRows>>[number];
+
+function invoiceRows(db: Kysely<Tables>, filter: { ownerId?: string; period?: string; id?: string }) {
+  let query = db
+    .selectFrom('invoices as v')
+    .innerJoin('accounts as a', 'a.id', 'v.owner_id')
+    .selectAll('v')
+    .select('a.name as account_name')
+    .select((eb) =>
+      eb
+        .selectFrom('payments as p')
+        .select((e) => e.fn.sum<string | number | null>('p.amount').as('paid'))
+        .whereRef('p.invoice_id', '=', 'v.id')
+        .as('paid'),
+    );
+  if (filter.ownerId !== undefined) query = query.where('v.owner_id', '=', filter.ownerId);
+  if (filter.period !== undefined) query = query.where('v.period', '=', filter.period);
+  if (filter.id !== undefined) query = query.where('v.id', '=', filter.id);
+  return query.orderBy('v.id').execute();
+}
+
+function summary(row: InvoiceRow, settings: BillingSettings, now: Date): InvoiceSummary {
+  const paid = int(row.paid);
+  const outstanding = int(row.total) - paid;
+  const status = outstanding <= 0n ? 'paid' : Date.parse(row.due_at) < now.getTime() ? 'overdue' : 'open';
+  const money = (v: bigint) => formatAmount(v, settings.decimals);
+  return {
+    id: row.id,
+    account: row.account_name,
+    period: row.period,
+    currency: row.currency,
+    subtotal: money(int(row.subtotal)),
+    taxRateBasisPoints: row.tax_rate_basis_points,
+    tax: money(int(row.tax)),
+    total: money(int(row.total)),
+    paid: money(paid),
+    outstanding: money(outstanding),
+    status,
+    issuedAt: row.issued_at,
+    dueAt: row.due_at,
+  };
+}
+
+export async function listInvoices(db: Kysely<Tables>, filter: { ownerId?: string; period?: string }, now = new Date()): Promise<InvoiceSummary[]> {
+  const settings = await loadSettings(db);
+  return (await invoiceRows(db, filter)).map((r) => summary(r, settings, now));
+}
+
+/** One invoice with its lines; another customer's is as absent as one that does not exist. */
+export async function getInvoice(db: Kysely<Tables>, caller: AccountRow, id: string, now = new Date()): Promise<InvoiceView> {
+  const [row] = await invoiceRows(db, { id, ...(caller.role === 'admin' ? {} : { ownerId: caller.id }) });
+  if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${id}`, { hint: 'list your invoices with `pledger billing invoices`' });
+  const settings = await loadSettings(db);
+  const lines = await db.selectFrom('invoice_lines').selectAll().where('invoice_id', '=', id).orderBy('line').execute();
+  return {
+    ...summary(row, settings, now),
+    lines: lines.map((l) => {
+      const resource = l.resource as BillingResource;
+      const { numerator, denominator } = unitFraction(resource, int(l.quantity), l.usage_month);
+      return {
+        instance: l.instance_title,
+        software: l.software_id,
+        softwareType: l.software_type,
+        usageMonth: l.usage_month,
+        resource,
+        quantity: formatQuotient(numerator, denominator, 6),
+        unitPrice: formatAmount(int(l.unit_price), settings.decimals),
+        amount: formatAmount(int(l.amount), settings.decimals),
+      };
+    }),
+  };
+}
+
+/**
+ * Records a payment against an invoice: cash in the bank, the customer's receivable
+ * down. A payment larger than what the invoice still owes is refused.
+ */
+export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, actor: string): Promise<Omit<PaymentView, 'restarted'> & { ownerId: string }> {
+  const paymentId = randomUUID();
+  const paidAt = new Date().toISOString();
+  return db.transaction().execute(async (trx) => {
+    const settings = await loadSettings(trx);
+    const [row] = await invoiceRows(trx, { id: input.invoice });
+    if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${input.invoice}`);
+    const amount = parseAmount(input.amount, settings.decimals);
+    const outstanding = int(row.total) - int(row.paid);
+    if (amount <= 0n) throw new PledgerError('BAD_REQUEST', 'a payment must be more than zero', { hint: 'a refund is a reversal: see the billing documentation' });
+    if (amount > outstanding) {
+      throw new PledgerError('CONFLICT', `invoice ${row.id} owes ${formatAmount(outstanding, settings.decimals)} ${row.currency}: ${input.amount} is more than that`);
+    }
+    const reference = input.reference ?? paymentId;
+    await record(
+      trx,
+      {
+        kind: 'payment.recorded',
+        data: {
+          paymentId,
+          invoiceId: row.id,
+          amount: amount.toString(),
+          currency: row.currency,
+          reference,
+          transaction: {
+            id: `payment:${paymentId}`,
+            date: paidAt.slice(0, 10),
+            period: paidAt.slice(0, 7),
+            kind: 'payment',
+            reference: row.id,
+            description: `Payment ${reference} from ${row.account_name} for ${row.id}`,
+            reverses: null,
+            postings: [
+              { account: BANK_ACCOUNT, currency: row.currency, amount: amount.toString() },
+              { account: receivableAccount(row.account_name), currency: row.currency, amount: (-amount).toString() },
+            ],
+          },
+        },
+      },
+      { id: `payment:${paymentId}`, actor, subject: row.owner_id, at: paidAt },
+    );
+    return {
+      id: paymentId,
+      invoice: row.id,
+      amount: formatAmount(amount, settings.decimals),
+      currency: row.currency,
+      paidAt,
+      reference,
+      outstanding: formatAmount(outstanding - amount, settings.decimals),
+      ownerId: row.owner_id,
+    };
+  });
+}
+
+/** What an account owes, how much of it is overdue, and whether its instances are held. */
+export async function balance(db: Kysely<Tables>, account: AccountRow, now = new Date()): Promise<BalanceView> {
+  const settings = await loadSettings(db);
+  const invoices = await invoiceRows(db, { ownerId: account.id });
+  let owed = 0n;
+  let overdue = 0n;
+  for (const row of invoices) {
+    const outstanding = int(row.total) - int(row.paid);
+    owed += outstanding;
+    if (outstanding > 0n && Date.parse(row.due_at) < now.getTime()) overdue += outstanding;
+  }
+  const hold = await db.selectFrom('billing_holds').selectAll().where('account_id', '=', account.id).executeTakeFirst();
+  return {
+    account: account.name,
+    currency: settings.currency,
+    balance: formatAmount(owed, settings.decimals),
+    overdue: formatAmount(overdue, settings.decimals),
+    hold: hold ? { invoice: hold.invoice_id, reason: hold.reason, since: hold.since, destroyed: hold.destroyed === 1 } : null,
+  };
+}
+
+/** Every journal entry on the account's receivable, oldest first, with the running balance. */
+export async function statement(db: Kysely<Tables>, account: AccountRow): Promise<StatementView> {
+  const settings = await loadSettings(db);
+  const rows = await db
+    .selectFrom('journal_postings as p')
+    .innerJoin('journal_transactions as t', 't.id', 'p.transaction_id')
+    .select(['t.id', 't.date', 't.kind', 't.reference', 't.description', 'p.amount'])
+    .where('p.account', '=', receivableAccount(account.name))
+    .orderBy('t.date')
+    .orderBy('t.id')
+    .execute();
+  let running = 0n;
+  const entries = rows.map((r) => {
+    running += int(r.amount);
+    return {
+      date: r.date,
+      transaction: r.id,
+      kind: r.kind,
+      reference: r.reference,
+      description: r.description,
+      amount: formatAmount(int(r.amount), settings.decimals),
+      balance: formatAmount(running, settings.decimals),
+    };
+  });
+  return { account: account.name, currency: settings.currency, balance: formatAmount(running, settings.decimals), entries };
+}

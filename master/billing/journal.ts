@@ -1,0 +1,312 @@
+/**
+ * The billing movements and their projections: settings, price lists, invoices,
+ * payments, holds for non-payment, and the double-entry journal.
+ *
+ * These are applied by `apply()` in master/ledger/movements.ts like every other
+ * movement; this module only holds their cases. Invoices, payments and the journal are
+ * append-only (the database refuses UPDATE and DELETE on them), so their inserts ignore
+ * a row that is already there: replaying the movements to rebuild the projections
+ * meets them again and leaves them as they are.
+ */
+import type { Kysely, Transaction } from 'kysely';
+import { PledgerError } from '../../protocol/errors.js';
+import type { Tables } from '../db/tables.js';
+import { int } from './money.js';
+import type { BilledUsageHoursTable } from './tables.js';
+
+/** The master's tables with the column migration 0003 adds to usage_hours. */
+export type BillingTables = Omit<Tables, 'usage_hours'> & { usage_hours: BilledUsageHoursTable };
+type Db = Kysely<Tables> | Transaction<Tables>;
+
+export function billingDb(db: Db): Kysely<BillingTables> {
+  return db as unknown as Kysely<BillingTables>;
+}
+
+export interface Posting {
+  account: string;
+  currency: string;
+  /** Minor units, as a decimal string: movement data is JSON, which has no bigint. */
+  amount: string;
+}
+
+export interface JournalTransaction {
+  id: string;
+  /** YYYY-MM-DD. */
+  date: string;
+  period: string;
+  kind: 'invoice' | 'payment' | 'reversal';
+  reference: string;
+  description: string;
+  reverses: string | null;
+  postings: Posting[];
+}
+
+export interface BillingSettings {
+  /** ISO 4217 code of the operator's currency. */
+  currency: string;
+  /** Minor digits of the currency: 2 for EUR, 0 for JPY. */
+  decimals: number;
+  /** Tax on invoices in basis points: 2000 is 20 %. 0 posts no tax. */
+  taxRateBasisPoints: number;
+  /** Days from issue to due date. */
+  paymentTermsDays: number;
+  /** Days past due before the customer's instances are stopped. */
+  graceDays: number;
+  /** Days past due before they are destroyed; null never destroys. */
+  destroyAfterDays: number | null;
+}
+
+export const DEFAULT_SETTINGS: BillingSettings = {
+  currency: 'EUR',
+  decimals: 2,
+  taxRateBasisPoints: 0,
+  paymentTermsDays: 14,
+  graceDays: 7,
+  destroyAfterDays: null,
+};
+
+export const RESOURCES = ['instance-month', 'instance-hour', 'cpu-hour', 'memory-gib-hour', 'disk-gib-month'] as const;
+export type Resource = (typeof RESOURCES)[number];
+export type PriceAmounts = Record<Resource, string>;
+
+export interface InvoiceLineData {
+  instanceId: string;
+  instanceTitle: string;
+  softwareId: string;
+  softwareType: string;
+  usageMonth: string;
+  resource: Resource;
+  quantity: string;
+  unit: string;
+  unitPrice: string;
+  amount: string;
+}
+
+export interface InvoiceData {
+  invoiceId: string;
+  ownerId: string;
+  period: string;
+  currency: string;
+  subtotal: string;
+  tax: string;
+  total: string;
+  taxRateBasisPoints: number;
+  issuedAt: string;
+  dueAt: string;
+  lines: InvoiceLineData[];
+  transaction: JournalTransaction | null;
+}
+
+export type BillingMovement =
+  | { kind: 'billing.configured'; data: { settings: BillingSettings } }
+  | { kind: 'price.set'; data: { softwareName: string; softwareType: string; validFrom: string; currency: string; prices: PriceAmounts } }
+  | { kind: 'invoice.issued'; data: InvoiceData }
+  /** Marks every usage hour before `until` not billed yet as billed by `period`. */
+  | { kind: 'billing.closed'; data: { period: string; until: string; invoices: number } }
+  | {
+      kind: 'payment.recorded';
+      data: { paymentId: string; invoiceId: string; amount: string; currency: string; reference: string; transaction: JournalTransaction };
+    }
+  | { kind: 'journal.reversed'; data: { transaction: JournalTransaction } }
+  | { kind: 'billing.held'; data: { accountId: string; invoiceId: string; reason: string; instanceIds: string[] } }
+  | { kind: 'billing.destroyed'; data: { accountId: string; invoiceId: string; reason: string; instanceIds: string[] } }
+  | { kind: 'billing.released'; data: { accountId: string; reason: string } }
+  /** On the instance's own history, so that its owner sees why it was stopped or started. */
+  | { kind: 'instance.held' | 'instance.released'; data: { instanceId: string; reason: string } };
+
+export const BILLING_KINDS: ReadonlySet<string> = new Set<BillingMovement['kind']>([
+  'billing.configured',
+  'price.set',
+  'invoice.issued',
+  'billing.closed',
+  'payment.recorded',
+  'journal.reversed',
+  'billing.held',
+  'billing.destroyed',
+  'billing.released',
+  'instance.held',
+  'instance.released',
+]);
+
+export function isBillingMovement(movement: { kind: string }): movement is BillingMovement {
+  return BILLING_KINDS.has(movement.kind);
+}
+
+/** The mutable billing projections, emptied before a rebuild. */
+export const BILLING_PROJECTIONS = ['billing_settings', 'prices', 'billing_holds'] as const;
+
+/** Refuses a transaction whose postings do not sum to zero in every currency. */
+export function assertBalanced(transaction: JournalTransaction): void {
+  if (transaction.postings.length < 2) throw new PledgerError('INTERNAL', `journal transaction ${transaction.id} has fewer than two postings`);
+  const sums = new Map<string, bigint>();
+  for (const p of transaction.postings) sums.set(p.currency, (sums.get(p.currency) ?? 0n) + BigInt(p.amount));
+  for (const [currency, sum] of sums) {
+    if (sum !== 0n) throw new PledgerError('INTERNAL', `journal transaction ${transaction.id} does not balance: ${currency} sums to ${sum}`);
+  }
+}
+
+async function insertTransaction(db: Db, transaction: JournalTransaction): Promise<void> {
+  assertBalanced(transaction);
+  const inserted = await db
+    .insertInto('journal_transactions')
+    .values({
+      id: transaction.id,
+      date: transaction.date,
+      period: transaction.period,
+      kind: transaction.kind,
+      reference: transaction.reference,
+      description: transaction.description,
+      reverses: transaction.reverses,
+    })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .returning('id')
+    .executeTakeFirst();
+  if (!inserted) return;
+  await db
+    .insertInto('journal_postings')
+    .values(transaction.postings.map((p, i) => ({ transaction_id: transaction.id, line: i + 1, account: p.account, currency: p.currency, amount: p.amount })))
+    .execute();
+}
+
+export async function applyBilling(db: Db, movement: BillingMovement, at: string): Promise<void> {
+  switch (movement.kind) {
+    case 'billing.configured': {
+      for (const [key, value] of Object.entries(movement.data.settings)) {
+        const text = JSON.stringify(value);
+        await db
+          .insertInto('billing_settings')
+          .values({ key, value: text })
+          .onConflict((oc) => oc.column('key').doUpdateSet({ value: text }))
+          .execute();
+      }
+      return;
+    }
+    case 'price.set': {
+      const d = movement.data;
+      const values = {
+        currency: d.currency,
+        instance_month: d.prices['instance-month'],
+        instance_hour: d.prices['instance-hour'],
+        cpu_hour: d.prices['cpu-hour'],
+        memory_gib_hour: d.prices['memory-gib-hour'],
+        disk_gib_month: d.prices['disk-gib-month'],
+        set_at: at,
+      };
+      await db
+        .insertInto('prices')
+        .values({ software_name: d.softwareName, software_type: d.softwareType, valid_from: d.validFrom, ...values })
+        .onConflict((oc) => oc.columns(['software_name', 'software_type', 'valid_from']).doUpdateSet(values))
+        .execute();
+      return;
+    }
+    case 'invoice.issued': {
+      const d = movement.data;
+      const inserted = await db
+        .insertInto('invoices')
+        .values({
+          id: d.invoiceId,
+          owner_id: d.ownerId,
+          period: d.period,
+          currency: d.currency,
+          subtotal: d.subtotal,
+          tax: d.tax,
+          total: d.total,
+          tax_rate_basis_points: d.taxRateBasisPoints,
+          issued_at: d.issuedAt,
+          due_at: d.dueAt,
+        })
+        .onConflict((oc) => oc.column('id').doNothing())
+        .returning('id')
+        .executeTakeFirst();
+      if (!inserted) return;
+      const lineSum = d.lines.reduce((sum, l) => sum + BigInt(l.amount), 0n);
+      if (lineSum !== BigInt(d.subtotal) || lineSum + BigInt(d.tax) !== BigInt(d.total)) {
+        throw new PledgerError('INTERNAL', `invoice ${d.invoiceId}: its lines do not add up to its total`);
+      }
+      // Batches keep each statement under SQLite's limit of bound parameters.
+      for (let start = 0; start < d.lines.length; start += 2000) {
+        await db
+          .insertInto('invoice_lines')
+          .values(
+            d.lines.slice(start, start + 2000).map((l, i) => ({
+              invoice_id: d.invoiceId,
+              line: start + i + 1,
+              instance_id: l.instanceId,
+              instance_title: l.instanceTitle,
+              software_id: l.softwareId,
+              software_type: l.softwareType,
+              usage_month: l.usageMonth,
+              resource: l.resource,
+              quantity: l.quantity,
+              unit: l.unit,
+              unit_price: l.unitPrice,
+              amount: l.amount,
+            })),
+          )
+          .execute();
+      }
+      if (d.transaction) await insertTransaction(db, d.transaction);
+      return;
+    }
+    case 'billing.closed': {
+      const { period, until, invoices } = movement.data;
+      await db
+        .insertInto('billing_periods')
+        .values({ period, closed_at: at, invoices })
+        .onConflict((oc) => oc.column('period').doNothing())
+        .execute();
+      await billingDb(db).updateTable('usage_hours').set({ billed_period: period }).where('billed_period', 'is', null).where('hour', '<', until).execute();
+      return;
+    }
+    case 'payment.recorded': {
+      const d = movement.data;
+      await db
+        .insertInto('payments')
+        .values({ id: d.paymentId, invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, paid_at: at, reference: d.reference })
+        .onConflict((oc) => oc.column('id').doNothing())
+        .execute();
+      await insertTransaction(db, d.transaction);
+      return;
+    }
+    case 'journal.reversed':
+      await insertTransaction(db, movement.data.transaction);
+      return;
+    case 'billing.held': {
+      const d = movement.data;
+      await db
+        .insertInto('billing_holds')
+        .values({ account_id: d.accountId, invoice_id: d.invoiceId, reason: d.reason, since: at, instances: JSON.stringify(d.instanceIds), destroyed: 0 })
+        .onConflict((oc) => oc.column('account_id').doNothing())
+        .execute();
+      return;
+    }
+    case 'billing.destroyed':
+      await db.updateTable('billing_holds').set({ destroyed: 1 }).where('account_id', '=', movement.data.accountId).execute();
+      return;
+    case 'billing.released':
+      await db.deleteFrom('billing_holds').where('account_id', '=', movement.data.accountId).execute();
+      return;
+    case 'instance.held':
+    case 'instance.released':
+      // History only: the stop or start itself is an ordinary instance request.
+      return;
+  }
+}
+
+/** The billing settings in force: the defaults, overridden by what the operator configured. */
+export async function loadSettings(db: Db): Promise<BillingSettings> {
+  const rows = await db.selectFrom('billing_settings').selectAll().execute();
+  const settings: Record<string, unknown> = { ...DEFAULT_SETTINGS };
+  for (const row of rows) settings[row.key] = JSON.parse(row.value) as unknown;
+  return settings as unknown as BillingSettings;
+}
+
+/** The sum of a journal account's postings (all currencies must be the operator's one). */
+export async function accountBalance(db: Db, account: string): Promise<bigint> {
+  const row = await db
+    .selectFrom('journal_postings')
+    .select((eb) => eb.fn.sum<string | number | null>('amount').as('sum'))
+    .where('account', '=', account)
+    .executeTakeFirst();
+  return int(row?.sum);
+}

@@ -1,0 +1,48 @@
+/**
+ * Money and quantities: integers only. Amounts are minor units of the operator's
+ * currency (cents for EUR), carried as bigint through every computation so that a
+ * month of memory byte-seconds (well past 2^53) stays exact.
+ */
+import { PledgerError } from '../../protocol/errors.js';
+
+/** A database integer (PostgreSQL answers bigints as strings) as a bigint. */
+export function int(value: number | string | bigint | null | undefined): bigint {
+  if (value === null || value === undefined) return 0n;
+  return typeof value === 'bigint' ? value : BigInt(value);
+}
+
+/** `numerator / denominator`, rounded half away from zero: the one rounding rule of billing. */
+export function divRound(numerator: bigint, denominator: bigint): bigint {
+  if (denominator <= 0n) throw new RangeError('divRound needs a positive denominator');
+  const negative = numerator < 0n;
+  const magnitude = negative ? -numerator : numerator;
+  const rounded = (magnitude * 2n + denominator) / (denominator * 2n);
+  return negative ? -rounded : rounded;
+}
+
+/** "12.34" in a currency with `decimals` minor digits, as minor units; refuses anything inexact. */
+export function parseAmount(text: string, decimals: number): bigint {
+  const match = /^(-)?(\d{1,15})(?:\.(\d+))?$/.exec(text.trim());
+  if (!match) throw new PledgerError('BAD_REQUEST', `"${text}" is not an amount`, { hint: 'write it like 12.34, with a dot and no currency sign' });
+  const fraction = match[3] ?? '';
+  if (fraction.length > decimals) {
+    throw new PledgerError('BAD_REQUEST', `"${text}" has more than ${decimals} decimal places`);
+  }
+  const minor = BigInt(match[2]!) * 10n ** BigInt(decimals) + BigInt(fraction.padEnd(decimals, '0') || '0');
+  return match[1] ? -minor : minor;
+}
+
+/** Minor units as a plain decimal: 1234n, 2 → "12.34"; -5n → "-0.05". */
+export function formatAmount(minor: bigint, decimals: number): string {
+  const negative = minor < 0n;
+  const digits = (negative ? -minor : minor).toString().padStart(decimals + 1, '0');
+  const whole = decimals === 0 ? digits : digits.slice(0, -decimals);
+  const fraction = decimals === 0 ? '' : `.${digits.slice(-decimals)}`;
+  return `${negative ? '-' : ''}${whole}${fraction}`;
+}
+
+/** An exact quotient as a decimal with up to `places` digits, for displaying quantities. */
+export function formatQuotient(numerator: bigint, denominator: bigint, places: number): string {
+  const text = formatAmount(divRound(numerator * 10n ** BigInt(places), denominator), places);
+  return text.includes('.') ? text.replace(/0+$/, '').replace(/\.$/, '') : text;
+}
