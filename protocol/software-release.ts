@@ -28,14 +28,36 @@ const RelativePath = Type.String({ minLength: 1, maxLength: 255, pattern: '^(?!/
 const Command = Type.Array(Type.String({ minLength: 1 }), { minItems: 1 });
 const Identifier = Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,62}$' });
 
+/** A Debian package name, optionally pinned to a version: `redis-server` or `redis-server=5:7.0.15-1~deb12u10`. */
+const DebianPackage = Type.String({ pattern: '^[a-z0-9][a-z0-9+.-]{1,99}(=[A-Za-z0-9.+~:-]{1,100})?$' });
+
+/** A source archive: downloaded, checked against its sha256, then unpacked into the part's directory. */
+const SourceArchive = Type.Object(
+  {
+    url: Type.String({ maxLength: 2048, pattern: '^(https?|file)://[^\\s]+$' }),
+    sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    /** Leading path components dropped from every entry (1 for the usual `name-1.0/` top folder). */
+    strip: Type.Optional(Type.Integer({ minimum: 0, maximum: 10 })),
+  },
+  { additionalProperties: false },
+);
+
 const Part = Type.Object(
   {
+    /** Debian binary packages, with the dependencies the host lacks, extracted into the part's directory. */
+    deb: Type.Optional(Type.Array(DebianPackage, { minItems: 1, maxItems: 200 })),
+    /** A source archive unpacked into the part's directory before the build. */
+    source: Type.Optional(SourceArchive),
     /** Files copied from the release folder into the part's directory before it is built. */
     files: Type.Optional(Type.Array(RelativePath)),
     /** Commands run in order in the part's directory, as argv lists: no shell. */
     build: Type.Optional(Type.Array(Command)),
     /** Seconds a build command may take. */
     timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: 86400 })),
+    /** Parts, written earlier in the release, that this one uses: built first, their paths in `parts.NAME.path`. */
+    after: Type.Optional(Type.Array(Identifier, { maxItems: 64 })),
+    /** Built once per node and reused by every release naming the same definition. */
+    shared: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
@@ -165,10 +187,13 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
   problems.push(...(await checkTemplateSyntax(dir, definition)));
 
   const exists = async (relative: string) => (await lstat(path.join(dir, relative)).catch(() => null))?.isFile() ?? false;
+  const earlier = new Set<string>();
   for (const [partName, part] of Object.entries(definition.parts ?? {})) {
     for (const file of part.files ?? []) {
       if (!(await exists(file))) problems.push({ where: `parts.${partName}.files`, message: `${file} is not a file of the release` });
     }
+    problems.push(...checkPart(partName, part, earlier));
+    earlier.add(partName);
   }
   const parameterSchemas: Record<string, object> = {};
   for (const [typeName, type] of Object.entries(definition['software-types'])) {
@@ -192,6 +217,39 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
   }
   if (problems.length > 0) throw invalid(problems);
   return { definition, hash: options.knownHash ?? (await hashDirectory(dir)), parameterSchemas };
+}
+
+/**
+ * What the schema cannot say about a part: it names only parts written before it (so
+ * the order written is an order to build in, and there is no cycle), and a shared
+ * part's build does not depend on the release that names it.
+ */
+function checkPart(name: string, part: PartDefinition, earlier: Set<string>): SoftwareProblem[] {
+  const problems: SoftwareProblem[] = [];
+  const where = `parts.${name}`;
+  for (const dependency of part.after ?? []) {
+    if (dependency === name) problems.push({ where: `${where}.after`, message: 'a part cannot come after itself' });
+    else if (!earlier.has(dependency)) problems.push({ where: `${where}.after`, message: `${dependency} is not a part written before ${name}` });
+  }
+  if (part.deb && part.source) problems.push({ where, message: 'a part takes Debian packages (deb) or a source archive (source), not both' });
+  if (part.shared) {
+    (part.build ?? []).forEach((command, i) => {
+      if (command.some((arg) => /\bsoftware\./.test(arg))) {
+        problems.push({ where: `${where}.build[${i}]`, message: 'a shared part is reused by other releases: its build cannot use software.*' });
+      }
+    });
+  }
+  return problems;
+}
+
+/** The JSON Schema of software.yaml, as published in docs/software.schema.json. */
+export function softwareJsonSchema(): object {
+  return {
+    $schema: 'http://json-schema.org/draft-07/schema#',
+    $id: 'https://pledger.dev/schemas/software.schema.json',
+    title: 'Pledger software release (software.yaml)',
+    ...(JSON.parse(JSON.stringify(SoftwareDefinition)) as object),
+  };
 }
 
 /**

@@ -6,6 +6,7 @@ import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
 import { userClient, writeClientConfig } from '../settings.js';
 import { globals } from './globals.js';
+import { registerSoftwareCheckCommands } from './software-check.js';
 
 export function registerOperatorCommands(program: Command): void {
   program
@@ -50,6 +51,7 @@ export function registerOperatorCommands(program: Command): void {
     });
 
   const software = program.command('software').description('software releases');
+  registerSoftwareCheckCommands(software);
   software
     .command('list')
     .description('list the published software releases')

@@ -1,0 +1,103 @@
+/**
+ * The bundled `redis` release end to end: built from Debian's binary packages by the
+ * node agent running as an ordinary user, deployed by a real master process through
+ * the real CLI, and used with redis-cli (itself from the built part) and the password
+ * the instance publishes.
+ */
+import { readlinkSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { InstanceView, NodeView } from '../protocol/api.js';
+import type { RunReport } from '../slave/result.js';
+import { freshDatabase, type TestDatabase } from './helpers/databases.js';
+import { agentUser, pledger, portBase, processesMentioning, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+
+describe('redis from Debian packages, from supply to SET and GET with the published password', () => {
+  let db: TestDatabase;
+  let master: RunningMaster;
+  let agent: AgentUser;
+  let nodeConfig: string;
+  let root: string;
+  let asAlice: Record<string, string>;
+  let asAdmin: Record<string, string>;
+
+  const node = (command: string) => pledger(['node', command, '--config', nodeConfig, '--json'], { user: agent, timeoutMs: 600_000 });
+  const info = async () => (await pledger(['info', 'cache', '--json'], { env: asAlice })).json<InstanceView>();
+  const redisCli = async (args: string[], password?: string) => {
+    const cli = path.join(root, 'software', releaseHash, 'parts', 'redis', 'pledger', 'bin', 'redis-cli');
+    const result = await execa(cli, args, { reject: false, timeout: 10_000, env: password ? { REDISCLI_AUTH: password } : {}, extendEnv: false });
+    return { exitCode: result.exitCode, stdout: String(result.stdout).trim(), stderr: String(result.stderr).trim() };
+  };
+  let releaseHash = '';
+
+  beforeAll(async () => {
+    db = await freshDatabase('sqlite');
+    master = await startMaster(db.url);
+    asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
+    const alice = await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin });
+    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: alice.json<{ token: string }>().token };
+    agent = agentUser();
+    root = path.join(agent.home, 'root');
+    nodeConfig = path.join(agent.home, 'node.json');
+    const registered = await pledger(['node', 'register', 'edge-redis', '--json'], { env: asAdmin });
+    const configure = await pledger(
+      ['node', 'configure', '--master', master.url, '--credential', registered.json<{ credential: string }>().credential, '--root', root, '--config', nodeConfig,
+        '--partitions', '1', '--ip-base', '127.44.0.1', '--port-base', String(portBase())],
+      { user: agent },
+    );
+    expect(configure.exitCode).toBe(0);
+    expect((await node('format')).exitCode).toBe(0);
+  }, 60_000);
+
+  afterAll(async () => {
+    if (root) for (const p of processesMentioning(root)) process.kill(p.pid, 'SIGKILL');
+    await master?.stop();
+    await db?.drop();
+  });
+
+  it('builds redis from Debian packages as an ordinary user, into a shared part', async () => {
+    expect(agent.uid === 0).toBe(false);
+    expect((await pledger(['supply', 'redis', 'edge-redis'], { env: asAdmin })).exitCode).toBe(0);
+    const run = await node('software');
+    expect(run.stderr).not.toMatch(/"level":"error"/);
+    expect(run.json<RunReport>().results).toEqual([expect.objectContaining({ item: 'redis@7.0.15', status: 'done' })]);
+    const nodes = (await pledger(['node', 'list', '--json'], { env: asAdmin })).json<NodeView[]>();
+    const supplied = nodes[0]!.software.find((s) => s.name === 'redis')!;
+    expect(supplied.status).toBe('built');
+    releaseHash = supplied.hash;
+    // The release links its part; the part lives in the node's content-addressed store.
+    const link = readlinkSync(path.join(root, 'software', releaseHash, 'parts', 'redis'));
+    expect(path.dirname(link)).toBe(path.join(root, 'parts'));
+    expect(realpathSync(path.join(root, 'software', releaseHash, 'parts', 'redis', 'usr', 'bin', 'redis-server'))).toContain(link);
+  }, 600_000);
+
+  it('deploys an instance that answers PING and keeps a value set with the published password', async () => {
+    const requested = await pledger(['request', 'cache', 'redis', '--parameters', 'maxmemory=32mb', '--json'], { env: asAlice });
+    expect(requested.exitCode).toBe(0);
+    const run = await node('instance');
+    expect(run.exitCode).toBe(0);
+    const view = await info();
+    expect(view).toMatchObject({ status: 'started', ready: true });
+    const { host, port, password, url } = view.connection as Record<string, string>;
+    expect(url).toBe(`redis://:${password}@${host}:${port}`);
+    expect(password).toMatch(/^[A-Za-z0-9_-]{32}$/);
+
+    expect(await redisCli(['-h', host!, '-p', port!, 'PING'], password)).toMatchObject({ stdout: 'PONG' });
+    expect(await redisCli(['-h', host!, '-p', port!, 'SET', 'greeting', 'bonjour'], password)).toMatchObject({ stdout: 'OK' });
+    expect(await redisCli(['-h', host!, '-p', port!, 'GET', 'greeting'], password)).toMatchObject({ stdout: 'bonjour' });
+    expect(await redisCli(['-h', host!, '-p', port!, 'CONFIG', 'GET', 'maxmemory'], password)).toMatchObject({ stdout: `maxmemory\n${32 * 1024 * 1024}` });
+  }, 120_000);
+
+  it('refuses a client without the password', async () => {
+    const { host, port } = (await info()).connection as Record<string, string>;
+    const anonymous = await redisCli(['-h', host!, '-p', port!, 'GET', 'greeting']);
+    expect(`${anonymous.stdout}${anonymous.stderr}`).toMatch(/NOAUTH/);
+  });
+
+  it('runs redis as the node user, from the part', () => {
+    const servers = processesMentioning('redis-server').filter((p) => p.cmdline.includes(root));
+    expect(servers.length).toBeGreaterThan(0);
+    for (const p of servers) expect(p.uid).toBe(agent.uid);
+  });
+});
