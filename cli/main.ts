@@ -3,6 +3,7 @@
  * The `pledger` executable: one program for the master, the node agent and the client.
  */
 import { Command } from '@commander-js/extra-typings';
+import { registerBillingCommands } from './commands/billing.js';
 import { registerInstanceCommands } from './commands/instances.js';
 import { registerMasterCommands } from './commands/master.js';
 import { registerNodeCommands } from './commands/node.js';
@@ -25,6 +26,7 @@ registerInstanceCommands(program);
 registerOperatorCommands(program);
 registerNodeCommands(program);
 registerMasterCommands(program);
+registerBillingCommands(program);
 
 try {
   await program.parseAsync();

@@ -44,3 +44,12 @@ stop_throwaway_postgres() {
   "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1
   rm -rf "$PG_DIR"
 }
+
+# hledger and bean-check: the billing tests check the journal exports with them.
+# Installs Debian's packages when missing (needs root).
+ensure_ledger_tools() {
+  command -v hledger >/dev/null && command -v bean-check >/dev/null && return 0
+  command -v apt-get >/dev/null || return 1
+  echo "installing hledger and beancount from Debian"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hledger beancount >/dev/null)
+}

@@ -1,0 +1,308 @@
+/**
+ * `pledger billing`: settings and price lists, closing periods, invoices, payments,
+ * balances, statements, dunning and exports. Amounts are decimals in the operator's
+ * currency, exactly as written ("12.34"): never turned into floating point.
+ */
+import { createWriteStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { InvalidArgumentError, type Command } from '@commander-js/extra-typings';
+import type {
+  BalanceView,
+  BillingCloseResult,
+  BillingSettingsUpdate,
+  BillingSettingsView,
+  DunningResult,
+  InvoiceSummary,
+  InvoiceView,
+  PaymentView,
+  PriceList,
+  PriceListSet,
+  StatementView,
+} from '../../protocol/api.js';
+import { PledgerError } from '../../protocol/errors.js';
+import { fields, print, table } from '../output.js';
+import { clientConfigPath, userClient } from '../settings.js';
+import { globals, type GlobalOptions } from './globals.js';
+
+const RESOURCE_OPTIONS = [
+  ['instance-month', 'per instance and month, prorated by the hours it existed'],
+  ['instance-hour', 'per hour an instance runs'],
+  ['cpu-hour', 'per hour of CPU time'],
+  ['memory-gib-hour', 'per GiB of memory during an hour'],
+  ['disk-gib-month', 'per GiB of disk during a month'],
+] as const;
+
+function days(value: string): number {
+  if (!/^\d{1,4}$/.test(value)) throw new InvalidArgumentError('expected a whole number of days');
+  return Number(value);
+}
+
+/** "20" or "5.5" percent as basis points, exactly. */
+function percent(value: string): number {
+  const match = /^(\d{1,3})(?:\.(\d{1,2}))?$/.exec(value);
+  if (!match) throw new InvalidArgumentError('expected a percentage such as 20 or 5.5');
+  return Number(match[1]) * 100 + Number((match[2] ?? '').padEnd(2, '0'));
+}
+
+const money = (amount: string, currency: string) => `${amount} ${currency}`;
+
+export function registerBillingCommands(program: Command): void {
+  const billing = program.command('billing').description('prices, invoices, payments and exports');
+
+  billing
+    .command('settings')
+    .description('show the billing settings, or change them (operators)')
+    .option('--currency <code>', 'the operator currency (ISO 4217), before any price or invoice exists')
+    .option('--decimals <n>', 'minor digits of the currency', days)
+    .option('--tax-rate <percent>', 'tax added to invoices, e.g. 20', percent)
+    .option('--payment-terms <days>', 'days from an invoice to its due date', days)
+    .option('--grace-days <days>', 'days past due before instances are stopped', days)
+    .option('--destroy-after-days <days|never>', 'days past due before instances are destroyed', (v) => (v === 'never' ? null : days(v)))
+    .action(async (options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      const update: BillingSettingsUpdate = {};
+      if (options.currency !== undefined) update.currency = options.currency;
+      if (options.decimals !== undefined) update.decimals = options.decimals;
+      if (options.taxRate !== undefined) update.taxRateBasisPoints = options.taxRate;
+      if (options.paymentTerms !== undefined) update.paymentTermsDays = options.paymentTerms;
+      if (options.graceDays !== undefined) update.graceDays = options.graceDays;
+      if (options.destroyAfterDays !== undefined) update.destroyAfterDays = options.destroyAfterDays;
+      const settings =
+        Object.keys(update).length > 0
+          ? await client.call<BillingSettingsView>('PUT', '/api/v1/billing/settings', update)
+          : await client.call<BillingSettingsView>('GET', '/api/v1/billing/settings');
+      print(g, settings, (s) =>
+        fields([
+          ['currency', `${s.currency} (${s.decimals} decimals)`],
+          ['tax rate', `${s.taxRateBasisPoints / 100} %`],
+          ['payment terms', `${s.paymentTermsDays} days`],
+          ['stop after', `${s.graceDays} days overdue`],
+          ['destroy after', s.destroyAfterDays === null ? 'never' : `${s.destroyAfterDays} days overdue`],
+        ]),
+      );
+    });
+
+  const price = billing.command('price').description('price lists per software release and software type');
+  const set = price
+    .command('set')
+    .description('set the prices of a release and software type from a month on (operators); unnamed resources cost nothing')
+    .argument('<software>', 'the release NAME')
+    .option('--type <software-type>', 'the software type', 'default')
+    .requiredOption('--from <YYYY-MM>', 'the first billing month these prices apply to');
+  for (const [resource, meaning] of RESOURCE_OPTIONS) set.option(`--${resource} <amount>`, meaning);
+  set.action(async (software, options, command) => {
+    const g = globals(command);
+    const all = options as Record<string, string | undefined>;
+    const prices: PriceListSet['prices'] = {};
+    for (const [resource] of RESOURCE_OPTIONS) {
+      const key = resource.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+      if (all[key] !== undefined) prices[resource] = all[key];
+    }
+    if (Object.keys(prices).length === 0) throw new PledgerError('BAD_REQUEST', 'name at least one price', { hint: 'e.g. --instance-month 30.00 --cpu-hour 0.05' });
+    const body: PriceListSet = { software, softwareType: options.type, validFrom: options.from, prices };
+    const list = await (await userClient(g)).call<PriceList>('PUT', '/api/v1/billing/prices', body);
+    print(g, list, (p) => `${p.software} ${p.softwareType} from ${p.validFrom}: ${Object.entries(p.prices).map(([r, a]) => `${r} ${money(a, p.currency)}`).join(', ')}`);
+  });
+  price
+    .command('list')
+    .description('list the price lists and their versions')
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const list = await (await userClient(g)).call<PriceList[]>('GET', '/api/v1/billing/prices');
+      print(g, list, (l) =>
+        l.length === 0
+          ? 'no prices'
+          : table(
+              ['SOFTWARE', 'TYPE', 'FROM', 'CURRENCY', ...RESOURCE_OPTIONS.map(([r]) => r.toUpperCase())],
+              l.map((p) => [p.software, p.softwareType, p.validFrom, p.currency, ...RESOURCE_OPTIONS.map(([r]) => p.prices[r])]),
+            ),
+      );
+    });
+
+  billing
+    .command('close')
+    .description('close a billing month: one invoice per customer, posted to the journal (operators); closing again changes nothing')
+    .requiredOption('--period <YYYY-MM>', 'the month to close')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const result = await (await userClient(g)).call<BillingCloseResult>('POST', '/api/v1/billing/close', { period: options.period });
+      print(g, result, (r) =>
+        [`${r.period} ${r.closed ? 'closed now' : `was closed at ${r.closedAt}`}: ${r.invoices.length} invoice(s)`, ...(r.invoices.length > 0 ? [invoiceTable(r.invoices)] : [])].join('\n'),
+      );
+    });
+
+  billing
+    .command('invoices')
+    .description('list your invoices (operators: everyone’s, or --account)')
+    .option('--period <YYYY-MM>')
+    .option('--account <name>')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const query = new URLSearchParams();
+      if (options.period) query.set('period', options.period);
+      if (options.account) query.set('account', options.account);
+      const list = await (await userClient(g)).call<InvoiceSummary[]>('GET', `/api/v1/billing/invoices${query.size ? `?${query}` : ''}`);
+      print(g, list, (l) => (l.length === 0 ? 'no invoices' : invoiceTable(l)));
+    });
+
+  billing
+    .command('invoice')
+    .description('show an invoice and its lines; --html prints the printable page')
+    .argument('<invoice>', 'INV-YYYY-MM-NNNNN')
+    .option('--html', 'print the invoice as an HTML page')
+    .action(async (id, options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      if (options.html) {
+        const page = await client.raw('GET', `/api/v1/billing/invoices/${encodeURIComponent(id)}/html`, { headers: { accept: 'text/html' } });
+        process.stdout.write(page.body);
+        return;
+      }
+      const invoice = await client.call<InvoiceView>('GET', `/api/v1/billing/invoices/${encodeURIComponent(id)}`);
+      print(g, invoice, (v) =>
+        [
+          fields([['invoice', v.id], ['account', v.account], ['period', v.period], ['issued', v.issuedAt], ['due', v.dueAt], ['status', v.status]]),
+          '',
+          table(['INSTANCE', 'USAGE', 'RESOURCE', 'QUANTITY', 'UNIT PRICE', 'AMOUNT'], v.lines.map((l) => [l.instance, l.usageMonth, l.resource, l.quantity, l.unitPrice, l.amount])),
+          '',
+          fields([
+            ['subtotal', money(v.subtotal, v.currency)],
+            [`tax ${v.taxRateBasisPoints / 100} %`, money(v.tax, v.currency)],
+            ['total', money(v.total, v.currency)],
+            ['paid', money(v.paid, v.currency)],
+            ['outstanding', money(v.outstanding, v.currency)],
+          ]),
+        ].join('\n'),
+      );
+    });
+
+  billing
+    .command('pay')
+    .description('record a payment against an invoice (operators)')
+    .argument('<invoice>', 'INV-YYYY-MM-NNNNN')
+    .argument('<amount>', 'in the billing currency, e.g. 12.34')
+    .option('--reference <text>', 'the bank reference')
+    .action(async (invoice, amount, options, command) => {
+      const g = globals(command);
+      const payment = await (await userClient(g)).call<PaymentView>('POST', '/api/v1/billing/payments', {
+        invoice,
+        amount,
+        ...(options.reference ? { reference: options.reference } : {}),
+      });
+      print(g, payment, (p) =>
+        [`paid ${money(p.amount, p.currency)} on ${p.invoice}; outstanding ${money(p.outstanding, p.currency)}`, ...(p.restarted.length > 0 ? [`started again: ${p.restarted.join(', ')}`] : [])].join('\n'),
+      );
+    });
+
+  billing
+    .command('balance')
+    .description('what you owe, what is overdue, and whether your instances are stopped for it')
+    .option('--account <name>', 'another account (operators)')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const view = await (await userClient(g)).call<BalanceView>('GET', `/api/v1/billing/balance${options.account ? `?account=${encodeURIComponent(options.account)}` : ''}`);
+      print(g, view, (b) =>
+        fields([
+          ['account', b.account],
+          ['balance', money(b.balance, b.currency)],
+          ['overdue', money(b.overdue, b.currency)],
+          ['instances', b.hold ? `${b.hold.destroyed ? 'destroyed' : 'stopped'} since ${b.hold.since}: ${b.hold.reason}` : 'running normally'],
+        ]),
+      );
+    });
+
+  billing
+    .command('statement')
+    .description('every invoice and payment on your account, with the running balance')
+    .option('--account <name>', 'another account (operators)')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const view = await (await userClient(g)).call<StatementView>('GET', `/api/v1/billing/statement${options.account ? `?account=${encodeURIComponent(options.account)}` : ''}`);
+      print(g, view, (s) =>
+        [table(['DATE', 'KIND', 'REFERENCE', 'AMOUNT', 'BALANCE'], s.entries.map((e) => [e.date, e.kind, e.reference, e.amount, e.balance])), `balance: ${money(s.balance, s.currency)}`].join('\n'),
+      );
+    });
+
+  billing
+    .command('dunning')
+    .description('stop the instances of customers overdue past the grace period (operators; run it daily from cron)')
+    .option('--as-of <timestamp>', 'judge overdue invoices as of this time instead of now')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const result = await (await userClient(g)).call<DunningResult>('POST', '/api/v1/billing/dunning', options.asOf ? { asOf: options.asOf } : {});
+      print(g, result, (r) =>
+        fields([
+          ['held now', r.held.join(', ') || 'nobody'],
+          ['destroyed now', r.destroyed.join(', ') || 'nobody'],
+          ['instances', r.instances.join(', ') || 'none'],
+        ]),
+      );
+    });
+
+  billing
+    .command('export')
+    .description('export a month of the journal (operators), streamed as it is read')
+    .requiredOption('--period <YYYY-MM>')
+    .requiredOption('--format <format>', 'csv, json, hledger or beancount')
+    .option('--output <file>', 'write to this file instead of stdout')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const response = await streamFrom(g, `/api/v1/billing/export?${new URLSearchParams({ period: options.period, format: options.format })}`);
+      const sink = options.output ? createWriteStream(options.output) : stdoutSink();
+      await pipeline(Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>), sink);
+    });
+}
+
+function invoiceTable(list: InvoiceSummary[]): string {
+  return table(
+    ['INVOICE', 'ACCOUNT', 'PERIOD', 'TOTAL', 'OUTSTANDING', 'DUE', 'STATUS'],
+    list.map((i) => [i.id, i.account, i.period, money(i.total, i.currency), i.outstanding, i.dueAt.slice(0, 10), i.status]),
+  );
+}
+
+/** stdout as a pipeline destination that is not closed at the end. */
+function stdoutSink(): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      if (process.stdout.write(chunk)) callback();
+      else process.stdout.once('drain', () => callback());
+    },
+  });
+}
+
+/**
+ * A GET whose answer is read as it arrives rather than buffered: exports can be large.
+ * Errors are the master's own, as with every other call.
+ */
+async function streamFrom(g: GlobalOptions, path: string): Promise<Response> {
+  const client = await userClient(g);
+  const token = g.token ?? process.env.PLEDGER_TOKEN ?? (await savedToken());
+  let response: Response;
+  try {
+    response = await fetch(`${client.url}${path}`, { headers: { authorization: `Bearer ${token}` } });
+  } catch (error) {
+    throw new PledgerError('MASTER_UNREACHABLE', `cannot reach the master at ${client.url}: ${(error as Error & { cause?: Error }).cause?.message ?? (error as Error).message}`);
+  }
+  if (!response.ok || !response.body) {
+    const text = await response.text();
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    throw PledgerError.fromBody(parsed, response.status);
+  }
+  return response;
+}
+
+async function savedToken(): Promise<string | undefined> {
+  try {
+    return (JSON.parse(await readFile(clientConfigPath(), 'utf8')) as { token?: string }).token;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * `pledger billing` through the real CLI and a real master process: prices, closing a
+ * month, invoices (text, JSON, HTML), payments, balances, exports streamed to a file
+ * and checked by hledger, and bad input that changes nothing.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import Sqlite from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BalanceView, DesiredState, InvoiceSummary, InvoiceView } from '../protocol/api.js';
+import { freshDatabase, type TestDatabase } from './helpers/databases.js';
+import { pledger, startMaster, type RunningMaster } from './helpers/processes.js';
+
+describe('pledger billing', () => {
+  let db: TestDatabase;
+  let master: RunningMaster;
+  let asAdmin: Record<string, string>;
+  let asAlice: Record<string, string>;
+  let invoiceId: string;
+
+  const movements = () => {
+    const sqlite = new Sqlite(db.url.replace(/^sqlite:/, ''), { readonly: true });
+    try {
+      return (sqlite.prepare('select count(*) as n from movements').get() as { n: number }).n;
+    } finally {
+      sqlite.close();
+    }
+  };
+  const expectUnchanged = async (action: () => Promise<void>) => {
+    const before = movements();
+    await action();
+    expect(movements()).toBe(before);
+  };
+
+  beforeAll(async () => {
+    db = await freshDatabase('sqlite');
+    master = await startMaster(db.url);
+    asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
+    const token = (await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin })).json<{ token: string }>().token;
+    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: token };
+    const credential = (await pledger(['node', 'register', 'node-a', '--json'], { env: asAdmin })).json<{ credential: string }>().credential;
+    const asNode = async (method: string, url: string, body?: unknown) => {
+      const response = await fetch(`${master.url}/api/v1/node${url}`, {
+        method,
+        headers: { authorization: `Bearer ${credential}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      expect(response.status).toBe(200);
+      return response.json() as Promise<unknown>;
+    };
+    await asNode('PUT', '/partitions', { partitions: [{ reference: 'part0', ip: '127.44.0.1', ports: { first: 31000, last: 31009 } }] });
+    expect((await pledger(['supply', 'hello', 'node-a'], { env: asAdmin })).exitCode).toBe(0);
+    expect((await pledger(['request', 'web', 'hello'], { env: asAlice })).exitCode).toBe(0);
+    const state = (await asNode('GET', '/desired-state')) as DesiredState;
+    const instance = state.partitions[0]!.instance!;
+    const events = ['2026-10-01T00:00:00.000Z', '2026-10-01T01:00:00.000Z'].map((hour, i) => ({
+      id: `usage-cli-${i}-aaaa`,
+      at: new Date().toISOString(),
+      type: 'instance.usage',
+      partition: 'part0',
+      instance: instance.id,
+      hour,
+      cpuMilliseconds: 0,
+      memoryByteSeconds: 0,
+      diskByteSeconds: 0,
+      uptimeSeconds: 3600,
+    }));
+    await asNode('POST', '/events', { events });
+  });
+  afterAll(async () => {
+    await master?.stop();
+    await db?.drop();
+  });
+
+  it('sets and lists prices', async () => {
+    const set = await pledger(['billing', 'price', 'set', 'hello', '--from', '2026-01', '--instance-hour', '1.25', '--instance-month', '744'], { env: asAdmin });
+    expect(set.stderr).toBe('');
+    expect(set.stdout).toMatch(/^hello default from 2026-01: instance-month 744\.00 EUR, instance-hour 1\.25 EUR, cpu-hour 0\.00 EUR/);
+    const list = await pledger(['billing', 'price', 'list'], { env: asAlice });
+    expect(list.stdout.split('\n')[1]).toMatch(/^hello\s+default\s+2026-01\s+EUR\s+744\.00\s+1\.25\s+0\.00\s+0\.00\s+0\.00$/);
+  });
+
+  it('refuses bad input with a clear message and its exit code, changing nothing', async () => {
+    await expectUnchanged(async () => {
+      const badAmount = await pledger(['billing', 'price', 'set', 'hello', '--from', '2026-01', '--cpu-hour', '1.5x'], { env: asAdmin });
+      expect(badAmount.exitCode).toBe(2);
+      expect(badAmount.stderr).toMatch(/^error: invalid request: body\.prices\.cpu-hour must match pattern/);
+      const badPeriod = await pledger(['billing', 'close', '--period', '2026-13'], { env: asAdmin });
+      expect(badPeriod.exitCode).toBe(2);
+      expect(badPeriod.stderr).toMatch(/body\.period must match pattern/);
+      const byUser = await pledger(['billing', 'close', '--period', '2026-10'], { env: asAlice });
+      expect(byUser.exitCode).toBe(3);
+      expect(byUser.stderr).toMatch(/^error: only an operator/);
+      const noPrice = await pledger(['billing', 'price', 'set', 'hello', '--from', '2026-01'], { env: asAdmin });
+      expect(noPrice.exitCode).toBe(2);
+      expect(noPrice.stderr).toBe('error: name at least one price\nhint: e.g. --instance-month 30.00 --cpu-hour 0.05');
+      const badTax = await pledger(['billing', 'settings', '--tax-rate', 'twenty'], { env: asAdmin });
+      expect(badTax.exitCode).toBe(2);
+    });
+  });
+
+  it('closes a month once, whatever the number of times it is asked', async () => {
+    const closed = await pledger(['billing', 'close', '--period', '2026-10', '--json'], { env: asAdmin });
+    expect(closed.exitCode).toBe(0);
+    const result = closed.json<{ closed: boolean; invoices: InvoiceSummary[] }>();
+    expect(result.closed).toBe(true);
+    // 744.00 × 2/744 + 1.25 × 2
+    expect(result.invoices).toMatchObject([{ account: 'alice', total: '4.50', outstanding: '4.50', status: 'open' }]);
+    invoiceId = result.invoices[0]!.id;
+    await expectUnchanged(async () => {
+      const again = await pledger(['billing', 'close', '--period', '2026-10'], { env: asAdmin });
+      expect(again.stdout).toMatch(/^2026-10 was closed at .*: 1 invoice\(s\)/);
+    });
+  });
+
+  it('shows a customer their invoice as text, JSON and HTML', async () => {
+    const text = await pledger(['billing', 'invoice', invoiceId], { env: asAlice });
+    expect(text.stdout).toMatch(/web\s+2026-10\s+instance-hour\s+2\s+1\.25\s+2\.50/);
+    expect(text.stdout).toMatch(/total:\s+4\.50 EUR/);
+    expect((await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).json<InvoiceView>().lines).toHaveLength(2);
+    const html = await pledger(['billing', 'invoice', invoiceId, '--html'], { env: asAlice });
+    expect(html.stdout).toMatch(/^<!DOCTYPE html>/);
+    expect(html.stdout).toContain(`<title>Invoice ${invoiceId}</title>`);
+  });
+
+  it('records a payment and shows the balance and the statement', async () => {
+    await expectUnchanged(async () => {
+      const tooMuch = await pledger(['billing', 'pay', invoiceId, '10'], { env: asAdmin });
+      expect(tooMuch.exitCode).toBe(5);
+      expect(tooMuch.stderr).toMatch(`error: invoice ${invoiceId} owes 4.50 EUR: 10 is more than that`);
+    });
+    const paid = await pledger(['billing', 'pay', invoiceId, '4', '--reference', 'wire 7'], { env: asAdmin });
+    expect(paid.stdout).toBe(`paid 4.00 EUR on ${invoiceId}; outstanding 0.50 EUR`);
+    expect((await pledger(['billing', 'balance', '--json'], { env: asAlice })).json<BalanceView>()).toMatchObject({ balance: '0.50', overdue: '0.00', hold: null });
+    const statement = await pledger(['billing', 'statement'], { env: asAlice });
+    expect(statement.stdout).toMatch(/payment\s+INV-2026-10-00001\s+-4\.00\s+0\.50/);
+  });
+
+  it('exports the month to a file that hledger accepts', async () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'pledger-cli-export-')), 'october.journal');
+    const exported = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'hledger', '--output', file], { env: asAdmin });
+    expect(exported.exitCode).toBe(0);
+    expect(readFileSync(file, 'utf8')).toContain(`(${invoiceId})`);
+    execFileSync('hledger', ['check', '--strict', '-f', file], { stdio: 'pipe' });
+    const csv = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'csv'], { env: asAdmin });
+    expect(csv.stdout.split('\n')[0]).toBe('date,transaction,kind,reference,description,account,currency,amount');
+    const refused = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'csv'], { env: asAlice });
+    expect(refused.exitCode).toBe(3);
+  });
+});
