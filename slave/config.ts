@@ -23,7 +23,75 @@ export interface NodeConfig {
   /** First port of the first partition. */
   portBase: number;
   portsPerPartition: number;
+  /** How the supervisor restarts services and rotates their logs. */
+  supervisor?: Partial<SupervisorSettings>;
+  /** When the daemon runs each cycle. */
+  schedule?: Partial<ScheduleSettings>;
+  /** How the outbox retries while the master is unreachable. */
+  outbox?: Partial<OutboxSettings>;
+  /** How often promises are summarized to the master when nothing changes. */
+  promiseSummarySeconds?: number;
 }
+
+export interface SupervisorSettings {
+  /** Wait before the second restart; the first is immediate. Doubles at each restart. */
+  backoffFirstMs: number;
+  backoffMaxMs: number;
+  /** A service up this long is healthy again: its next crash restarts it at once. */
+  resetAfterMs: number;
+  /** This many exits within crashLoopWindowMs is a crash loop: reported, and a bang asked for. */
+  crashLoopExits: number;
+  crashLoopWindowMs: number;
+  /** A service log above this size is rotated (copied to NAME.log.1, then emptied). */
+  logMaxBytes: number;
+  /** Rotated logs kept: NAME.log.1 to NAME.log.N. */
+  logKeep: number;
+  logCheckMs: number;
+}
+
+export const SUPERVISOR_DEFAULTS: SupervisorSettings = {
+  backoffFirstMs: 1000,
+  backoffMaxMs: 5 * 60_000,
+  resetAfterMs: 10 * 60_000,
+  crashLoopExits: 5,
+  crashLoopWindowMs: 2 * 60_000,
+  logMaxBytes: 10 * 1024 * 1024,
+  logKeep: 3,
+  logCheckMs: 10_000,
+};
+
+/** node-cron expressions (with an optional seconds field) of the daemon's cycles. */
+export interface ScheduleSettings {
+  software: string;
+  instance: string;
+  promise: string;
+  usage: string;
+  report: string;
+  /** Each tick waits a random delay up to this, so a fleet does not call its master in the same second. */
+  maxRandomDelayMs: number;
+}
+
+export const SCHEDULE_DEFAULTS: ScheduleSettings = {
+  software: '*/5 * * * *',
+  instance: '* * * * *',
+  promise: '*/10 * * * * *',
+  usage: '*/30 * * * * *',
+  report: '* * * * *',
+  maxRandomDelayMs: 5000,
+};
+
+export interface OutboxSettings {
+  retryFirstMs: number;
+  retryMaxMs: number;
+}
+
+export const OUTBOX_DEFAULTS: OutboxSettings = { retryFirstMs: 5000, retryMaxMs: 10 * 60_000 };
+
+export const PROMISE_SUMMARY_DEFAULT_S = 3600;
+
+export const supervisorSettings = (config: NodeConfig): SupervisorSettings => ({ ...SUPERVISOR_DEFAULTS, ...config.supervisor });
+export const scheduleSettings = (config: NodeConfig): ScheduleSettings => ({ ...SCHEDULE_DEFAULTS, ...config.schedule });
+export const outboxSettings = (config: NodeConfig): OutboxSettings => ({ ...OUTBOX_DEFAULTS, ...config.outbox });
 
 export const NODE_CONFIG_DEFAULTS = {
   partitions: 4,
@@ -43,6 +111,44 @@ const NodeConfigFile = Type.Object(
     ipBase: Type.Optional(Type.String({ pattern: '^127\\.\\d{1,3}\\.\\d{1,3}\\.\\d{1,3}$' })),
     portBase: Type.Optional(Type.Integer({ minimum: 1024, maximum: 65535 })),
     portsPerPartition: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+    supervisor: Type.Optional(
+      Type.Object(
+        {
+          backoffFirstMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
+          backoffMaxMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
+          resetAfterMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
+          crashLoopExits: Type.Optional(Type.Integer({ minimum: 2, maximum: 1000 })),
+          crashLoopWindowMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
+          logMaxBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
+          logKeep: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
+          logCheckMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 3_600_000 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    schedule: Type.Optional(
+      Type.Object(
+        {
+          software: Type.Optional(Type.String({ minLength: 1 })),
+          instance: Type.Optional(Type.String({ minLength: 1 })),
+          promise: Type.Optional(Type.String({ minLength: 1 })),
+          usage: Type.Optional(Type.String({ minLength: 1 })),
+          report: Type.Optional(Type.String({ minLength: 1 })),
+          maxRandomDelayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 3_600_000 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    outbox: Type.Optional(
+      Type.Object(
+        {
+          retryFirstMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
+          retryMaxMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    promiseSummarySeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400 })),
   },
   { additionalProperties: false },
 );

@@ -71,16 +71,23 @@ export function renderDeployment(deployment: Deployment): RenderedDeployment {
     Object.entries(type.services ?? {}).map(([name, argv]) => [name, argv.map((item, i) => render(item, `services.${name}[${i}]`))]),
   );
   const promises = Object.fromEntries(
-    Object.entries(type.promises ?? {}).map(([name, promise]): [string, PromiseDefinition] => {
-      const where = `promises.${name}`;
-      if ('tcp' in promise) return [name, { ...promise, tcp: render(promise.tcp, `${where}.tcp`) }];
-      const rendered = { ...promise, http: render(promise.http, `${where}.http`) };
-      if (promise.contains !== undefined) rendered.contains = render(promise.contains, `${where}.contains`);
-      return [name, rendered];
-    }),
+    Object.entries(type.promises ?? {}).map(([name, promise]): [string, PromiseDefinition] => [name, renderPromise(promise, `promises.${name}`, render)]),
   );
   const publish = Object.fromEntries(Object.entries(type.publish ?? {}).map(([key, value]) => [key, render(value, `publish.${key}`)]));
   return { files: renderFiles(env, releaseDir, type.files ?? {}, context), services, promises, publish };
+}
+
+/** Every template string of a promise rendered; the other keys as they are. */
+function renderPromise(promise: PromiseDefinition, where: string, render: (source: string, where: string) => string): PromiseDefinition {
+  if ('tcp' in promise) return { ...promise, tcp: render(promise.tcp, `${where}.tcp`) };
+  if ('http' in promise) {
+    const rendered = { ...promise, http: render(promise.http, `${where}.http`) };
+    if (promise.contains !== undefined) rendered.contains = render(promise.contains, `${where}.contains`);
+    return rendered;
+  }
+  if ('file' in promise) return { ...promise, file: render(promise.file, `${where}.file`) };
+  if ('command' in promise) return { ...promise, command: promise.command.map((item, i) => render(item, `${where}.command[${i}]`)) };
+  return { ...promise };
 }
 
 /** The software type's port names, given in order from the partition's range. */

@@ -2,27 +2,33 @@
  * Converging the partitions towards the desired state, one partition at a time.
  *
  * The serial of an instance is the only change detector: a partition whose instance
- * has the serial last applied, and whose services all still run, costs two file reads
- * and nothing else. Every outcome is reported as an event through the outbox, and each
- * one only once per serial, so a node that runs every minute does not flood its master.
+ * has the serial last applied, and whose services the supervisor still runs, costs a
+ * file read and nothing else; the supervisor is asked about every partition in one
+ * request. Every outcome is reported as an event through the outbox, and each one only
+ * once per serial, so a node that runs every minute does not flood its master.
+ *
+ * Services are the supervisor's: this module tells it what must run in each partition
+ * (`ensure`) or that nothing must (`stop`), and never starts or kills a service itself.
  */
 import { mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import type { DesiredInstance, InstanceEvent } from '../protocol/api.js';
 import type { NodeConfig } from './config.js';
 import { prepareDeployment, renderDeployment, type DesiredPartition, type RenderedDeployment } from './deploy.js';
 import { emptyDirectory, errorMessage } from './files.js';
 import type { Logger } from './log.js';
 import { connectMaster, pullDesiredState } from './master.js';
-import { newEvent, Outbox } from './outbox.js';
+import { newEvent, openOutbox, type Outbox } from './outbox.js';
 import { deletePartitionState, readPartitionState, writePartitionState, type LocalStatus, type PartitionState } from './partition-state.js';
 import { withLock } from './lock.js';
-import { lockPath, outboxPath, partitionPath } from './paths.js';
-import { cleanEnv, isAlive, startProcess, stopProcessGroup, type ServiceRecord } from './processes.js';
+import { lockPath, partitionPath } from './paths.js';
+import { stopProcessGroup, type ServiceRecord } from './processes.js';
 import { checkPromises } from './promises.js';
+import { notePromiseResults } from './promise-cycle.js';
 import { writePartitionFiles } from './render.js';
 import type { ItemResult, RunReport } from './result.js';
 import { isSoftwareBuilt } from './software.js';
+import { connectSupervisor, type SupervisorClient } from './supervisor-client.js';
+import type { PartitionStatus } from './supervisor.js';
 
 export type { ItemResult, RunReport } from './result.js';
 
@@ -30,16 +36,19 @@ interface Run {
   config: NodeConfig;
   outbox: Outbox;
   log: Logger;
+  supervisor: SupervisorClient;
+  /** What the supervisor runs, per partition, at the start of the run. */
+  supervised: Record<string, PartitionStatus>;
 }
 
 type InstanceEventType = InstanceEvent['type'];
 
 /**
  * Brings every partition to its instance's requested state (started, stopped,
- * destroyed), deploying when the serial changed and restarting services that died.
- * One partition's failure never stops the others. Throws when the master is
- * unreachable and no desired state was ever saved, and CONFLICT while another run
- * processes the instances.
+ * destroyed), deploying when the serial changed and handing services the supervisor
+ * lost back to it. One partition's failure never stops the others. Throws when the
+ * master is unreachable and no desired state was ever saved, and CONFLICT while
+ * another run processes the instances.
  */
 export async function processInstances(config: NodeConfig, log: Logger): Promise<RunReport> {
   return withLock(lockPath(config.root, 'instances'), 'processing instances', () => processAll(config, log));
@@ -48,19 +57,24 @@ export async function processInstances(config: NodeConfig, log: Logger): Promise
 async function processAll(config: NodeConfig, log: Logger): Promise<RunReport> {
   const master = connectMaster(config);
   const pulled = await pullDesiredState(config, master, log);
-  const run: Run = { config, outbox: new Outbox(outboxPath(config.root)), log };
-  const results: ItemResult[] = [];
-  for (const partition of pulled.state.partitions) {
-    try {
-      const result = await processPartition(run, partition);
-      if (result) results.push(result);
-    } catch (error) {
-      log.error('partition failed', { partition: partition.reference, reason: errorMessage(error) });
-      results.push({ item: partition.reference, status: 'failed', message: errorMessage(error) });
+  const supervisor = await connectSupervisor(config, log);
+  const run: Run = { config, outbox: openOutbox(config), log, supervisor, supervised: await supervisor.status() };
+  try {
+    const results: ItemResult[] = [];
+    for (const partition of pulled.state.partitions) {
+      try {
+        const result = await processPartition(run, partition);
+        if (result) results.push(result);
+      } catch (error) {
+        log.error('partition failed', { partition: partition.reference, reason: errorMessage(error) });
+        results.push({ item: partition.reference, status: 'failed', message: errorMessage(error) });
+      }
     }
+    const flushed = await run.outbox.flush(master, log);
+    return { results, offline: pulled.offline || flushed.offline };
+  } finally {
+    run.outbox.close();
   }
-  const flushed = await run.outbox.flush(master, log);
-  return { results, offline: pulled.offline || flushed.offline };
 }
 
 async function processPartition(run: Run, partition: DesiredPartition): Promise<ItemResult | undefined> {
@@ -95,20 +109,26 @@ const itemName = (partition: DesiredPartition, instance: DesiredInstance) => `${
 
 async function startInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
   if (local?.serial === instance.serial && (local.status === 'started' || local.status === 'deployed')) {
-    const dead = await deadServices(local.services);
-    if (local.status === 'started' && dead.length === 0) return { item: itemName(partition, instance), status: 'unchanged' };
-    return repair(run, partition, instance, local, dead);
+    const supervised = run.supervised[partition.reference];
+    const complete = supervised?.instance.id === instance.id && Object.keys(local.services).every((name) => name in supervised.services);
+    if (local.status === 'started' && complete) return { item: itemName(partition, instance), status: 'unchanged' };
+    return repair(run, partition, instance, local, complete);
   }
   return deploy(run, partition, instance, local);
 }
 
-async function deadServices(services: Record<string, ServiceRecord>): Promise<string[]> {
-  const dead: string[] = [];
-  for (const [name, record] of Object.entries(services)) if (!(await isAlive(record))) dead.push(name);
-  return dead;
+/** The supervisor's records of a partition's services, as the partition state keeps them. */
+function serviceRecords(status: PartitionStatus | undefined): Record<string, ServiceRecord> {
+  const records: Record<string, ServiceRecord> = {};
+  for (const [name, service] of Object.entries(status?.services ?? {})) {
+    if (service.pid !== null && service.startTime !== null) records[name] = { pid: service.pid, startTime: service.startTime };
+  }
+  return records;
 }
 
-/** Renders the partition for this serial and (re)starts all its services. */
+const supervisedInstance = (instance: DesiredInstance) => ({ id: instance.id, serial: instance.serial, title: instance.title });
+
+/** Renders the partition for this serial and has the supervisor (re)start all its services. */
 async function deploy(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
   const { root } = run.config;
   const previous = local?.serial === instance.serial ? local : undefined;
@@ -128,53 +148,53 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
     return fail(`cannot deploy: ${errorMessage(error)}`);
   }
 
-  await stopServices(oldServices);
   // Recorded as `error` while starting: a run that dies halfway leaves a state that the
-  // next run redeploys (stopping what was recorded) rather than takes for deployed.
-  const state: PartitionState = { instanceId: instance.id, serial: instance.serial, status: 'error', services: {} };
+  // next run redeploys rather than takes for deployed.
+  const state: PartitionState = { instanceId: instance.id, serial: instance.serial, status: 'error', services: {}, promises: rendered.promises };
+  let supervised: PartitionStatus;
   try {
-    for (const [name, argv] of Object.entries(rendered.services)) {
-      state.services[name] = await startService(partitionDir, name, argv);
-      await writePartitionState(root, partition.reference, state);
-    }
+    await stopUnsupervised(run, partition.reference, oldServices);
+    supervised = await run.supervisor.ensure(partition.reference, supervisedInstance(instance), rendered.services, true);
   } catch (error) {
-    return fail(`cannot start services: ${errorMessage(error)}`, state.services);
+    return fail(`cannot start services: ${errorMessage(error)}`, serviceRecords(run.supervised[partition.reference]));
   }
+  state.services = serviceRecords(supervised);
   state.status = 'deployed';
   await writePartitionState(root, partition.reference, state);
   run.log.info('instance deployed', { partition: partition.reference, instance: instance.title, serial: instance.serial });
   await report(run, partition, instance.id, instance.serial, 'instance.deployed');
-  return keepPromises(run, partition, instance, { ...state, message: previous?.message }, rendered);
+  return keepPromises(run, partition, instance, { ...state, message: previous?.message }, rendered, partitionDir, supervised);
 }
 
-/** Same serial: restart only the services that died, then check the promises again. */
-async function repair(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState, dead: string[]): Promise<ItemResult> {
+/**
+ * Same serial, but the supervisor does not run every service (it lost its memory, or
+ * the instance's promises were not kept yet): the services are handed to it again
+ * without restarting those it runs, then the promises are checked again.
+ */
+async function repair(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState, complete: boolean): Promise<ItemResult> {
   const { root } = run.config;
   const fail = (message: string) => failure(run, partition, instance, local, local.status, local.services, message);
   if (!(await isSoftwareBuilt(root, instance.software.hash))) return fail(`software ${instance.software.name}@${instance.software.version} is gone`);
   let rendered: RenderedDeployment;
+  let partitionDir: string;
   try {
-    rendered = renderDeployment(await prepareDeployment(root, partition, instance));
+    const deployment = await prepareDeployment(root, partition, instance);
+    rendered = renderDeployment(deployment);
+    partitionDir = deployment.partitionDir;
   } catch (error) {
     return fail(`cannot restart: ${errorMessage(error)}`);
   }
-  const state: PartitionState = { ...local, services: { ...local.services } };
+  let supervised: PartitionStatus;
   try {
-    for (const name of dead) {
-      const argv = rendered.services[name];
-      if (!argv) {
-        delete state.services[name];
-        continue;
-      }
-      state.services[name] = await startService(partitionPath(root, partition.reference), name, argv);
-      run.log.info('service restarted', { partition: partition.reference, service: name });
-    }
+    supervised = await run.supervisor.ensure(partition.reference, supervisedInstance(instance), rendered.services, false);
   } catch (error) {
-    return failure(run, partition, instance, local, 'deployed', state.services, `cannot restart: ${errorMessage(error)}`);
+    return failure(run, partition, instance, local, 'deployed', local.services, `cannot restart: ${errorMessage(error)}`);
   }
+  const state: PartitionState = { ...local, services: serviceRecords(supervised), promises: rendered.promises };
   await writePartitionState(root, partition.reference, state);
-  const result = await keepPromises(run, partition, instance, state, rendered);
-  return dead.length > 0 && result.status !== 'failed' ? { ...result, status: 'done', message: `restarted ${dead.join(', ')}` } : result;
+  if (!complete) run.log.info('services handed to the supervisor again', { partition: partition.reference });
+  const result = await keepPromises(run, partition, instance, state, rendered, partitionDir, supervised);
+  return !complete && result.status !== 'failed' ? { ...result, status: 'done', message: 'services restored' } : result;
 }
 
 /**
@@ -188,8 +208,13 @@ async function keepPromises(
   instance: DesiredInstance,
   state: PartitionState,
   rendered: RenderedDeployment,
+  partitionDir: string,
+  supervised: PartitionStatus,
 ): Promise<ItemResult> {
-  const broken = (await checkPromises(rendered.promises)).filter((result) => !result.ok);
+  const serviceRunning = (name: string) => supervised.services[name]?.state === 'running';
+  const results = await checkPromises(rendered.promises, { partitionDir, serviceRunning });
+  await notePromiseResults(run.config.root, run.outbox, partition.reference, { id: instance.id, serial: instance.serial }, results);
+  const broken = results.filter((result) => !result.ok);
   if (broken.length > 0) {
     return failure(run, partition, instance, state, 'deployed', state.services, broken.map((result) => result.message).join('; '));
   }
@@ -225,7 +250,7 @@ async function failure(
 
 async function stopInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
   if (local?.serial === instance.serial && local.status === 'stopped') return { item: itemName(partition, instance), status: 'unchanged' };
-  await stopServices(local?.services ?? {});
+  await stopServices(run, partition.reference, local?.services ?? {});
   await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status: 'stopped', services: {} });
   run.log.info('instance stopped', { partition: partition.reference, instance: instance.title });
   await report(run, partition, instance.id, instance.serial, 'instance.stopped');
@@ -243,23 +268,23 @@ async function destroyInstance(run: Run, partition: DesiredPartition, instance: 
 
 /** Stops every process of the partition and empties its directory (the directory itself stays). */
 async function wipePartition(run: Run, partition: DesiredPartition, local: PartitionState | undefined): Promise<void> {
-  await stopServices(local?.services ?? {});
+  await stopServices(run, partition.reference, local?.services ?? {});
   await emptyDirectory(partitionPath(run.config.root, partition.reference));
   run.log.info('partition wiped', { partition: partition.reference });
 }
 
-async function stopServices(services: Record<string, ServiceRecord>): Promise<void> {
-  await Promise.all(Object.values(services).map((record) => stopProcessGroup(record)));
+async function stopServices(run: Run, reference: string, recorded: Record<string, ServiceRecord>): Promise<void> {
+  if (run.supervised[reference]) await run.supervisor.stop(reference);
+  await stopUnsupervised(run, reference, recorded);
 }
 
-async function startService(partitionDir: string, name: string, argv: string[]): Promise<ServiceRecord> {
-  const logDir = path.join(partitionDir, 'var', 'log');
-  await mkdir(logDir, { recursive: true });
-  try {
-    return await startProcess({ argv, cwd: partitionDir, env: cleanEnv(partitionDir), logFile: path.join(logDir, `${name}.log`) });
-  } catch (error) {
-    throw new Error(`service ${name}: ${errorMessage(error)}`);
-  }
+/**
+ * Services recorded in the partition that the supervisor does not own (started by a
+ * version of the agent without a supervisor) are stopped directly, process group and all.
+ */
+async function stopUnsupervised(run: Run, reference: string, recorded: Record<string, ServiceRecord>): Promise<void> {
+  const owned = new Set(Object.values(run.supervised[reference]?.services ?? {}).map((service) => service.pid));
+  await Promise.all(Object.values(recorded).filter((record) => !owned.has(record.pid)).map((record) => stopProcessGroup(record)));
 }
 
 async function report(

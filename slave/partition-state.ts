@@ -7,6 +7,7 @@
 import { rm } from 'node:fs/promises';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import { partitionStatePath } from './paths.js';
+import type { PromiseDefinition } from '../protocol/software-release.js';
 import type { ServiceRecord } from './processes.js';
 
 /**
@@ -26,6 +27,8 @@ export interface PartitionState {
   services: Record<string, ServiceRecord>;
   /** The last error reported for this serial. */
   message?: string;
+  /** The instance's promises as rendered for this serial: what the periodic promise cycle checks. */
+  promises?: Record<string, PromiseDefinition>;
 }
 
 export async function readPartitionState(root: string, reference: string): Promise<PartitionState | undefined> {

@@ -22,8 +22,20 @@ export const partitionPath = (root: string, reference: string) => path.join(root
 export const stateRoot = (root: string) => path.join(root, 'state');
 export const partitionStatePath = (root: string, reference: string) => path.join(root, 'state', 'partitions', `${reference}.json`);
 export const desiredStatePath = (root: string) => path.join(root, 'state', 'desired-state.json');
-export const outboxPath = (root: string) => path.join(root, 'state', 'outbox.jsonl');
-/** Held while a run builds software, or while a run converges partitions. */
-export const lockPath = (root: string, task: 'software' | 'instances') => path.join(root, 'state', `${task}.lock`);
+/** The outbox of the first versions, a JSON line per event: imported into the node database once. */
+export const legacyOutboxPath = (root: string) => path.join(root, 'state', 'outbox.jsonl');
+/** SQLite: the outbox and the usage meter, written by the agent's cycles and by the supervisor. */
+export const nodeDatabasePath = (root: string) => path.join(root, 'state', 'node.db');
+/** Where `new Outbox(...)` keeps the events: the node database. */
+export const outboxPath = nodeDatabasePath;
+/** Held while a cycle runs (one run per cycle at a time), and by the supervisor while it lives. */
+export const lockPath = (root: string, task: 'software' | 'instances' | 'promises' | 'usage' | 'report' | 'supervisor' | 'daemon') =>
+  path.join(root, 'state', `${task}.lock`);
+/** The supervisor's control socket, its memory of every service, and its own log. */
+export const supervisorSocketPath = (root: string) => path.join(root, 'state', 'supervisor.sock');
+export const supervisorStatePath = (root: string) => path.join(root, 'state', 'supervisor.json');
+export const supervisorLogPath = (root: string) => path.join(root, 'state', 'supervisor.log');
+/** The last result of each promise of a partition's instance. */
+export const promiseResultsPath = (root: string, reference: string) => path.join(root, 'partitions', reference, '.pledger', 'promises.json');
 /** The agent's own files inside a partition (secrets), out of reach of rendered files. */
 export const PARTITION_PRIVATE_DIR = '.pledger';

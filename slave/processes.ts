@@ -143,3 +143,71 @@ export async function stopProcessGroup(record: ServiceRecord, graceMs = 5000): P
   signalGroup(record.pid, 'SIGKILL');
   if (!(await waitForEmptyGroup(record.pid, 2000))) throw new Error(`process group ${record.pid} survived SIGKILL`);
 }
+
+/** One line of the process table, as the supervisor and the usage meter need it. */
+export interface ProcessInfo {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  state: string;
+  startTime: number;
+  /** user + system CPU time, in clock ticks. */
+  cpuTicks: number;
+  rssPages: number;
+}
+
+/** Clock ticks per second of /proc/<pid>/stat times: 100 on every Linux this runs on. */
+export const CLOCK_TICKS_PER_SECOND = 100;
+
+export function parseProcessStat(pid: number, text: string): ProcessInfo {
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const field = (n: number) => Number(fields[n - 3] ?? 0);
+  return {
+    pid,
+    ppid: field(4),
+    pgid: field(5),
+    state: fields[0] ?? '',
+    startTime: field(22),
+    cpuTicks: field(14) + field(15),
+    rssPages: field(24),
+  };
+}
+
+/** Every process visible in /proc, zombies included (their state says so). */
+export async function readProcessTable(): Promise<ProcessInfo[]> {
+  const table: ProcessInfo[] = [];
+  const names = await readdir('/proc');
+  await Promise.all(
+    names.map(async (name) => {
+      if (!/^\d+$/.test(name)) return;
+      try {
+        table.push(parseProcessStat(Number(name), await readFile(`/proc/${name}/stat`, 'utf8')));
+      } catch {
+        // ended while we looked
+      }
+    }),
+  );
+  return table;
+}
+
+/**
+ * The live processes of the trees rooted at `groups` (process group ids of services):
+ * every member of those groups and every descendant of a member, even one that moved to
+ * a group or session of its own.
+ */
+export function processTrees(table: ProcessInfo[], groups: Set<number>): ProcessInfo[] {
+  const children = new Map<number, ProcessInfo[]>();
+  for (const p of table) {
+    const list = children.get(p.ppid);
+    if (list) list.push(p);
+    else children.set(p.ppid, [p]);
+  }
+  const found = new Map<number, ProcessInfo>();
+  const visit = (p: ProcessInfo) => {
+    if (found.has(p.pid)) return;
+    found.set(p.pid, p);
+    for (const child of children.get(p.pid) ?? []) visit(child);
+  };
+  for (const p of table) if (groups.has(p.pgid)) visit(p);
+  return [...found.values()].filter((p) => p.state !== 'Z');
+}

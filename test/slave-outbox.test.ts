@@ -51,7 +51,7 @@ describe('outbox', () => {
   it('keeps events while the master is unreachable and delivers them once it is back', async () => {
     await master.stop();
     const client = new MasterClient({ url: master.url, token: credential, timeoutMs: 2000 });
-    const outbox = new Outbox(path.join(scratch, 'a', 'outbox.jsonl'));
+    const outbox = new Outbox(path.join(scratch, 'a', 'node.db'));
     await outbox.add(built(supplied[0]!));
     await outbox.add(built(supplied[1]!));
     expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 2, offline: true });
@@ -67,7 +67,7 @@ describe('outbox', () => {
   });
 
   it('drops only the event the master refuses, and keeps everything on a bad credential', async () => {
-    const outbox = new Outbox(path.join(scratch, 'b', 'outbox.jsonl'));
+    const outbox = new Outbox(path.join(scratch, 'b', 'node.db'));
     const notSupplied = 'f'.repeat(64);
     for (const hash of [supplied[0]!, notSupplied, supplied[1]!]) await outbox.add(newEvent({ type: 'software.error', software: hash, message: 'failed' }));
     const result = await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger);
