@@ -96,7 +96,7 @@ async function check(f: BillingFixture, prices: Record<string, number>, taxRate:
     prices: Object.fromEntries(Object.entries(prices).map(([r, minor]) => [r, formatAmount(BigInt(minor), 2)])),
   });
   expect(priceSet.status).toBe(200);
-  const instances = [];
+  const instances: { id: string; partition: string }[] = [];
   for (const name of ['ann', 'ben', 'cid']) instances.push(await f.instance(await f.customer(name), `${name}-web`));
   const send = (r: Report) =>
     f.report(instances[r.instance]!, hourOf(r.hour), { cpuMilliseconds: r.cpu, memoryByteSeconds: r.memory, diskByteSeconds: r.disk, uptimeSeconds: r.uptime });
