@@ -7,6 +7,7 @@ import { registerBillingCommands } from './commands/billing.js';
 import { registerInstanceCommands } from './commands/instances.js';
 import { registerMasterCommands } from './commands/master.js';
 import { registerNodeCommands } from './commands/node.js';
+import { registerNodePruneCommand } from './commands/node-prune.js';
 import { registerOperatorCommands } from './commands/operator.js';
 import { registerQuickstartCommand } from './commands/quickstart.js';
 import { reportError } from './output.js';
@@ -25,6 +26,7 @@ registerQuickstartCommand(program);
 registerInstanceCommands(program);
 registerOperatorCommands(program);
 registerNodeCommands(program);
+registerNodePruneCommand(program);
 registerMasterCommands(program);
 registerBillingCommands(program);
 

@@ -7,8 +7,10 @@
  * node and reused by every release naming the same definition; a release only links
  * `<release>/parts/<name>` to it.
  *
- * A part is built aside (`<root>/parts/.build-<hash>-<random>`) and renamed into place
- * once complete, with a marker: a half-built part never counts.
+ * A part's inputs are fetched and unpacked aside (`<root>/parts/.build-<hash>-<random>`),
+ * then renamed into place, where its build commands run (a build embeds its final
+ * path); only a complete build gets the marker that makes it count, and a folder
+ * without it is removed and built again.
  */
 import { createHash } from 'node:crypto';
 import { cp, mkdir, readdir, readFile, readlink, rename, stat, symlink, writeFile } from 'node:fs/promises';
@@ -143,6 +145,10 @@ async function buildPart(context: PartBuildContext, part: PlannedPart, hashes: M
       await mkdir(path.dirname(path.join(temporary, file)), { recursive: true });
       await cp(path.join(releaseDir, file), path.join(temporary, file));
     }
+    // Builds embed their final path (an install prefix, a shebang, an rpath): the
+    // commands run there. Until the marker is written last, the folder does not count.
+    await removeTree(final);
+    await rename(temporary, final);
     const env = createTemplateEnvironment(releaseDir);
     const templateContext = {
       part: { path: final, hash: part.hash },
@@ -157,20 +163,15 @@ async function buildPart(context: PartBuildContext, part: PlannedPart, hashes: M
     for (const [i, command] of (definition.build ?? []).entries()) {
       const argv = command.map((item, j) => renderString(env, item, templateContext, `parts.${part.name}.build[${i}][${j}]`));
       context.log.info('build command', { part: part.name, argv });
-      await runStep(argv, { cwd: temporary, env: cleanEnv(home), log: buildLog, timeoutS });
+      await runStep(argv, { cwd: final, env: cleanEnv(home), log: buildLog, timeoutS });
     }
-    await writeFile(path.join(temporary, PART_MANIFEST), `${JSON.stringify({ name: part.name, hash: part.hash, definition: part.normalized, debs }, null, 2)}\n`);
-    await writeFile(path.join(temporary, BUILT_MARKER), `${new Date().toISOString()}\n`);
+    await writeFile(path.join(final, PART_MANIFEST), `${JSON.stringify({ name: part.name, hash: part.hash, definition: part.normalized, debs }, null, 2)}\n`);
+    await writeFile(path.join(final, BUILT_MARKER), `${new Date().toISOString()}\n`);
     await removeTree(work);
-    if (await isPartBuilt(root, part.hash)) {
-      await removeTree(temporary);
-      return;
-    }
-    await removeTree(final);
-    await rename(temporary, final);
   } catch (error) {
     await removeTree(work);
     await removeTree(temporary);
+    if (!(await isPartBuilt(root, part.hash))) await removeTree(final);
     throw new Error(`part ${part.name}: ${(error as Error).message}`);
   }
 }
