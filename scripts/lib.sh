@@ -53,3 +53,16 @@ ensure_ledger_tools() {
   echo "installing hledger and beancount from Debian"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hledger beancount >/dev/null)
 }
+
+# Debian's monitoring-plugins (the node tests run check_tcp, check_http... as command
+# promises) and supervisor (the node benchmark compares its restart latency). Installs
+# what is missing when root; otherwise the tests that need them say so and skip.
+ensure_debian_packages() {
+  local missing=()
+  [ -x /usr/lib/nagios/plugins/check_tcp ] || missing+=(monitoring-plugins-basic)
+  command -v supervisord >/dev/null || missing+=(supervisor)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+  echo "installing ${missing[*]} from Debian"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null)
+}

@@ -35,6 +35,8 @@ export const lockPath = (root: string, task: 'software' | 'instances' | 'promise
 export const supervisorSocketPath = (root: string) => path.join(root, 'state', 'supervisor.sock');
 export const supervisorStatePath = (root: string) => path.join(root, 'state', 'supervisor.json');
 export const supervisorLogPath = (root: string) => path.join(root, 'state', 'supervisor.log');
+/** Where cron's one-shot runs append their log lines. */
+export const logPath = (root: string) => path.join(root, 'state', 'agent.log');
 /** The last result of each promise of a partition's instance. */
 export const promiseResultsPath = (root: string, reference: string) => path.join(root, 'partitions', reference, '.pledger', 'promises.json');
 /** The agent's own files inside a partition (secrets), out of reach of rendered files. */

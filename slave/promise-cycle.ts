@@ -17,7 +17,7 @@ import { connectMaster } from './master.js';
 import { newEvent, openOutbox, type Outbox } from './outbox.js';
 import { readPartitionState, type PartitionState } from './partition-state.js';
 import { lockPath, partitionPath, promiseResultsPath, stateRoot } from './paths.js';
-import { checkPromiseOnce, DEFAULT_PROMISE_INTERVAL_S, type PromiseResult } from './promises.js';
+import { checkPromiseOnce, DEFAULT_PROMISE_INTERVAL_S, limited, PROMISE_CONCURRENCY, type PromiseResult } from './promises.js';
 import type { ItemResult, RunReport } from './result.js';
 import { connectSupervisor } from './supervisor-client.js';
 import type { PartitionStatus } from './supervisor.js';
@@ -43,8 +43,6 @@ interface StoredResults {
 }
 
 const MAX_MESSAGE = 2048;
-/** Command promises start processes: this many checks at a time, at most. */
-const CONCURRENCY = 64;
 
 async function readResults(root: string, reference: string, instance: { id: string; serial: number }): Promise<StoredResults | undefined> {
   try {
@@ -106,20 +104,6 @@ export async function notePromiseResults(
   return banging;
 }
 
-/** Runs `tasks` with at most `limit` of them at a time. */
-async function limited<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T[]> {
-  const results: T[] = new Array<T>(tasks.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < tasks.length) {
-      const i = next++;
-      results[i] = await tasks[i]!();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
-  return results;
-}
-
 interface DuePartition {
   reference: string;
   state: PartitionState & { promises: Record<string, PromiseDefinition> };
@@ -168,7 +152,7 @@ async function cycle(config: NodeConfig, log: Logger, now: number): Promise<RunR
       });
     }),
   );
-  const flat = await limited(checks, CONCURRENCY);
+  const flat = await limited(checks, PROMISE_CONCURRENCY);
 
   const outbox = openOutbox(config);
   try {

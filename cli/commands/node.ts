@@ -11,18 +11,26 @@ import { registerNodeAdminCommands } from './operator.js';
 // The node agent loads when a node command runs, so that other commands start fast.
 const agent = () => import('../../slave/index.js');
 
-/** Exit codes of one-shot node runs. */
-export const NODE_EXIT = { success: 0, failure: 1, offline: 3 } as const;
+/** Exit codes of one-shot node runs: 2 is a promise that does not hold, 3 a success while the master was unreachable. */
+export const NODE_EXIT = { success: 0, failure: 1, promiseFailure: 2, offline: 3 } as const;
 
-function printResults(g: { json?: boolean }, results: ItemResult[], offline: boolean): void {
+function printResults(g: { json?: boolean }, results: ItemResult[], offline: boolean, failureCode: number = NODE_EXIT.failure): void {
   print(g, { results, offline }, (v) =>
     [
       v.results.length === 0 ? 'nothing to do' : table(['ITEM', 'STATUS', 'MESSAGE'], v.results.map((r) => [r.item, r.status, r.message ?? ''])),
       ...(v.offline ? ['the master was unreachable: events are kept and will be sent at the next run'] : []),
     ].join('\n'),
   );
-  process.exitCode = results.some((r) => r.status === 'failed') ? NODE_EXIT.failure : offline ? NODE_EXIT.offline : NODE_EXIT.success;
+  process.exitCode = results.some((r) => r.status === 'failed') ? failureCode : offline ? NODE_EXIT.offline : NODE_EXIT.success;
 }
+
+/** Cron starts every node at the same second: each run first waits a random part of this. */
+async function randomDelay(seconds: string | undefined): Promise<void> {
+  const max = integer(seconds, '--max-random-delay') ?? 0;
+  if (max > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * max * 1000));
+}
+
+const agentLogger = async (g: { json?: boolean }) => (await agent()).createLogger(Boolean(g.json) || !process.stderr.isTTY);
 
 export function registerNodeCommands(program: Command): void {
   const node = program.command('node').description('node agent commands, and node registration (operators)');
@@ -72,28 +80,135 @@ export function registerNodeCommands(program: Command): void {
       print(g, partitions, (list) => table(['PARTITION', 'IP', 'PORTS'], list.map((p) => [p.reference, p.ip, `${p.ports.first}-${p.ports.last}`])));
     });
 
+  const delayOption = ['--max-random-delay <seconds>', 'wait a random delay up to this first (for cron)'] as const;
+
   node
     .command('software')
     .description('build the software releases supplied to this node (once each)')
     .option(...configOption)
+    .option(...delayOption)
     .action(async (options, command) => {
       const g = globals(command);
-      const { createLogger, installSoftware, readNodeConfig } = await agent();
+      await randomDelay(options.maxRandomDelay);
+      const { installSoftware, readNodeConfig } = await agent();
       const config = await readNodeConfig(options.config);
-      const run = await installSoftware(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
+      const run = await installSoftware(config, await agentLogger(g));
       printResults(g, run.results, run.offline);
     });
 
   node
     .command('instance')
-    .description('bring every partition to the state the master asks for')
+    .description('bring every partition to the state the master asks for (services run under the node supervisor)')
+    .option(...configOption)
+    .option(...delayOption)
+    .action(async (options, command) => {
+      const g = globals(command);
+      await randomDelay(options.maxRandomDelay);
+      const { processInstances, readNodeConfig } = await agent();
+      const config = await readNodeConfig(options.config);
+      const run = await processInstances(config, await agentLogger(g));
+      printResults(g, run.results, run.offline);
+    });
+
+  node
+    .command('promise')
+    .description('check the promises whose interval has passed, and report their state (exit 2 when one fails)')
+    .option(...configOption)
+    .option(...delayOption)
+    .action(async (options, command) => {
+      const g = globals(command);
+      await randomDelay(options.maxRandomDelay);
+      const { checkPromisesCycle, readNodeConfig } = await agent();
+      const config = await readNodeConfig(options.config);
+      const run = await checkPromisesCycle(config, await agentLogger(g));
+      printResults(g, run.results, run.offline, NODE_EXIT.promiseFailure);
+    });
+
+  node
+    .command('usage')
+    .description('sample what each partition consumes, and queue the usage of every hour that ended')
+    .option(...configOption)
+    .option(...delayOption)
+    .action(async (options, command) => {
+      const g = globals(command);
+      await randomDelay(options.maxRandomDelay);
+      const { meterUsage, readNodeConfig } = await agent();
+      const config = await readNodeConfig(options.config);
+      const sample = await meterUsage(config, await agentLogger(g));
+      print(g, sample, (v) => `sampled ${v.partitions} partition(s); ${v.hoursReported} hour(s) of usage queued`);
+    });
+
+  node
+    .command('report')
+    .description('send the events waiting in the outbox (exit 3 when the master is unreachable)')
+    .option(...configOption)
+    .option(...delayOption)
+    .action(async (options, command) => {
+      const g = globals(command);
+      await randomDelay(options.maxRandomDelay);
+      const { readNodeConfig, reportEvents } = await agent();
+      const config = await readNodeConfig(options.config);
+      const flushed = await reportEvents(config, await agentLogger(g));
+      print(g, flushed, (v) => `${v.sent} event(s) sent, ${v.pending} waiting${v.offline ? ': the master is unreachable' : ''}`);
+      process.exitCode = flushed.offline ? NODE_EXIT.offline : NODE_EXIT.success;
+    });
+
+  node
+    .command('boot')
+    .description('start the node supervisor, which brings back every started instance (for @reboot; needs no master)')
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
-      const { createLogger, processInstances, readNodeConfig } = await agent();
+      const { connectSupervisor, readNodeConfig } = await agent();
       const config = await readNodeConfig(options.config);
-      const run = await processInstances(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
-      printResults(g, run.results, run.offline);
+      const supervisor = await connectSupervisor(config, await agentLogger(g));
+      const status = await supervisor.status();
+      const rows = Object.entries(status).flatMap(([partition, p]) =>
+        Object.entries(p.services).map(([service, s]) => ({ partition, instance: p.instance.title, service, state: s.state, pid: s.pid })),
+      );
+      print(g, rows, (list) =>
+        list.length === 0 ? 'supervisor running; no service to run' : table(['PARTITION', 'INSTANCE', 'SERVICE', 'STATE', 'PID'], list.map((r) => [r.partition, r.instance, r.service, r.state, String(r.pid ?? '')])),
+      );
+    });
+
+  node
+    .command('supervisor')
+    .description('run the node supervisor in the foreground (node commands start it detached when it is not running)')
+    .option(...configOption)
+    .action(async (options) => {
+      const { createLogger, readNodeConfig, runSupervisor, supervisorSettings } = await agent();
+      const config = await readNodeConfig(options.config);
+      const ran = await runSupervisor(config.root, supervisorSettings(config), createLogger(true));
+      if (!ran) process.exitCode = NODE_EXIT.failure;
+    });
+
+  node
+    .command('daemon')
+    .description('run every cycle (software, instance, promise, usage, report) on its schedule until stopped')
+    .option(...configOption)
+    .action(async (options) => {
+      const { createLogger, readNodeConfig, runDaemon } = await agent();
+      const config = await readNodeConfig(options.config);
+      await runDaemon(config, createLogger(true));
+    });
+
+  node
+    .command('cron')
+    .description('print crontab lines for the one-shot commands and @reboot (an alternative to the daemon)')
+    .option(...configOption)
+    .option('--max-random-delay <seconds>', 'random delay of each run, in seconds', '30')
+    .action(async (options) => {
+      const { readNodeConfig, renderCrontab } = await agent();
+      const config = await readNodeConfig(options.config);
+      const entry = process.argv[1] ? path.resolve(process.argv[1]) : '';
+      process.stdout.write(
+        renderCrontab({
+          root: config.root,
+          configFile: path.resolve(options.config),
+          pledger: [process.execPath, entry],
+          jitterSeconds: integer(options.maxRandomDelay, '--max-random-delay') ?? 30,
+        }),
+      );
     });
 }
 
