@@ -16,8 +16,6 @@ import path from 'node:path';
 import { API_PREFIX, type DesiredState } from '../protocol/api.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
-import { MAX_SOFTWARE_ARCHIVE_BYTES, unpackSoftware } from '../protocol/software-archive.js';
-import { hashDirectory, loadSoftware } from '../protocol/software-release.js';
 import { checkFreeSpace, forgetAttempts, readAttempts, recordFailure } from './build-retry.js';
 import type { NodeConfig } from './config.js';
 import { errorMessage, pathExists, randomToken, removeTree } from './files.js';
@@ -25,9 +23,23 @@ import type { Logger } from './log.js';
 import { connectMaster, pullDesiredState } from './master.js';
 import { newEvent, Outbox } from './outbox.js';
 import { withLock } from './lock.js';
-import { ensureParts, partsRoot, removeReleaseParts } from './parts/build.js';
+import { partsRoot } from './parts/paths.js';
 import { BUILT_MARKER, lockPath, outboxPath, softwarePath, softwareRoot } from './paths.js';
 import type { ItemResult, RunReport } from './result.js';
+
+/**
+ * What building needs (the release format and its validator, tar, the part builders,
+ * execa, nunjucks) loads only when something is to be built: the run cron starts every
+ * minute, which usually has nothing to do, stays cheap.
+ */
+const builders = async () => {
+  const [archive, format, parts] = await Promise.all([
+    import('../protocol/software-archive.js'),
+    import('../protocol/software-release.js'),
+    import('./parts/build.js'),
+  ]);
+  return { ...archive, ...format, ...parts };
+};
 
 export type { ItemResult, RunReport } from './result.js';
 
@@ -92,6 +104,7 @@ async function ensureBuilt(config: NodeConfig, master: MasterClient, outbox: Out
   const started = Date.now();
   try {
     await checkFreeSpace(config.root);
+    const { ensureParts, loadSoftware } = await builders();
     await downloadRelease(master, entry.hash, temporary);
     const release = await loadSoftware(temporary);
     const buildLog = path.join(temporary, BUILD_LOG);
@@ -117,6 +130,7 @@ async function ensureBuilt(config: NodeConfig, master: MasterClient, outbox: Out
 
 /** Downloads and unpacks a release, and refuses it unless its content has the expected hash. */
 async function downloadRelease(master: MasterClient, hash: string, dir: string): Promise<void> {
+  const { MAX_SOFTWARE_ARCHIVE_BYTES, hashDirectory, unpackSoftware } = await builders();
   const answer = await master.raw('GET', `${API_PREFIX}/node/software/${hash}`, { headers: { accept: 'application/gzip' } });
   if (answer.body.length > MAX_SOFTWARE_ARCHIVE_BYTES) throw new Error(`the archive is larger than ${MAX_SOFTWARE_ARCHIVE_BYTES} bytes`);
   await unpackSoftware(answer.body, dir);
@@ -149,7 +163,7 @@ async function removeSoftware(config: NodeConfig, outbox: Outbox, entry: SupplyE
   const item = `${entry.name}@${entry.version}`;
   const dir = softwarePath(config.root, entry.hash);
   if (!(await pathExists(dir))) return { item, status: 'unchanged' };
-  await removeReleaseParts(config.root, dir);
+  await (await builders()).removeReleaseParts(config.root, dir);
   await removeTree(dir);
   await forgetAttempts(config.root, [entry.hash]);
   log.info('software removed', { software: item });

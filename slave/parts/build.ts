@@ -23,16 +23,14 @@ import { cleanEnv } from '../processes.js';
 import { createTemplateEnvironment, renderString } from '../render.js';
 import { runStep } from './command.js';
 import { installDebianPackages, writeProgramWrappers } from './deb.js';
+import { PART_MANIFEST, partPath, partsRoot } from './paths.js';
 import { downloadSource, unpackSource } from './source.js';
+
+export { PART_MANIFEST, partPath, partsRoot } from './paths.js';
 
 export const DEFAULT_BUILD_TIMEOUT_S = 600;
 /** Bump when the way a part is built changes, so that no node reuses a part built the old way. */
 const PART_FORMAT = 1;
-/** Written in every built part: what it was built from. */
-export const PART_MANIFEST = '.pledger-part.json';
-
-export const partsRoot = (root: string) => path.join(root, 'parts');
-export const partPath = (root: string, hash: string) => path.join(root, 'parts', hash);
 
 export interface PlannedPart {
   name: string;

@@ -1,0 +1,163 @@
+/**
+ * Figures for building software on a node, against a real master in this process:
+ *
+ * 1. a no-op `pledger node software` with 10 releases supplied and built: the run in
+ *    this process (and the child processes it starts: there must be none), then the
+ *    whole CLI as cron runs it, a new process each time;
+ * 2. building a release whose parts are all shared with a release already built.
+ *
+ * Run with `npm run bench:software`. Prints one line per figure and exits 1 when a
+ * target is missed.
+ */
+import childProcess from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { create } from 'tar';
+import { initMaster, serveMaster } from '../master/server.js';
+import type { NodeCredential } from '../protocol/api.js';
+import { MasterClient } from '../protocol/client.js';
+import { packSoftware } from '../protocol/software-archive.js';
+import { resolveNodeConfig, writeNodeConfig } from '../slave/config.js';
+import { silentLogger } from '../slave/log.js';
+import { installSoftware } from '../slave/software.js';
+
+const RELEASES = 10;
+const RUNS = 20;
+const CLI_RUNS = 10;
+const TARGET_NOOP_MS = 300;
+const TARGET_SHARED_MS = 1000;
+const CLI = path.join(import.meta.dirname, '..', 'cli', 'main.js');
+
+process.env.PLEDGER_LOG_LEVEL = 'error';
+const work = mkdtempSync(path.join(tmpdir(), 'pledger-bench-'));
+
+// Every process the node agent starts goes through child_process.spawn (execa uses it).
+let spawned = 0;
+const spawn = childProcess.spawn;
+childProcess.spawn = ((...args: Parameters<typeof spawn>) => {
+  spawned++;
+  return spawn(...args);
+}) as typeof spawn;
+syncBuiltinESMExports();
+
+function writeTree(dir: string, files: Record<string, string>): string {
+  for (const [name, content] of Object.entries(files)) {
+    childProcess.execFileSync('mkdir', ['-p', path.dirname(path.join(dir, name))]);
+    writeFileSync(path.join(dir, name), content);
+  }
+  return dir;
+}
+
+async function sourceArchive(): Promise<string> {
+  const dir = writeTree(path.join(work, 'src'), {
+    'tool-1.0/tool.c': '#include <stdio.h>\nint main(void) { puts("tool"); return 0; }\n',
+    'tool-1.0/Makefile': 'tool: tool.c\n\tcc -O2 -o tool tool.c\ninstall: tool\n\tmkdir -p $(PREFIX)/bin\n\tcp tool $(PREFIX)/bin/tool\n',
+  });
+  const file = path.join(work, 'tool-1.0.tar.gz');
+  await create({ gzip: true, cwd: dir, portable: true, file }, ['tool-1.0']);
+  return file;
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const ms = (value: number) => `${value.toFixed(1)} ms`;
+
+async function main(): Promise<number> {
+  const database = `sqlite:${path.join(work, 'master.db')}`;
+  const { token } = await initMaster(database, 'admin');
+  const master = await serveMaster({ database, host: '127.0.0.1', port: 0, softwareDir: null });
+  const operator = new MasterClient({ url: master.url, token });
+  const { credential } = await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name: 'bench' });
+  const config = resolveNodeConfig({ masterUrl: master.url, credential, root: path.join(work, 'node'), partitions: 1 });
+  const configFile = path.join(work, 'node.json');
+  await writeNodeConfig(configFile, config);
+  const publishAndSupply = async (files: Record<string, string>, name: string) => {
+    const dir = writeTree(path.join(work, 'releases', name), files);
+    await operator.raw('POST', '/api/v1/software', { body: await packSoftware(dir), headers: { 'content-type': 'application/gzip' } });
+    await operator.call('POST', '/api/v1/supplies', { software: `${name}@1.0.0`, node: 'bench', state: 'available' });
+  };
+  const small = (name: string) => ({
+    'software.yaml': `name: ${name}\nversion: 1.0.0\nparts:\n  app:\n    files: [app.sh]\n    build: [[/bin/chmod, "755", app.sh]]\nsoftware-types:\n  default: {}\n`,
+    'app.sh': `#!/bin/sh\necho ${name}\n`,
+  });
+  for (let i = 0; i < RELEASES; i++) await publishAndSupply(small(`bench-${i}`), `bench-${i}`);
+  const first = await installSoftware(config, silentLogger);
+  if (first.results.some((r) => r.status !== 'done')) throw new Error(`the first build failed: ${JSON.stringify(first.results)}`);
+
+  let failed = 0;
+  const check = (label: string, value: number, target: number) => {
+    const ok = value < target;
+    if (!ok) failed++;
+    console.log(`${label}: ${ms(value)} (target < ${target} ms) ${ok ? 'ok' : 'MISSED'}`);
+  };
+
+  // 1. No-op runs, in this process.
+  const inProcess: number[] = [];
+  spawned = 0;
+  for (let i = 0; i < RUNS; i++) {
+    const started = performance.now();
+    const run = await installSoftware(config, silentLogger);
+    inProcess.push(performance.now() - started);
+    if (run.results.some((r) => r.status !== 'unchanged')) throw new Error(`a no-op run did something: ${JSON.stringify(run.results)}`);
+  }
+  check(`no-op node software, ${RELEASES} releases built, in process (median of ${RUNS})`, median(inProcess), TARGET_NOOP_MS);
+  console.log(`child processes started by ${RUNS} no-op runs: ${spawned} ${spawned === 0 ? 'ok' : 'MISSED'}`);
+  if (spawned !== 0) failed++;
+
+  // 1b. The whole CLI, a new Node process each time, as cron runs it.
+  const cli: number[] = [];
+  for (let i = 0; i < CLI_RUNS; i++) {
+    const started = performance.now();
+    // Asynchronously: the master answering it lives in this process.
+    const code = await new Promise<number | null>((resolve) => {
+      const child = spawn(process.execPath, [CLI, 'node', 'software', '--config', configFile, '--json'], { stdio: ['ignore', 'ignore', 'inherit'] });
+      child.on('exit', resolve);
+    });
+    cli.push(performance.now() - started);
+    if (code !== 0) throw new Error(`pledger node software exited with ${code}`);
+  }
+  check(`no-op pledger node software as a new process, wall (median of ${CLI_RUNS})`, median(cli), TARGET_NOOP_MS);
+
+  // 2. A release whose parts are all shared with one already built.
+  const archive = await sourceArchive();
+  const { createHash } = await import('node:crypto');
+  const { readFileSync } = await import('node:fs');
+  const sha256 = createHash('sha256').update(readFileSync(archive)).digest('hex');
+  const sharedYaml = (name: string) =>
+    [
+      `name: ${name}`,
+      'version: 1.0.0',
+      'parts:',
+      '  tool:',
+      `    source: { url: "file://${archive}", sha256: "${sha256}", strip: 1 }`,
+      '    build: [[make, "PREFIX={{ part.path }}", install]]',
+      '    shared: true',
+      '  config:',
+      '    files: [defaults.conf]',
+      '    after: [tool]',
+      '    shared: true',
+      'software-types:',
+      '  default: {}',
+      '',
+    ].join('\n');
+  await publishAndSupply({ 'software.yaml': sharedYaml('shared-a'), 'defaults.conf': 'level = 1\n', 'README.md': 'a' }, 'shared-a');
+  let started = performance.now();
+  await installSoftware(config, silentLogger);
+  const firstShared = performance.now() - started;
+  console.log(`first release with 2 shared parts (source archive + make, files), built from scratch: ${ms(firstShared)}`);
+  await publishAndSupply({ 'software.yaml': sharedYaml('shared-b'), 'defaults.conf': 'level = 1\n', 'README.md': 'b' }, 'shared-b');
+  started = performance.now();
+  const second = await installSoftware(config, silentLogger);
+  const reused = performance.now() - started;
+  if (second.results.find((r) => r.item === 'shared-b@1.0.0')?.status !== 'done') throw new Error(`shared-b was not built: ${JSON.stringify(second.results)}`);
+  check('second release, all parts shared with the first: whole node software run', reused, TARGET_SHARED_MS);
+
+  await master.close();
+  await rm(work, { recursive: true, force: true });
+  return failed;
+}
+
+process.exitCode = (await main()) === 0 ? 0 : 1;
