@@ -2,11 +2,11 @@
 import { readFileSync } from 'node:fs';
 
 const report = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const failed = report.numFailedTests + (report.numFailedTestSuites ?? 0) - countSuitesFailedByTests(report);
+// A test file that fails before running any test (an import error, a failing
+// beforeAll) has no failed test of its own: count it as one failure.
+const brokenFiles = (report.testResults ?? []).filter(
+  (file) => file.status === 'failed' && !file.assertionResults.some((test) => test.status === 'failed'),
+).length;
+const failed = report.numFailedTests + brokenFiles;
 const skipped = report.numPendingTests + (report.numTodoTests ?? 0);
 console.log(`tests: ${report.numPassedTests} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
-
-// A file that fails to load counts as one failure; one whose tests failed is already counted.
-function countSuitesFailedByTests(r) {
-  return (r.testResults ?? []).filter((f) => f.status === 'failed' && f.assertionResults.some((a) => a.status === 'failed')).length;
-}
