@@ -2,7 +2,7 @@
  * `pledger software check DIR` and the published JSON Schema of software.yaml: what a
  * release author sees before anything reaches a master.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Ajv } from 'ajv';
 import { parse } from 'yaml';
@@ -10,6 +10,8 @@ import { describe, expect, it } from 'vitest';
 import { softwareJsonSchema } from '../protocol/software-release.js';
 import { PROJECT, pledger } from './helpers/processes.js';
 import { greeterRelease, writeTree } from './helpers/tree.js';
+
+const BUNDLED = readdirSync(path.join(PROJECT, 'software-releases'));
 
 const BROKEN = [
   'name: broken',
@@ -58,7 +60,8 @@ describe('pledger software check', () => {
   });
 
   it('accepts every bundled release', async () => {
-    for (const name of ['hello', 'redis']) {
+    expect(BUNDLED).toEqual(expect.arrayContaining(['hello', 'redis', 'static-site']));
+    for (const name of BUNDLED) {
       const checked = await pledger(['software', 'check', path.join(PROJECT, 'software-releases', name)]);
       expect(checked.stdout).toMatch(new RegExp(`^${name}@\\S+ is valid \\([0-9a-f]{64}\\)$`));
       expect(checked.exitCode).toBe(0);
@@ -84,7 +87,7 @@ describe('the JSON Schema of software.yaml', () => {
 
   it('validates the bundled releases and refuses an unknown key, as an editor using it would', () => {
     const validate = new Ajv({ strict: false }).compile(published);
-    for (const name of ['hello', 'redis']) {
+    for (const name of BUNDLED) {
       const definition: unknown = parse(readFileSync(path.join(PROJECT, 'software-releases', name, 'software.yaml'), 'utf8'));
       expect(validate(definition), JSON.stringify(validate.errors)).toBe(true);
     }
