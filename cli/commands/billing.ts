@@ -198,6 +198,17 @@ export function registerBillingCommands(program: Command): void {
     });
 
   billing
+    .command('reverse-payment')
+    .description('reverse a payment recorded by mistake (operators): a reversing entry, nothing is edited')
+    .argument('<payment>', 'the payment id (after `payment:` in the statement)')
+    .requiredOption('--reason <text>', 'why, kept in the journal')
+    .action(async (payment, options, command) => {
+      const g = globals(command);
+      const reversal = await (await userClient(g)).call<PaymentView>('POST', `/api/v1/billing/payments/${encodeURIComponent(payment)}/reverse`, { reason: options.reason });
+      print(g, reversal, (r) => `reversed: ${money(r.amount, r.currency)} on ${r.invoice}; outstanding ${money(r.outstanding, r.currency)}`);
+    });
+
+  billing
     .command('balance')
     .description('what you owe, what is overdue, and whether your instances are stopped for it')
     .option('--account <name>', 'another account (operators)')

@@ -16,7 +16,7 @@ import type { Tables } from '../db/tables.js';
 import { record } from '../ledger/movements.js';
 import { receivableAccount, revenueAccount, TAX_ACCOUNT } from './accounts.js';
 import { billingDb, loadSettings, RESOURCES, type InvoiceData, type InvoiceLineData, type JournalTransaction, type Resource } from './journal.js';
-import { divRound, int } from './money.js';
+import { divRound, int, PRICE_DECIMALS } from './money.js';
 import { loadPriceVersions, PriceBook } from './prices.js';
 
 const GIB = 1024n ** 3n;
@@ -143,7 +143,7 @@ export async function closePeriod(database: Database, period: string, actor: str
       const ownerName = groups[index]!.owner_name;
       const lines: InvoiceLineData[] = [];
       for (; index < groups.length && groups[index]!.owner_id === ownerId; index++) {
-        lines.push(...linesOf(groups[index]!, prices, settings.currency));
+        lines.push(...linesOf(groups[index]!, prices, settings.currency, settings.decimals));
       }
       if (lines.length === 0) continue;
       const invoiceId = invoiceNumber(period, invoiceIds.length + 1);
@@ -191,7 +191,7 @@ async function refuseOutOfOrder(trx: Transaction<Tables>, period: string, start:
   if (!closed) throw new PledgerError('CONFLICT', `the period ${month} has usage and is not closed`, { hint: `close ${month} first` });
 }
 
-function linesOf(group: UsageGroup, prices: PriceBook, currency: string): InvoiceLineData[] {
+function linesOf(group: UsageGroup, prices: PriceBook, currency: string, decimals: number): InvoiceLineData[] {
   const [softwareName] = group.software_id.split('@') as [string];
   const price = prices.find(softwareName, group.software_type, group.month);
   if (!price) return [];
@@ -213,6 +213,7 @@ function linesOf(group: UsageGroup, prices: PriceBook, currency: string): Invoic
     const quantity = quantities[resource];
     if (unitPrice === 0n || quantity === 0n) continue;
     const { numerator, denominator } = unitFraction(resource, quantity, group.month);
+    const microPerMinor = 10n ** BigInt(PRICE_DECIMALS - decimals);
     lines.push({
       instanceId: group.instance_id,
       instanceTitle: group.instance_title,
@@ -223,7 +224,7 @@ function linesOf(group: UsageGroup, prices: PriceBook, currency: string): Invoic
       quantity: quantity.toString(),
       unit: BASE_UNITS[resource],
       unitPrice: unitPrice.toString(),
-      amount: divRound(unitPrice * numerator, denominator).toString(),
+      amount: divRound(unitPrice * numerator, denominator * microPerMinor).toString(),
     });
   }
   return lines;
@@ -246,7 +247,7 @@ function invoiceTransaction(
   if (total === 0n) return null;
   return {
     id: `invoice:${invoiceId}`,
-    date: issuedAt.slice(0, 10),
+    date: issuedAt,
     period,
     kind: 'invoice',
     reference: invoiceId,

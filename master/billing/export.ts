@@ -58,7 +58,7 @@ async function* transactions(db: Kysely<Tables>, period: string): AsyncGenerator
       list.push({ account: p.account, currency: p.currency, amount: int(p.amount) });
       byTransaction.set(p.transaction_id, list);
     }
-    yield heads.map((h) => ({ ...h, postings: byTransaction.get(h.id) ?? [] }));
+    yield heads.map((h) => ({ ...h, date: h.date.slice(0, 10), postings: byTransaction.get(h.id) ?? [] }));
   }
 }
 

@@ -12,7 +12,7 @@ import { record } from '../ledger/movements.js';
 import { BANK_ACCOUNT, receivableAccount } from './accounts.js';
 import { unitFraction } from './close.js';
 import { loadSettings, type BillingSettings } from './journal.js';
-import { formatAmount, formatQuotient, int, parseAmount } from './money.js';
+import { formatAmount, formatPrice, formatQuotient, int, parseAmount } from './money.js';
 
 /** The account a request is about: the caller's own, or for an operator the one named. */
 export async function subjectAccount(db: Kysely<Tables>, caller: AccountRow, name: string | undefined): Promise<AccountRow> {
@@ -89,7 +89,7 @@ export async function getInvoice(db: Kysely<Tables>, caller: AccountRow, id: str
         usageMonth: l.usage_month,
         resource,
         quantity: formatQuotient(numerator, denominator, 6),
-        unitPrice: formatAmount(int(l.unit_price), settings.decimals),
+        unitPrice: formatPrice(int(l.unit_price), settings.decimals),
         amount: formatAmount(int(l.amount), settings.decimals),
       };
     }),
@@ -126,7 +126,7 @@ export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, ac
           reference,
           transaction: {
             id: `payment:${paymentId}`,
-            date: paidAt.slice(0, 10),
+            date: paidAt,
             period: paidAt.slice(0, 7),
             kind: 'payment',
             reference: row.id,
@@ -150,6 +150,63 @@ export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, ac
       reference,
       outstanding: formatAmount(outstanding - amount, settings.decimals),
       ownerId: row.owner_id,
+    };
+  });
+}
+
+/**
+ * Reverses a payment recorded by mistake: nothing is edited; a negative payment and a
+ * journal entry with the opposite postings are added, and the invoice owes that much again.
+ */
+export async function reversePayment(db: Kysely<Tables>, paymentId: string, reason: string, actor: string): Promise<Omit<PaymentView, 'restarted'>> {
+  const reversedAt = new Date().toISOString();
+  const reversalId = `reversal-of-${paymentId}`;
+  return db.transaction().execute(async (trx) => {
+    const settings = await loadSettings(trx);
+    const payment = await trx.selectFrom('payments').selectAll().where('id', '=', paymentId).executeTakeFirst();
+    if (!payment || int(payment.amount) <= 0n) throw new PledgerError('NOT_FOUND', `no payment ${paymentId}`, { hint: 'payment ids are in `pledger billing statement --json`' });
+    if (await trx.selectFrom('payments').select('id').where('id', '=', reversalId).executeTakeFirst()) {
+      throw new PledgerError('CONFLICT', `payment ${paymentId} is reversed already`);
+    }
+    const [invoice] = await invoiceRows(trx, { id: payment.invoice_id });
+    const amount = int(payment.amount);
+    const reference = `reversal of ${payment.reference}: ${reason}`;
+    await record(
+      trx,
+      {
+        kind: 'payment.reversed',
+        data: {
+          paymentId,
+          reversalId,
+          invoiceId: payment.invoice_id,
+          amount: (-amount).toString(),
+          currency: payment.currency,
+          reference,
+          transaction: {
+            id: `payment:${reversalId}`,
+            date: reversedAt,
+            period: reversedAt.slice(0, 7),
+            kind: 'reversal',
+            reference: payment.invoice_id,
+            description: `Reversal of payment ${payment.reference} for ${payment.invoice_id}: ${reason}`,
+            reverses: `payment:${paymentId}`,
+            postings: [
+              { account: BANK_ACCOUNT, currency: payment.currency, amount: (-amount).toString() },
+              { account: receivableAccount(invoice!.account_name), currency: payment.currency, amount: amount.toString() },
+            ],
+          },
+        },
+      },
+      { id: `payment:${reversalId}`, actor, subject: invoice!.owner_id, at: reversedAt },
+    );
+    return {
+      id: reversalId,
+      invoice: payment.invoice_id,
+      amount: formatAmount(-amount, settings.decimals),
+      currency: payment.currency,
+      paidAt: reversedAt,
+      reference,
+      outstanding: formatAmount(int(invoice!.total) - int(invoice!.paid) + amount, settings.decimals),
     };
   });
 }
@@ -190,7 +247,7 @@ export async function statement(db: Kysely<Tables>, account: AccountRow): Promis
   const entries = rows.map((r) => {
     running += int(r.amount);
     return {
-      date: r.date,
+      date: r.date.slice(0, 10),
       transaction: r.id,
       kind: r.kind,
       reference: r.reference,

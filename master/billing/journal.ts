@@ -31,7 +31,7 @@ export interface Posting {
 
 export interface JournalTransaction {
   id: string;
-  /** YYYY-MM-DD. */
+  /** When it happened, an ISO timestamp: it orders statements; exports print its day. */
   date: string;
   period: string;
   kind: 'invoice' | 'payment' | 'reversal';
@@ -107,7 +107,11 @@ export type BillingMovement =
       kind: 'payment.recorded';
       data: { paymentId: string; invoiceId: string; amount: string; currency: string; reference: string; transaction: JournalTransaction };
     }
-  | { kind: 'journal.reversed'; data: { transaction: JournalTransaction } }
+  /** A payment recorded by mistake: a negative payment and the journal entry that reverses the original. */
+  | {
+      kind: 'payment.reversed';
+      data: { paymentId: string; reversalId: string; invoiceId: string; amount: string; currency: string; reference: string; transaction: JournalTransaction };
+    }
   | { kind: 'billing.held'; data: { accountId: string; invoiceId: string; reason: string; instanceIds: string[] } }
   | { kind: 'billing.destroyed'; data: { accountId: string; invoiceId: string; reason: string; instanceIds: string[] } }
   | { kind: 'billing.released'; data: { accountId: string; reason: string } }
@@ -120,7 +124,7 @@ export const BILLING_KINDS: ReadonlySet<string> = new Set<BillingMovement['kind'
   'invoice.issued',
   'billing.closed',
   'payment.recorded',
-  'journal.reversed',
+  'payment.reversed',
   'billing.held',
   'billing.destroyed',
   'billing.released',
@@ -258,19 +262,18 @@ export async function applyBilling(db: Db, movement: BillingMovement, at: string
       await billingDb(db).updateTable('usage_hours').set({ billed_period: period }).where('billed_period', 'is', null).where('hour', '<', until).execute();
       return;
     }
-    case 'payment.recorded': {
+    case 'payment.recorded':
+    case 'payment.reversed': {
       const d = movement.data;
+      const id = movement.kind === 'payment.reversed' ? movement.data.reversalId : movement.data.paymentId;
       await db
         .insertInto('payments')
-        .values({ id: d.paymentId, invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, paid_at: at, reference: d.reference })
+        .values({ id, invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, paid_at: at, reference: d.reference })
         .onConflict((oc) => oc.column('id').doNothing())
         .execute();
       await insertTransaction(db, d.transaction);
       return;
     }
-    case 'journal.reversed':
-      await insertTransaction(db, movement.data.transaction);
-      return;
     case 'billing.held': {
       const d = movement.data;
       await db

@@ -41,6 +41,21 @@ export function formatAmount(minor: bigint, decimals: number): string {
   return `${negative ? '-' : ''}${whole}${fraction}`;
 }
 
+/**
+ * Unit prices carry more digits than the currency: a GiB-hour of memory may cost a
+ * fraction of a cent. They are integers in millionths of the currency's unit; only the
+ * amount of an invoice line is rounded, once, to the currency's minor units.
+ */
+export const PRICE_DECIMALS = 6;
+
+/** A unit price in millionths as a decimal with at least the currency's decimals: "0.005", "30.00". */
+export function formatPrice(micro: bigint, decimals: number): string {
+  const full = formatAmount(micro, PRICE_DECIMALS);
+  const [whole, fraction = ''] = full.split('.');
+  const kept = fraction.replace(/0+$/, '').padEnd(decimals, '0');
+  return kept ? `${whole}.${kept}` : whole!;
+}
+
 /** An exact quotient as a decimal with up to `places` digits, for displaying quantities. */
 export function formatQuotient(numerator: bigint, denominator: bigint, places: number): string {
   const text = formatAmount(divRound(numerator * 10n ** BigInt(places), denominator), places);

@@ -1,7 +1,7 @@
 /**
  * Price lists: one per software release name and software type, versioned by the
- * first billing month a version applies to. Prices are integers in minor units of the
- * operator's currency, per unit of each resource.
+ * first billing month a version applies to. Prices are integers in millionths of the
+ * operator's currency, per unit of each resource (money.ts, PRICE_DECIMALS).
  */
 import type { Kysely } from 'kysely';
 import type { PriceList, PriceListSet } from '../../protocol/api.js';
@@ -9,7 +9,7 @@ import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 import { record } from '../ledger/movements.js';
 import { loadSettings, RESOURCES, type PriceAmounts, type Resource } from './journal.js';
-import { formatAmount, int, parseAmount } from './money.js';
+import { formatPrice, int, parseAmount, PRICE_DECIMALS } from './money.js';
 
 export interface PriceVersion {
   softwareName: string;
@@ -34,9 +34,9 @@ export async function setPrice(db: Kysely<Tables>, input: PriceListSet, actor: s
     if (!published) throw new PledgerError('SOFTWARE_NOT_FOUND', `no software release ${input.software} is published`);
     const prices = {} as PriceAmounts;
     for (const resource of RESOURCES) {
-      const minor = parseAmount(input.prices[resource] ?? '0', settings.decimals);
-      if (minor < 0n) throw new PledgerError('BAD_REQUEST', `the ${resource} price cannot be negative`);
-      prices[resource] = minor.toString();
+      const micro = parseAmount(input.prices[resource] ?? '0', PRICE_DECIMALS);
+      if (micro < 0n) throw new PledgerError('BAD_REQUEST', `the ${resource} price cannot be negative`);
+      prices[resource] = micro.toString();
     }
     await record(
       trx,
@@ -66,7 +66,7 @@ export async function listPrices(db: Kysely<Tables>): Promise<PriceList[]> {
     softwareType: v.softwareType,
     validFrom: v.validFrom,
     currency: v.currency,
-    prices: Object.fromEntries(RESOURCES.map((res) => [res, formatAmount(v.prices[res], settings.decimals)])) as PriceList['prices'],
+    prices: Object.fromEntries(RESOURCES.map((res) => [res, formatPrice(v.prices[res], settings.decimals)])) as PriceList['prices'],
   }));
 }
 

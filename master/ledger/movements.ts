@@ -266,26 +266,9 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       await db.updateTable('instances').set({ serial, status: 'allocated', message: null, updated_at: at }).where('id', '=', instanceId).execute();
       return;
     }
-    case 'usage.reported': {
-      const d = movement.data;
-      await db
-        .insertInto('usage_hours')
-        .values({
-          instance_id: d.instanceId,
-          hour: d.hour,
-          owner_id: d.ownerId,
-          software_id: d.softwareId,
-          software_type: d.softwareType,
-          node_id: d.nodeId,
-          cpu_ms: d.cpuMs,
-          memory_byte_seconds: d.memoryByteSeconds,
-          disk_byte_seconds: d.diskByteSeconds,
-          uptime_seconds: d.uptimeSeconds,
-          recorded_at: at,
-        })
-        .execute();
+    case 'usage.reported':
+      await db.insertInto('usage_hours').values(usageRow(movement.data, at)).execute();
       return;
-    }
     case 'instance.deployed':
     case 'instance.started':
     case 'instance.stopped':
@@ -314,6 +297,79 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
   }
+}
+
+type UsageReported = Extract<Movement, { kind: 'usage.reported' }>;
+
+function usageRow(d: UsageReported['data'], at: string) {
+  return {
+    instance_id: d.instanceId,
+    hour: d.hour,
+    owner_id: d.ownerId,
+    software_id: d.softwareId,
+    software_type: d.softwareType,
+    node_id: d.nodeId,
+    cpu_ms: d.cpuMs,
+    memory_byte_seconds: d.memoryByteSeconds,
+    disk_byte_seconds: d.diskByteSeconds,
+    uptime_seconds: d.uptimeSeconds,
+    recorded_at: at,
+  };
+}
+
+export interface MovementEntry {
+  movement: Movement;
+  meta: MovementRecord;
+}
+
+/** Rows per statement: under SQLite's limit of bound parameters for the widest table. */
+const BATCH_ROWS = 1000;
+
+/**
+ * The batch form of `record`, for bulk arrivals such as usage reports: appends the
+ * movements in order, skips those whose id is recorded already (or repeated in the
+ * batch), and applies the new ones, several usage reports to one statement. Answers
+ * how many were new. The result is the same as recording them one by one.
+ */
+export async function recordMany(trx: Transaction<Tables>, entries: MovementEntry[]): Promise<number> {
+  const seen = new Set<string>();
+  const rows = [];
+  for (const { movement, meta } of entries) {
+    const id = meta.id ?? randomUUID();
+    if (seen.has(id)) continue;
+    seen.add(id);
+    rows.push({ movement, row: { id, at: meta.at ?? new Date().toISOString(), actor: meta.actor, kind: movement.kind, subject: meta.subject, data: JSON.stringify(movement.data) } });
+  }
+  const fresh = new Set<string>();
+  for (let start = 0; start < rows.length; start += BATCH_ROWS) {
+    const inserted = await trx
+      .insertInto('movements')
+      .values(rows.slice(start, start + BATCH_ROWS).map((r) => r.row))
+      .onConflict((oc) => oc.column('id').doNothing())
+      .returning('id')
+      .execute();
+    for (const r of inserted) fresh.add(r.id);
+  }
+  const toApply = rows.filter((r) => fresh.has(r.row.id));
+  for (let i = 0; i < toApply.length; ) {
+    if (toApply[i]!.movement.kind !== 'usage.reported') {
+      await apply(trx, toApply[i]!.movement, toApply[i]!.row.at);
+      i++;
+      continue;
+    }
+    const usage = [];
+    for (; i < toApply.length && toApply[i]!.movement.kind === 'usage.reported' && usage.length < BATCH_ROWS; i++) {
+      usage.push(usageRow((toApply[i]!.movement as UsageReported).data, toApply[i]!.row.at));
+    }
+    await trx.insertInto('usage_hours').values(usage).execute();
+  }
+  return toApply.length;
+}
+
+async function setLabels(db: Db, nodeId: string, labels: Labels): Promise<void> {
+  await db.deleteFrom('node_labels').where('node_id', '=', nodeId).execute();
+  const rows = Object.entries(labels).map(([key, value]) => ({ node_id: nodeId, key, value }));
+  if (rows.length > 0) await db.insertInto('node_labels').values(rows).execute();
 }
 
 export function partitionId(nodeId: string, reference: string): string {

@@ -33,7 +33,7 @@ import { closePeriod } from '../billing/close.js';
 import { releaseIfSettled, runDunning } from '../billing/dunning.js';
 import { exportJournal, EXPORT_CONTENT_TYPES } from '../billing/export.js';
 import { renderInvoice } from '../billing/html.js';
-import { balance, getInvoice, listInvoices, recordPayment, statement, subjectAccount } from '../billing/invoices.js';
+import { balance, getInvoice, listInvoices, recordPayment, reversePayment, statement, subjectAccount } from '../billing/invoices.js';
 import { loadSettings } from '../billing/journal.js';
 import { listPrices, setPrice } from '../billing/prices.js';
 import type { Database } from '../db/database.js';
@@ -45,6 +45,8 @@ function requireAdmin(request: FastifyRequest): void {
 
 const actor = (request: FastifyRequest) => `account:${request.account.name}`;
 const InvoiceParams = Type.Object({ id: InvoiceId });
+const PaymentParams = Type.Object({ id: Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' }) });
+const PaymentReversal = Type.Object({ reason: Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }) }, { additionalProperties: false });
 
 export async function billingRoutes(app: App, database: Database): Promise<void> {
   const { db } = database;
@@ -98,6 +100,12 @@ export async function billingRoutes(app: App, database: Database): Promise<void>
     const { ownerId, ...payment } = await recordPayment(db, request.body, actor(request));
     const restarted = await releaseIfSettled(db, ownerId);
     return reply.code(201).send({ ...payment, restarted });
+  });
+
+  app.post('/billing/payments/:id/reverse', { schema: { params: PaymentParams, body: PaymentReversal, response: { 201: PaymentView } } }, async (request, reply) => {
+    requireAdmin(request);
+    const reversal = await reversePayment(db, request.params.id, request.body.reason, actor(request));
+    return reply.code(201).send({ ...reversal, restarted: [] });
   });
 
   app.get('/billing/balance', { schema: { querystring: BillingAccountQuery, response: { 200: BalanceView } } }, async (request) =>
