@@ -30,7 +30,7 @@ export { PART_MANIFEST, partPath, partsRoot } from './paths.js';
 
 export const DEFAULT_BUILD_TIMEOUT_S = 600;
 /** Bump when the way a part is built changes, so that no node reuses a part built the old way. */
-const PART_FORMAT = 1;
+const PART_FORMAT = 2;
 
 export interface PlannedPart {
   name: string;

@@ -76,7 +76,9 @@ async function relocateAbsoluteLinks(partDir: string): Promise<void> {
 }
 
 /**
- * Writes `<part>/pledger/bin/NAME` for every program of the packages: a two-line script that
+ * Writes `<part>/pledger/bin/NAME` for every program of the packages' usr/bin, usr/sbin,
+ * bin and sbin (the first of a name wins), and `<part>/pledger/usr/lib/…/bin/NAME` for
+ * those of `bin` folders under usr/lib: each a two-line script that
  * sets LD_LIBRARY_PATH to the part's library folders (and those of `libraryParts`)
  * and execs the program, so that the process keeps its pid and its signals.
  */
@@ -90,24 +92,58 @@ export async function writeProgramWrappers(partDir: string, finalDir: string, li
       if (await isDirectory(path.join(built, base))) libraryDirs.push(path.join(final, base));
     }
   }
-  const wrapperDir = path.join(partDir, WRAPPER_DIR);
-  await mkdir(wrapperDir, { recursive: true });
+  const write = async (wrapper: string, program: string) => {
+    const script = [
+      '#!/bin/sh',
+      `LD_LIBRARY_PATH=${shellQuote(libraryDirs.join(':'))}\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec ${shellQuote(program)} "$@"`,
+      '',
+    ].join('\n');
+    await mkdir(path.dirname(wrapper), { recursive: true });
+    await writeFile(wrapper, script);
+    await chmod(wrapper, 0o755);
+  };
   const written: string[] = [];
   for (const dir of PROGRAM_DIRS) {
-    for (const name of (await readdir(path.join(partDir, dir)).catch(() => [] as string[])).sort()) {
-      const info = await lstat(path.join(partDir, dir, name)).catch(() => null);
-      if (!info || info.isDirectory() || written.includes(name)) continue;
-      const script = [
-        '#!/bin/sh',
-        `LD_LIBRARY_PATH=${shellQuote(libraryDirs.join(':'))}\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec ${shellQuote(path.join(finalDir, dir, name))} "$@"`,
-        '',
-      ].join('\n');
-      await writeFile(path.join(wrapperDir, name), script);
-      await chmod(path.join(wrapperDir, name), 0o755);
+    for (const name of await programsIn(path.join(partDir, dir))) {
+      if (written.includes(name)) continue;
+      await write(path.join(partDir, WRAPPER_DIR, name), path.join(finalDir, dir, name));
       written.push(name);
     }
   }
+  // Versioned programs out of PATH (usr/lib/postgresql/15/bin/initdb): a wrapper at the
+  // same relative place under pledger/, since their names clash with Debian's
+  // dispatchers in usr/bin.
+  for (const dir of await libraryBinDirs(partDir)) {
+    for (const name of await programsIn(path.join(partDir, dir))) {
+      await write(path.join(partDir, 'pledger', dir, name), path.join(finalDir, dir, name));
+      written.push(path.join(dir, name));
+    }
+  }
   return written;
+}
+
+async function programsIn(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  for (const name of (await readdir(dir).catch(() => [] as string[])).sort()) {
+    const info = await lstat(path.join(dir, name)).catch(() => null);
+    if (info && !info.isDirectory()) names.push(name);
+  }
+  return names;
+}
+
+/** `bin` and `sbin` folders two or three levels under usr/lib: usr/lib/NAME/bin, usr/lib/NAME/VERSION/bin. */
+async function libraryBinDirs(partDir: string): Promise<string[]> {
+  const found: string[] = [];
+  const walk = async (relative: string, depth: number): Promise<void> => {
+    for (const entry of await readdir(path.join(partDir, relative), { withFileTypes: true }).catch(() => [])) {
+      if (!entry.isDirectory()) continue;
+      const child = path.join(relative, entry.name);
+      if (entry.name === 'bin' || entry.name === 'sbin') found.push(child);
+      else if (depth < 2) await walk(child, depth + 1);
+    }
+  };
+  await walk('usr/lib', 0);
+  return found.sort();
 }
 
 async function isDirectory(dir: string): Promise<boolean> {
