@@ -1,30 +1,42 @@
 /**
- * Allocation: giving an instance a free partition on a node that has its software.
+ * Allocation: giving an instance a free partition on a node that has its software and
+ * satisfies its SLA.
  *
- * Deterministic: among the fitting partitions the first by node name, then by partition
- * reference. Safe with several master processes: the partition is taken with a
- * conditional update, so two masters can never give the same partition twice.
+ * A node fits when it carries every label of the SLA (and has the name the SLA's `node`
+ * gives), takes the instance's owner (its scope is open, or owner and the owner is
+ * the instance's), called the master in the last 10 minutes, has the release supplied,
+ * and has a free partition. Among the fitting partitions the first by node name, then
+ * by partition reference, wins: allocation is deterministic. It is safe with several
+ * master processes: the partition is taken with a conditional update, so two masters
+ * never give the same partition twice.
  */
-import type { Kysely, Transaction } from 'kysely';
+import type { Kysely, SelectQueryBuilder, Transaction } from 'kysely';
+import type { Sla } from '../protocol/api.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
+
+/** A node silent for longer gets nothing new. */
+export const SILENT_AFTER_MS = 10 * 60_000;
 
 interface Allocatable {
   id: string;
   software_id: string;
+  owner_id: string;
+  /** JSON of the instance's SLA. */
+  sla: string;
   message: string | null;
 }
 
+type NodeQuery = SelectQueryBuilder<Tables, 'nodes', object>;
+
 /** Allocates `instance` inside the caller's transaction, or records why it cannot. */
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
-  const partition = await trx
-    .selectFrom('partitions')
-    .innerJoin('nodes', 'nodes.id', 'partitions.node_id')
+  const sla = JSON.parse(instance.sla) as Sla;
+  const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
+  const partition = await open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id)
+    .innerJoin('partitions', 'partitions.node_id', 'nodes.id')
     .innerJoin('supplies', (join) =>
-      join
-        .onRef('supplies.node_id', '=', 'partitions.node_id')
-        .on('supplies.software_id', '=', instance.software_id)
-        .on('supplies.state', '=', 'available'),
+      join.onRef('supplies.node_id', '=', 'nodes.id').on('supplies.software_id', '=', instance.software_id).on('supplies.state', '=', 'available'),
     )
     .select(['partitions.id', 'partitions.reference', 'nodes.name'])
     .where('partitions.instance_id', 'is', null)
@@ -39,43 +51,92 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
     );
     return true;
   }
-  const reason = await whyUnallocatable(trx, instance.software_id);
+  const reason = await whyNothingFits(trx, instance, sla, cutoff);
   if (reason !== instance.message) {
     await record(trx, { kind: 'instance.unallocated', data: { instanceId: instance.id, reason } }, { actor, subject: instance.id });
   }
   return false;
 }
 
-async function whyUnallocatable(trx: Transaction<Tables>, softwareId: string): Promise<string> {
-  const supplied = await trx
-    .selectFrom('supplies')
-    .select((eb) => eb.fn.countAll().as('n'))
-    .where('software_id', '=', softwareId)
-    .where('state', '=', 'available')
-    .executeTakeFirstOrThrow();
-  if (Number(supplied.n) === 0) return `no node has ${softwareId} supplied`;
-  return `no node that has ${softwareId} supplied has a free partition`;
+/** Nodes that carry every label of the SLA, and the name it gives. */
+function matching(query: NodeQuery, sla: Sla): NodeQuery {
+  for (const [key, value] of Object.entries(sla)) {
+    if (key === 'node') {
+      query = query.where('nodes.name', '=', value);
+      continue;
+    }
+    query = query.where((eb) =>
+      eb.exists(
+        eb
+          .selectFrom('node_labels')
+          .select('node_labels.node_id')
+          .whereRef('node_labels.node_id', '=', 'nodes.id')
+          .where('node_labels.key', '=', key)
+          .where('node_labels.value', '=', value),
+      ),
+    );
+  }
+  return query;
+}
+
+/** Nodes that take instances of `ownerId`. */
+function open(query: NodeQuery, ownerId: string): NodeQuery {
+  return query.where((eb) => eb.or([eb('nodes.scope', '=', 'open'), eb.and([eb('nodes.scope', '=', 'owner'), eb('nodes.owner_id', '=', ownerId)])]));
+}
+
+/** Nodes that called the master since `cutoff`. */
+function alive(query: NodeQuery, cutoff: string): NodeQuery {
+  return query.where((eb) =>
+    eb.exists(
+      eb
+        .selectFrom('node_heartbeats')
+        .select('node_heartbeats.node_id')
+        .whereRef('node_heartbeats.node_id', '=', 'nodes.id')
+        .where('node_heartbeats.last_seen_at', '>=', cutoff),
+    ),
+  );
+}
+
+/** Narrows the nodes one condition at a time and says at which step none is left. */
+async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, sla: Sla, cutoff: string): Promise<string> {
+  const count = async (query: NodeQuery) => Number((await query.select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+  const constraints = Object.entries(sla)
+    .map(([key, value]) => `${key}=${value}`)
+    .join(', ');
+  const subject = constraints ? `node with ${constraints}` : 'node';
+  let nodes = matching(trx.selectFrom('nodes'), sla);
+  if ((await count(nodes)) === 0) return constraints ? `no node matches ${constraints}` : 'no node is registered';
+  nodes = open(nodes, instance.owner_id);
+  if ((await count(nodes)) === 0) return `no ${subject} is open to you`;
+  nodes = nodes.where((eb) =>
+    eb.exists(
+      eb
+        .selectFrom('supplies')
+        .select('supplies.node_id')
+        .whereRef('supplies.node_id', '=', 'nodes.id')
+        .where('supplies.software_id', '=', instance.software_id)
+        .where('supplies.state', '=', 'available'),
+    ),
+  );
+  if ((await count(nodes)) === 0) return `no ${subject} has ${instance.software_id} supplied`;
+  const supplied = `${subject} that has ${instance.software_id} supplied`;
+  if ((await count(alive(nodes, cutoff))) === 0) return `no ${supplied} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  return `no ${supplied} has a free partition`;
 }
 
 /**
- * Retries every instance that waits for a partition: called when partitions or
- * supplies appear, or a partition is freed.
+ * Retries every instance that waits for a partition: called when partitions,
+ * supplies or node settings change, a partition is freed, or a silent node is back.
  */
 export async function allocatePending(db: Kysely<Tables>): Promise<void> {
-  const waiting = await db
-    .selectFrom('instances')
-    .select(['id', 'software_id', 'message'])
-    .where('partition_id', 'is', null)
-    .where('state', '!=', 'destroyed')
-    .orderBy('created_at')
-    .execute();
-  for (const instance of waiting) {
+  const waiting = await db.selectFrom('instances').select('id').where('partition_id', 'is', null).where('state', '!=', 'destroyed').orderBy('created_at').execute();
+  for (const { id } of waiting) {
     await db.transaction().execute(async (trx) => {
       // Read again inside the transaction: another master may have allocated it.
       const current = await trx
         .selectFrom('instances')
-        .select(['id', 'software_id', 'message'])
-        .where('id', '=', instance.id)
+        .select(['id', 'software_id', 'owner_id', 'sla', 'message'])
+        .where('id', '=', id)
         .where('partition_id', 'is', null)
         .where('state', '!=', 'destroyed')
         .executeTakeFirst();

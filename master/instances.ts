@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { Ajv, type ValidateFunction } from 'ajv';
 import type { Kysely } from 'kysely';
-import type { InstanceRequest, InstanceView, MovementView, Parameters, PromiseState, RequestedState } from '../protocol/api.js';
+import type { InstanceRequest, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Sla } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
@@ -37,6 +37,12 @@ export async function requestInstance(
     const softwareType = request.softwareType ?? existing?.software_type ?? 'default';
     const parameters = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}));
     const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
+    const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
+    if (existing?.partition_id && sla !== existing.sla && state !== 'destroyed') {
+      throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
+        hint: 'destroy it and request it again with the new SLA',
+      });
+    }
 
     if (!existing && state === 'destroyed') {
       throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
@@ -46,6 +52,7 @@ export async function requestInstance(
       existing.software_id === software.id &&
       existing.software_type === softwareType &&
       existing.state === state &&
+      existing.sla === sla &&
       existing.parameters === JSON.stringify(parameters);
     if (unchanged) return;
 
@@ -55,7 +62,7 @@ export async function requestInstance(
       trx,
       {
         kind: 'instance.requested',
-        data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, state, serial },
+        data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, sla: JSON.parse(sla) as Sla, state, serial },
       },
       { actor, subject: instanceId },
     );
@@ -68,10 +75,15 @@ export async function requestInstance(
         { actor: 'master', subject: instanceId },
       );
     } else if (state !== 'destroyed' && !partitioned) {
-      await allocate(trx, { id: instanceId, software_id: software.id, message: null }, 'master');
+      await allocate(trx, { id: instanceId, software_id: software.id, owner_id: owner.id, sla, message: null }, 'master');
     }
   });
   return getInstance(db, owner, title);
+}
+
+/** The same object with its keys in order, so that two equal SLAs compare equal as JSON. */
+function sortedKeys(value: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(value).sort(([a], [b]) => a.localeCompare(b)));
 }
 
 /**
@@ -154,6 +166,7 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
     software: { name: row.software_name, version: row.software_version, hash: row.software_hash },
     softwareType: row.software_type,
     parameters: JSON.parse(row.parameters) as Parameters,
+    sla: JSON.parse(row.sla) as Sla,
     state: row.state,
     status: row.status as InstanceView['status'],
     message: row.message,

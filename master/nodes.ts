@@ -4,34 +4,76 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
-import type { DesiredState, EventsReceipt, NodeCredential, NodeEvent, NodeView, PartitionDefinition, Parameters } from '../protocol/api.js';
+import type { DesiredState, EventsReceipt, Labels, NodeCredential, NodeEvent, NodeRegister, NodeUpdate, NodeView, PartitionDefinition, Parameters } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
-import { allocatePending } from './allocation.js';
+import type { AccountRow } from './accounts.js';
+import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
 import type { NodesTable, Tables } from './db/tables.js';
 import { partitionId, record, type Movement, type MovementRecord } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 
 export type NodeRow = NodesTable;
 
-export async function registerNode(db: Kysely<Tables>, name: string, actor: string): Promise<NodeCredential> {
+/**
+ * Registers a node and returns its credential, shown this once. By default the node is
+ * open to every account, owned by the operator who registered it, without labels.
+ */
+export async function registerNode(db: Kysely<Tables>, request: NodeRegister, registrar: AccountRow): Promise<NodeCredential> {
   const credential = newSecret('plg_n');
+  const { name } = request;
   await db.transaction().execute(async (trx) => {
     const taken = await trx.selectFrom('nodes').select('id').where('name', '=', name).executeTakeFirst();
     if (taken) throw new PledgerError('CONFLICT', `a node named "${name}" is already registered`);
+    const ownerId = request.owner === undefined ? registrar.id : await accountId(trx, request.owner);
     const nodeId = randomUUID();
-    await record(trx, { kind: 'node.registered', data: { nodeId, name, credentialHash: hashSecret(credential) } }, { actor, subject: nodeId });
+    await record(
+      trx,
+      { kind: 'node.registered', data: { nodeId, name, credentialHash: hashSecret(credential), scope: request.scope ?? 'open', ownerId, labels: request.labels ?? {} } },
+      { actor: `account:${registrar.name}`, subject: nodeId },
+    );
   });
   return { name, credential };
+}
+
+/** Changes a node's labels (the whole set), scope or owner; instances waiting for a partition are tried again. */
+export async function updateNode(db: Kysely<Tables>, name: string, update: NodeUpdate, actor: string): Promise<NodeView> {
+  await db.transaction().execute(async (trx) => {
+    const node = await trx.selectFrom('nodes').selectAll().where('name', '=', name).executeTakeFirst();
+    if (!node) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
+    const labels = update.labels ?? (await labelsOf(trx, [node.id])).get(node.id) ?? {};
+    const ownerId = update.owner === undefined ? node.owner_id : update.owner === null ? null : await accountId(trx, update.owner);
+    await record(trx, { kind: 'node.updated', data: { nodeId: node.id, scope: update.scope ?? node.scope, ownerId, labels } }, { actor, subject: node.id });
+  });
+  await allocatePending(db);
+  return (await listNodes(db)).find((n) => n.name === name)!;
+}
+
+async function accountId(db: Kysely<Tables>, name: string): Promise<string> {
+  const account = await db.selectFrom('accounts').select('id').where('name', '=', name).executeTakeFirst();
+  if (!account) throw new PledgerError('ACCOUNT_NOT_FOUND', `no account named "${name}"`);
+  return account.id;
+}
+
+async function labelsOf(db: Kysely<Tables>, nodeIds: string[]): Promise<Map<string, Labels>> {
+  const byNode = new Map<string, Labels>();
+  if (nodeIds.length === 0) return byNode;
+  const rows = await db.selectFrom('node_labels').selectAll().where('node_id', 'in', nodeIds).orderBy('key').execute();
+  for (const r of rows) byNode.set(r.node_id, { ...byNode.get(r.node_id), [r.key]: r.value });
+  return byNode;
 }
 
 export async function nodeByCredential(db: Kysely<Tables>, credential: string): Promise<NodeRow | undefined> {
   return db.selectFrom('nodes').selectAll().where('credential_hash', '=', hashSecret(credential)).executeTakeFirst();
 }
 
-/** Notes that a node called; written at most once a minute per node. */
+/**
+ * Notes that a node called; written at most once a minute per node. A node back from
+ * silence may take instances again: those waiting for a partition are tried again.
+ */
 export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<void> {
   const now = new Date();
   const staleBefore = new Date(now.getTime() - 60_000).toISOString();
+  const previous = await db.selectFrom('node_heartbeats').select('last_seen_at').where('node_id', '=', nodeId).executeTakeFirst();
   await db
     .insertInto('node_heartbeats')
     .values({ node_id: nodeId, last_seen_at: now.toISOString() })
@@ -42,15 +84,18 @@ export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<voi
         .where('node_heartbeats.last_seen_at', '<', staleBefore),
     )
     .execute();
+  if (previous && previous.last_seen_at < new Date(now.getTime() - SILENT_AFTER_MS).toISOString()) await allocatePending(db);
 }
 
 export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
   const nodes = await db
     .selectFrom('nodes')
     .leftJoin('node_heartbeats', 'node_heartbeats.node_id', 'nodes.id')
-    .select(['nodes.id', 'nodes.name', 'nodes.registered_at', 'node_heartbeats.last_seen_at'])
+    .leftJoin('accounts', 'accounts.id', 'nodes.owner_id')
+    .select(['nodes.id', 'nodes.name', 'nodes.registered_at', 'nodes.scope', 'accounts.name as owner', 'node_heartbeats.last_seen_at'])
     .orderBy('nodes.name')
     .execute();
+  const labels = await labelsOf(db, nodes.map((n) => n.id));
   const partitions = await db.selectFrom('partitions').select(['node_id', 'instance_id']).execute();
   const supplies = await db
     .selectFrom('supplies')
@@ -62,6 +107,9 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
     const own = partitions.filter((p) => p.node_id === n.id);
     return {
       name: n.name,
+      labels: labels.get(n.id) ?? {},
+      scope: n.scope,
+      owner: n.owner,
       registeredAt: n.registered_at,
       lastSeenAt: n.last_seen_at,
       partitions: own.length,

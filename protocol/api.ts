@@ -80,9 +80,33 @@ export type Account = Static<typeof Account>;
 export const AccountWithToken = Type.Object({ name: Name, role: Type.String(), token: Type.String() });
 export type AccountWithToken = Static<typeof AccountWithToken>;
 
-export const NodeRegister = Type.Object({ name: Name }, { additionalProperties: false });
+/** Labels an operator sets on a node (`region=eu`, `network=lan`), matched by instance SLAs. */
+export const Labels = StrictRecord(
+  Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
+  Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }),
+  { maxProperties: 32 },
+);
+export type Labels = Static<typeof Labels>;
+/** Whose instances a node takes: anyone's, its owner's only, or nothing new. */
+export const NodeScope = Type.Union([Type.Literal('open'), Type.Literal('owner'), Type.Literal('closed')]);
+export type NodeScope = Static<typeof NodeScope>;
+
+export const NodeRegister = Type.Object(
+  { name: Name, labels: Type.Optional(Labels), scope: Type.Optional(NodeScope), owner: Type.Optional(Name) },
+  { additionalProperties: false },
+);
+export type NodeRegister = Static<typeof NodeRegister>;
+/** Changes a node's allocation settings; `labels` replaces the whole set. */
+export const NodeUpdate = Type.Object(
+  { labels: Type.Optional(Labels), scope: Type.Optional(NodeScope), owner: Type.Optional(Type.Union([Name, Type.Null()])) },
+  { additionalProperties: false, minProperties: 1 },
+);
+export type NodeUpdate = Static<typeof NodeUpdate>;
 export const NodeView = Type.Object({
   name: Name,
+  labels: Labels,
+  scope: NodeScope,
+  owner: Type.Union([Name, Type.Null()]),
   registeredAt: Timestamp,
   lastSeenAt: Type.Union([Timestamp, Type.Null()]),
   partitions: Type.Integer(),
@@ -126,9 +150,19 @@ export type SupplyRequest = Static<typeof SupplyRequest>;
 export const SupplyView = Type.Object({ software: SoftwareId, node: Name, state: Type.String() });
 export type SupplyView = Static<typeof SupplyView>;
 
+/**
+ * Where an instance may be allocated: `node` names a node, every other key is a label
+ * the node must carry with that value.
+ */
+export const Sla = StrictRecord(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), Type.String({ minLength: 1, maxLength: 128 }), {
+  maxProperties: 16,
+});
+export type Sla = Static<typeof Sla>;
+
 export const InstanceRequest = Type.Object(
   {
     software: SoftwareRef,
+    sla: Type.Optional(Sla),
     softwareType: Type.Optional(SoftwareType),
     parameters: Type.Optional(Parameters),
     state: Type.Optional(RequestedState),
@@ -156,6 +190,7 @@ export const InstanceView = Type.Object({
   software: SoftwareId,
   softwareType: SoftwareType,
   parameters: Parameters,
+  sla: Sla,
   state: RequestedState,
   status: InstanceStatus,
   /** Why the instance is unallocated or in error; null otherwise. */

@@ -242,7 +242,7 @@ describe.each(testEngines())('master API on %s', (engine) => {
     expect(history.map((m) => m.kind)).toEqual([
       'instance.requested',
       'instance.unallocated', // no node has the release
-      'instance.unallocated', // supplied, but no partition yet
+      'instance.unallocated', // supplied, but the node has not called yet
       'instance.allocated',
       'instance.requested',
       'instance.started',
@@ -251,7 +251,7 @@ describe.each(testEngines())('master API on %s', (engine) => {
     ]);
     expect(history[0]!.actor).toBe('account:alice');
     expect(history[5]!.actor).toBe('node:node-a');
-    expect(history[2]!).toMatchObject({ data: { reason: 'no node that has greeter@1.0.0 supplied has a free partition' } });
+    expect(history[2]!).toMatchObject({ data: { reason: 'no node that has greeter@1.0.0 supplied has called the master in the last 10 minutes' } });
   });
 
   it('keeps the latest promise states, never overwritten by an older report', async () => {

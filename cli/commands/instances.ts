@@ -7,6 +7,7 @@ import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
 import { userClient } from '../settings.js';
 import { globals, type GlobalOptions } from './globals.js';
+import { parsePairs } from './operator.js';
 
 const path = (title: string) => `/api/v1/instances/${encodeURIComponent(title)}`;
 
@@ -76,6 +77,7 @@ export function describeInstance(view: InstanceView): string {
   ];
   if (view.message) lines.push(['message', view.message]);
   lines.push(['node', view.node ? `${view.node} / ${view.partition}` : null], ['serial', view.serial], ['parameters', view.parameters]);
+  if (Object.keys(view.sla).length > 0) lines.push(['sla', Object.entries(view.sla).map(([k, v]) => `${k}=${v}`).join(', ')]);
   for (const [name, value] of Object.entries(view.connection)) lines.push([`connection.${name}`, value]);
   for (const p of view.promises) lines.push([`promise.${p.name}`, `${p.status} since ${p.since}${p.message ? `: ${p.message}` : ''}`]);
   return fields(lines);
@@ -91,6 +93,7 @@ export function registerInstanceCommands(program: Command): void {
     .option('--parameters <pairs...>', 'parameters as KEY=VALUE (a string) or KEY:=JSON')
     .option('--parameters-file <file>', 'parameters as a JSON object in a file')
     .option('--state <state>', 'started, stopped or destroyed')
+    .option('--sla <pairs...>', 'where it may run, as KEY=VALUE: node=NAME, or a label of the node (region=eu)')
     .option('--wait', 'wait until the node has reached the requested state')
     .option('--timeout <seconds>', 'how long --wait waits', '300')
     .action(async (title, software, options, command) => {
@@ -102,6 +105,7 @@ export function registerInstanceCommands(program: Command): void {
       const body: InstanceRequest = { software };
       if (options.type) body.softwareType = options.type;
       if (options.state) body.state = options.state as RequestedState;
+      if (options.sla) body.sla = parsePairs(options.sla, '--sla');
       if (options.parameters || options.parametersFile) {
         const base = options.parametersFile ? await readParametersFile(options.parametersFile) : {};
         body.parameters = parseParameterPairs(options.parameters ?? [], base);

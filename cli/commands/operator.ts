@@ -1,6 +1,6 @@
 /** What operators do: accounts, node registration, software releases and supplies. */
 import type { Command } from '@commander-js/extra-typings';
-import type { Account, AccountWithToken, NodeCredential, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
+import type { Account, AccountWithToken, NodeCredential, NodeRegister, NodeScope, NodeUpdate, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
@@ -110,10 +110,44 @@ export function registerNodeAdminCommands(node: Command): void {
     .command('register')
     .description('register a node and print its credential (shown once; operators)')
     .argument('<name>')
-    .action(async (name, _options, command) => {
+    .option('--label <pairs...>', 'labels that SLAs match, as KEY=VALUE (region=eu network=lan)')
+    .option('--scope <scope>', 'whose instances it takes: open (anyone, default), owner, closed')
+    .option('--owner <account>', 'the account that owns it (default: you)')
+    .action(async (name, options, command) => {
       const g = globals(command);
-      const credential = await (await userClient(g)).call<NodeCredential>('POST', '/api/v1/nodes', { name });
+      const body: NodeRegister = { name };
+      if (options.label) body.labels = parsePairs(options.label, '--label');
+      if (options.scope) body.scope = parseScope(options.scope);
+      if (options.owner) body.owner = options.owner;
+      const credential = await (await userClient(g)).call<NodeCredential>('POST', '/api/v1/nodes', body);
       print(g, credential, (c) => fields([['node', c.name], ['credential', c.credential]]));
+    });
+  node
+    .command('set')
+    .description("change a node's labels, scope or owner (operators)")
+    .argument('<name>')
+    .option('--label <pairs...>', 'add or change labels, as KEY=VALUE')
+    .option('--unlabel <keys...>', 'remove labels')
+    .option('--scope <scope>', 'open, owner or closed')
+    .option('--owner <account>', 'the account that owns it')
+    .option('--no-owner', 'no owner')
+    .action(async (name, options, command) => {
+      const g = globals(command);
+      const client = await userClient(g);
+      const update: NodeUpdate = {};
+      if (options.label || options.unlabel) {
+        const current = (await client.call<NodeView[]>('GET', '/api/v1/nodes')).find((n) => n.name === name);
+        if (!current) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
+        const labels = { ...current.labels, ...parsePairs(options.label ?? [], '--label') };
+        for (const key of options.unlabel ?? []) delete labels[key];
+        update.labels = labels;
+      }
+      if (options.scope) update.scope = parseScope(options.scope);
+      if (options.owner === false) update.owner = null;
+      else if (typeof options.owner === 'string') update.owner = options.owner;
+      if (Object.keys(update).length === 0) throw new PledgerError('BAD_REQUEST', 'nothing to change: give --label, --unlabel, --scope, --owner or --no-owner');
+      const view = await client.call<NodeView>('PATCH', `/api/v1/nodes/${encodeURIComponent(name)}`, update);
+      print(g, view, (n) => fields([['node', n.name], ['scope', n.scope], ['owner', n.owner], ['labels', labelText(n.labels)]]));
     });
   node
     .command('list')
@@ -124,8 +158,16 @@ export function registerNodeAdminCommands(node: Command): void {
       print(g, list, (l) => {
         if (l.length === 0) return 'no nodes';
         const nodes = table(
-          ['NAME', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
-          l.map((n) => [n.name, n.partitions, n.freePartitions, n.lastSeenAt, n.software.map((s) => `${s.name}@${s.version}:${s.status}`).join(' ')]),
+          ['NAME', 'SCOPE', 'LABELS', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
+          l.map((n) => [
+            n.name,
+            n.scope,
+            labelText(n.labels),
+            n.partitions,
+            n.freePartitions,
+            n.lastSeenAt,
+            n.software.map((s) => `${s.name}@${s.version}:${s.status}`).join(' '),
+          ]),
         );
         const failures = l.flatMap((n) => n.software.filter((s) => s.status === 'error').map((s) => `\n${n.name}: ${s.name}@${s.version} failed to build:\n${s.message ?? ''}`));
         return nodes + failures.join('\n');
@@ -133,3 +175,25 @@ export function registerNodeAdminCommands(node: Command): void {
     });
 }
 
+
+/** `KEY=VALUE` pairs, as labels and SLAs are given on the command line. */
+export function parsePairs(pairs: string[], flag: string): Record<string, string> {
+  const parsed: Record<string, string> = {};
+  for (const pair of pairs) {
+    const match = /^([^=]+)=(.+)$/s.exec(pair);
+    if (!match) throw new PledgerError('BAD_REQUEST', `${flag} ${pair}: expected KEY=VALUE`);
+    parsed[match[1]!] = match[2]!;
+  }
+  return parsed;
+}
+
+function parseScope(scope: string): NodeScope {
+  if (scope !== 'open' && scope !== 'owner' && scope !== 'closed') throw new PledgerError('BAD_REQUEST', `--scope ${scope}: expected open, owner or closed`);
+  return scope;
+}
+
+function labelText(labels: Record<string, string>): string {
+  return Object.entries(labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(',');
+}

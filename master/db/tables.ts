@@ -40,6 +40,18 @@ export interface NodesTable {
   name: string;
   credential_hash: string;
   registered_at: string;
+  /** Whose instances it takes: open (anyone's), owner (its owner's), closed (nothing new). */
+  scope: NodeScope;
+  owner_id: string | null;
+}
+
+export type NodeScope = 'open' | 'owner' | 'closed';
+
+/** The labels an operator set on a node (region, network...), matched by instance SLAs. */
+export interface NodeLabelsTable {
+  node_id: string;
+  key: string;
+  value: string;
 }
 
 /** When each node last called: operational telemetry, not part of the ledger. */
@@ -96,6 +108,8 @@ export interface InstancesTable {
   status: string;
   message: string | null;
   partition_id: string | null;
+  /** JSON object: `node` names a node, every other key a label the node must carry. */
+  sla: string;
   /** The partition it was last allocated to, kept once freed. */
   last_partition_id: string | null;
   connection: string;
@@ -132,6 +146,7 @@ export interface Tables {
   accounts: AccountsTable;
   tokens: TokensTable;
   nodes: NodesTable;
+  node_labels: NodeLabelsTable;
   node_heartbeats: NodeHeartbeatsTable;
   partitions: PartitionsTable;
   software: SoftwareTable;

@@ -8,7 +8,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
-import type { ConnectionParameters, Parameters, PartitionDefinition, PromiseState, RequestedState } from '../../protocol/api.js';
+import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 import { applyBilling, BILLING_PROJECTIONS, isBillingMovement, type BillingMovement } from '../billing/journal.js';
@@ -21,7 +21,12 @@ export type ReportedStatus = 'deployed' | 'started' | 'stopped' | 'destroyed' | 
 export type Movement =
   | { kind: 'account.created'; data: { accountId: string; name: string; role: 'admin' | 'user' } }
   | { kind: 'token.issued'; data: { accountId: string; hash: string } }
-  | { kind: 'node.registered'; data: { nodeId: string; name: string; credentialHash: string } }
+  | {
+      kind: 'node.registered';
+      // Settings added later: a movement recorded before them means an open node without labels.
+      data: { nodeId: string; name: string; credentialHash: string; scope?: NodeScope; ownerId?: string | null; labels?: Labels };
+    }
+  | { kind: 'node.updated'; data: { nodeId: string; scope: NodeScope; ownerId: string | null; labels: Labels } }
   | { kind: 'node.formatted'; data: { nodeId: string; partitions: PartitionDefinition[] } }
   | {
       kind: 'software.published';
@@ -46,6 +51,8 @@ export type Movement =
         softwareId: string;
         softwareType: string;
         parameters: Parameters;
+        /** Absent in movements recorded before SLAs existed: no constraint. */
+        sla?: Sla;
         state: RequestedState;
         serial: number;
       };
@@ -136,8 +143,15 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
     case 'node.registered': {
-      const { nodeId, name, credentialHash } = movement.data;
-      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at }).execute();
+      const { nodeId, name, credentialHash, scope = 'open', ownerId = null, labels = {} } = movement.data;
+      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at, scope, owner_id: ownerId }).execute();
+      await setLabels(db, nodeId, labels);
+      return;
+    }
+    case 'node.updated': {
+      const { nodeId, scope, ownerId, labels } = movement.data;
+      await db.updateTable('nodes').set({ scope, owner_id: ownerId }).where('id', '=', nodeId).execute();
+      await setLabels(db, nodeId, labels);
       return;
     }
     case 'node.formatted': {
@@ -204,6 +218,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
         software_id: d.softwareId,
         software_type: d.softwareType,
         parameters: JSON.stringify(d.parameters),
+        sla: JSON.stringify(d.sla ?? {}),
         state: d.state,
         serial: d.serial,
         status: existing?.partition_id ? 'allocated' : 'unallocated',
@@ -376,7 +391,7 @@ export function partitionId(nodeId: string, reference: string): string {
   return `${nodeId}:${reference}`;
 }
 
-const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'nodes', 'accounts'] as const;
+const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'node_labels', 'nodes', 'accounts'] as const;
 
 /**
  * Empties the projections and replays every movement in order. The result equals the

@@ -13,8 +13,10 @@ import {
   InstanceRequest,
   InstanceView,
   MovementView,
+  Name,
   NodeCredential,
   NodeRegister,
+  NodeUpdate,
   NodeView,
   SoftwareRef,
   SoftwareView,
@@ -27,7 +29,7 @@ import { createAccount, listAccounts } from '../accounts.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
 import { getInstance, instanceHistory, listInstances, requestInstance } from '../instances.js';
-import { listNodes, registerNode } from '../nodes.js';
+import { listNodes, registerNode, updateNode } from '../nodes.js';
 import { listSoftware, publishSoftware, resolveSoftware, softwareView, supply } from '../software.js';
 
 function requireAdmin(request: FastifyRequest): void {
@@ -58,8 +60,16 @@ export async function userRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   // Nodes
   app.post('/nodes', { schema: { body: NodeRegister, response: { 201: NodeCredential } } }, async (request, reply) => {
     requireAdmin(request);
-    return reply.code(201).send(await registerNode(db, request.body.name, actor(request)));
+    return reply.code(201).send(await registerNode(db, request.body, request.account));
   });
+  app.patch(
+    '/nodes/:name',
+    { schema: { params: Type.Object({ name: Name }), body: NodeUpdate, response: { 200: NodeView } } },
+    async (request) => {
+      requireAdmin(request);
+      return updateNode(db, request.params.name, request.body, actor(request));
+    },
+  );
   app.get('/nodes', { schema: { response: { 200: Type.Array(NodeView) } } }, async (request) => {
     requireAdmin(request);
     return listNodes(db);

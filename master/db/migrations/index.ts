@@ -8,12 +8,14 @@ import type { Engine } from '../database.js';
 import { ledger } from './0001-ledger.js';
 import { nodeReports } from './0002-node-reports.js';
 import { billing } from './0003-billing.js';
+import { allocation } from './0005-allocation.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
     '0001-ledger': ledger(engine),
     '0002-node-reports': nodeReports(engine),
     '0003-billing': billing(engine),
+    '0005-allocation': allocation(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
