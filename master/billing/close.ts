@@ -13,7 +13,7 @@ import { sql, type Transaction } from 'kysely';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Database } from '../db/database.js';
 import type { Tables } from '../db/tables.js';
-import { record } from '../ledger/movements.js';
+import { record, recordMany, type MovementEntry } from '../ledger/movements.js';
 import { receivableAccount, revenueAccount, TAX_ACCOUNT } from './accounts.js';
 import { billingDb, loadSettings, RESOURCES, type InvoiceData, type InvoiceLineData, type JournalTransaction, type Resource } from './journal.js';
 import { divRound, int, PRICE_DECIMALS } from './money.js';
@@ -137,6 +137,7 @@ export async function closePeriod(database: Database, period: string, actor: str
     const issuedAt = now.toISOString();
     const dueAt = new Date(now.getTime() + settings.paymentTermsDays * 86_400_000).toISOString();
     const invoiceIds: string[] = [];
+    const issued: MovementEntry[] = [];
     let index = 0;
     while (index < groups.length) {
       const ownerId = groups[index]!.owner_id;
@@ -163,9 +164,10 @@ export async function closePeriod(database: Database, period: string, actor: str
         lines,
         transaction: invoiceTransaction(invoiceId, ownerName, period, issuedAt, settings.currency, lines, tax),
       };
-      await record(trx, { kind: 'invoice.issued', data: invoice }, { id: `invoice:${period}:${ownerId}`, actor, subject: ownerId, at: issuedAt });
+      issued.push({ movement: { kind: 'invoice.issued', data: invoice }, meta: { id: `invoice:${period}:${ownerId}`, actor, subject: ownerId, at: issuedAt } });
       invoiceIds.push(invoiceId);
     }
+    await recordMany(trx, issued);
     await record(trx, { kind: 'billing.closed', data: { period, until: end, invoices: invoiceIds.length } }, { id: `close:${period}`, actor, subject: `period:${period}`, at: issuedAt });
     return { period, closed: true, closedAt: issuedAt, invoiceIds };
   });

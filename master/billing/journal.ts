@@ -149,27 +149,89 @@ export function assertBalanced(transaction: JournalTransaction): void {
   }
 }
 
+/** Rows per statement: under the bound-parameter limits of both engines for these tables. */
+const ROWS_PER_STATEMENT = 1000;
+
+async function insertChunked<T>(rows: T[], insert: (chunk: T[]) => Promise<unknown>): Promise<void> {
+  for (let start = 0; start < rows.length; start += ROWS_PER_STATEMENT) await insert(rows.slice(start, start + ROWS_PER_STATEMENT));
+}
+
 async function insertTransaction(db: Db, transaction: JournalTransaction): Promise<void> {
-  assertBalanced(transaction);
-  const inserted = await db
-    .insertInto('journal_transactions')
-    .values({
-      id: transaction.id,
-      date: transaction.date,
-      period: transaction.period,
-      kind: transaction.kind,
-      reference: transaction.reference,
-      description: transaction.description,
-      reverses: transaction.reverses,
-    })
-    .onConflict((oc) => oc.column('id').doNothing())
-    .returning('id')
-    .executeTakeFirst();
-  if (!inserted) return;
-  await db
-    .insertInto('journal_postings')
-    .values(transaction.postings.map((p, i) => ({ transaction_id: transaction.id, line: i + 1, account: p.account, currency: p.currency, amount: p.amount })))
-    .execute();
+  await insertTransactions(db, [transaction]);
+}
+
+/** Checks that each transaction balances, then inserts those not recorded yet with their postings. */
+async function insertTransactions(db: Db, transactions: JournalTransaction[]): Promise<void> {
+  for (const t of transactions) assertBalanced(t);
+  const fresh = new Set<string>();
+  await insertChunked(transactions, async (chunk) => {
+    const inserted = await db
+      .insertInto('journal_transactions')
+      .values(chunk.map((t) => ({ id: t.id, date: t.date, period: t.period, kind: t.kind, reference: t.reference, description: t.description, reverses: t.reverses })))
+      .onConflict((oc) => oc.column('id').doNothing())
+      .returning('id')
+      .execute();
+    for (const r of inserted) fresh.add(r.id);
+  });
+  const postings = transactions
+    .filter((t) => fresh.has(t.id))
+    .flatMap((t) => t.postings.map((p, i) => ({ transaction_id: t.id, line: i + 1, account: p.account, currency: p.currency, amount: p.amount })));
+  await insertChunked(postings, (chunk) => db.insertInto('journal_postings').values(chunk).execute());
+}
+
+/**
+ * Applies `invoice.issued` movements, several to a statement: closing a month for
+ * thousands of customers must not cost a round trip per row.
+ */
+export async function applyIssuedInvoices(db: Db, invoices: InvoiceData[]): Promise<void> {
+  for (const d of invoices) {
+    const lineSum = d.lines.reduce((sum, l) => sum + BigInt(l.amount), 0n);
+    if (lineSum !== BigInt(d.subtotal) || lineSum + BigInt(d.tax) !== BigInt(d.total)) {
+      throw new PledgerError('INTERNAL', `invoice ${d.invoiceId}: its lines do not add up to its total`);
+    }
+  }
+  const fresh = new Set<string>();
+  await insertChunked(invoices, async (chunk) => {
+    const inserted = await db
+      .insertInto('invoices')
+      .values(
+        chunk.map((d) => ({
+          id: d.invoiceId,
+          owner_id: d.ownerId,
+          period: d.period,
+          currency: d.currency,
+          subtotal: d.subtotal,
+          tax: d.tax,
+          total: d.total,
+          tax_rate_basis_points: d.taxRateBasisPoints,
+          issued_at: d.issuedAt,
+          due_at: d.dueAt,
+        })),
+      )
+      .onConflict((oc) => oc.column('id').doNothing())
+      .returning('id')
+      .execute();
+    for (const r of inserted) fresh.add(r.id);
+  });
+  const issued = invoices.filter((d) => fresh.has(d.invoiceId));
+  const lines = issued.flatMap((d) =>
+    d.lines.map((l, i) => ({
+      invoice_id: d.invoiceId,
+      line: i + 1,
+      instance_id: l.instanceId,
+      instance_title: l.instanceTitle,
+      software_id: l.softwareId,
+      software_type: l.softwareType,
+      usage_month: l.usageMonth,
+      resource: l.resource,
+      quantity: l.quantity,
+      unit: l.unit,
+      unit_price: l.unitPrice,
+      amount: l.amount,
+    })),
+  );
+  await insertChunked(lines, (chunk) => db.insertInto('invoice_lines').values(chunk).execute());
+  await insertTransactions(db, issued.flatMap((d) => (d.transaction ? [d.transaction] : [])));
 }
 
 export async function applyBilling(db: Db, movement: BillingMovement, at: string): Promise<void> {
@@ -203,55 +265,9 @@ export async function applyBilling(db: Db, movement: BillingMovement, at: string
         .execute();
       return;
     }
-    case 'invoice.issued': {
-      const d = movement.data;
-      const inserted = await db
-        .insertInto('invoices')
-        .values({
-          id: d.invoiceId,
-          owner_id: d.ownerId,
-          period: d.period,
-          currency: d.currency,
-          subtotal: d.subtotal,
-          tax: d.tax,
-          total: d.total,
-          tax_rate_basis_points: d.taxRateBasisPoints,
-          issued_at: d.issuedAt,
-          due_at: d.dueAt,
-        })
-        .onConflict((oc) => oc.column('id').doNothing())
-        .returning('id')
-        .executeTakeFirst();
-      if (!inserted) return;
-      const lineSum = d.lines.reduce((sum, l) => sum + BigInt(l.amount), 0n);
-      if (lineSum !== BigInt(d.subtotal) || lineSum + BigInt(d.tax) !== BigInt(d.total)) {
-        throw new PledgerError('INTERNAL', `invoice ${d.invoiceId}: its lines do not add up to its total`);
-      }
-      // Batches keep each statement under SQLite's limit of bound parameters.
-      for (let start = 0; start < d.lines.length; start += 2000) {
-        await db
-          .insertInto('invoice_lines')
-          .values(
-            d.lines.slice(start, start + 2000).map((l, i) => ({
-              invoice_id: d.invoiceId,
-              line: start + i + 1,
-              instance_id: l.instanceId,
-              instance_title: l.instanceTitle,
-              software_id: l.softwareId,
-              software_type: l.softwareType,
-              usage_month: l.usageMonth,
-              resource: l.resource,
-              quantity: l.quantity,
-              unit: l.unit,
-              unit_price: l.unitPrice,
-              amount: l.amount,
-            })),
-          )
-          .execute();
-      }
-      if (d.transaction) await insertTransaction(db, d.transaction);
+    case 'invoice.issued':
+      await applyIssuedInvoices(db, [movement.data]);
       return;
-    }
     case 'billing.closed': {
       const { period, until, invoices } = movement.data;
       await db

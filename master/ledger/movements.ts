@@ -11,7 +11,7 @@ import type { Kysely, Transaction } from 'kysely';
 import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
-import { applyBilling, BILLING_PROJECTIONS, isBillingMovement, type BillingMovement } from '../billing/journal.js';
+import { applyBilling, applyIssuedInvoices, BILLING_PROJECTIONS, isBillingMovement, type BillingMovement, type InvoiceData } from '../billing/journal.js';
 
 type Db = Kysely<Tables> | Transaction<Tables>;
 
@@ -367,16 +367,23 @@ export async function recordMany(trx: Transaction<Tables>, entries: MovementEntr
   }
   const toApply = rows.filter((r) => fresh.has(r.row.id));
   for (let i = 0; i < toApply.length; ) {
-    if (toApply[i]!.movement.kind !== 'usage.reported') {
+    const kind = toApply[i]!.movement.kind;
+    if (kind === 'usage.reported') {
+      const usage = [];
+      for (; i < toApply.length && toApply[i]!.movement.kind === kind && usage.length < BATCH_ROWS; i++) {
+        usage.push(usageRow((toApply[i]!.movement as UsageReported).data, toApply[i]!.row.at));
+      }
+      await trx.insertInto('usage_hours').values(usage).execute();
+    } else if (kind === 'invoice.issued') {
+      const invoices: InvoiceData[] = [];
+      for (; i < toApply.length && toApply[i]!.movement.kind === kind && invoices.length < BATCH_ROWS; i++) {
+        invoices.push(toApply[i]!.movement.data as InvoiceData);
+      }
+      await applyIssuedInvoices(trx, invoices);
+    } else {
       await apply(trx, toApply[i]!.movement, toApply[i]!.row.at);
       i++;
-      continue;
     }
-    const usage = [];
-    for (; i < toApply.length && toApply[i]!.movement.kind === 'usage.reported' && usage.length < BATCH_ROWS; i++) {
-      usage.push(usageRow((toApply[i]!.movement as UsageReported).data, toApply[i]!.row.at));
-    }
-    await trx.insertInto('usage_hours').values(usage).execute();
   }
   return toApply.length;
 }
