@@ -149,4 +149,15 @@ describe('pledger billing', () => {
     const refused = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'csv'], { env: asAlice });
     expect(refused.exitCode).toBe(3);
   });
+
+  it('rebuilds the projections from the movements, leaving invoices and balances as they were', async () => {
+    const before = (await pledger(['billing', 'balance', '--json'], { env: asAlice })).stdout;
+    const invoice = (await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).stdout;
+    const rebuilt = await pledger(['master', 'rebuild', '--database', db.url, '--json']);
+    expect(rebuilt.exitCode).toBe(0);
+    expect(rebuilt.json<{ replayed: number }>().replayed).toBe(movements());
+    expect((await pledger(['billing', 'balance', '--json'], { env: asAlice })).stdout).toBe(before);
+    expect((await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).stdout).toBe(invoice);
+    expect((await pledger(['info', 'web', '--json'], { env: asAlice })).json<{ state: string }>().state).toBe('started');
+  });
 });

@@ -1,4 +1,4 @@
-/** `pledger master init|serve`: the master's own commands. */
+/** `pledger master init|serve|rebuild`: the master's own commands. */
 import { mkdir } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
@@ -36,6 +36,25 @@ export function registerMasterCommands(program: Command): void {
       print(g, { admin: options.admin, token, database: database.replace(/:[^:@/]*@/, ':***@') }, (v) =>
         [fields([['operator', v.admin], ['token', v.token], ['database', v.database]]), '', 'keep the token: it is shown only once'].join('\n'),
       );
+    });
+  master
+    .command('rebuild')
+    .description('rebuild every projection (instances, partitions, billing...) by replaying the ledger of movements')
+    .option('--data-dir <dir>', 'the master folder', defaultMasterDir())
+    .option('--database <url>', 'sqlite:/path/file.db or postgres://user@host/db')
+    .action(async (options, command) => {
+      const g = globals(command);
+      const { openDatabase } = await import('../../master/db/database.js');
+      const { migrate } = await import('../../master/db/migrate.js');
+      const { rebuildProjections } = await import('../../master/ledger/movements.js');
+      const database = openDatabase(await databaseUrl(options));
+      try {
+        await migrate(database);
+        const replayed = await rebuildProjections(database.db);
+        print(g, { replayed }, (v) => `rebuilt the projections from ${v.replayed} movements`);
+      } finally {
+        await database.close();
+      }
     });
   master
     .command('serve')
