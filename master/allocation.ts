@@ -33,20 +33,30 @@ type NodeQuery = SelectQueryBuilder<Tables, 'nodes', object>;
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
   const sla = JSON.parse(instance.sla) as Sla;
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
-  const partition = await open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id)
-    .innerJoin('partitions', 'partitions.node_id', 'nodes.id')
-    .innerJoin('supplies', (join) =>
-      join.onRef('supplies.node_id', '=', 'nodes.id').on('supplies.software_id', '=', instance.software_id).on('supplies.state', '=', 'available'),
-    )
-    .select(['partitions.id', 'partitions.reference', 'nodes.name'])
-    .where('partitions.instance_id', 'is', null)
+  // The first fitting node by name, walking only nodes with a free partition (an
+  // index), then its first free partition.
+  const node = await supplied(open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id), instance.software_id)
+    .select(['nodes.id', 'nodes.name'])
+    .where('nodes.free_partitions', '>', 0)
     .orderBy('nodes.name')
-    .orderBy('partitions.reference')
+    .limit(1)
     .executeTakeFirst();
+  // A node has few partitions: reading them all by (node, reference) beats letting the
+  // database pick the free ones through the instance index, which spans the fleet.
+  const partition =
+    node &&
+    (
+      await trx
+        .selectFrom('partitions')
+        .select(['partitions.id', 'partitions.reference', 'partitions.instance_id'])
+        .where('partitions.node_id', '=', node.id)
+        .orderBy('partitions.reference')
+        .execute()
+    ).find((p) => p.instance_id === null);
   if (partition) {
     await record(
       trx,
-      { kind: 'instance.allocated', data: { instanceId: instance.id, partitionId: partition.id, node: partition.name, partition: partition.reference } },
+      { kind: 'instance.allocated', data: { instanceId: instance.id, partitionId: partition.id, node: node.name, partition: partition.reference } },
       { actor, subject: instance.id },
     );
     return true;
@@ -84,6 +94,20 @@ function open(query: NodeQuery, ownerId: string): NodeQuery {
   return query.where((eb) => eb.or([eb('nodes.scope', '=', 'open'), eb.and([eb('nodes.scope', '=', 'owner'), eb('nodes.owner_id', '=', ownerId)])]));
 }
 
+/** Nodes that have the release supplied. */
+function supplied(query: NodeQuery, softwareId: string): NodeQuery {
+  return query.where((eb) =>
+    eb.exists(
+      eb
+        .selectFrom('supplies')
+        .select('supplies.node_id')
+        .whereRef('supplies.node_id', '=', 'nodes.id')
+        .where('supplies.software_id', '=', softwareId)
+        .where('supplies.state', '=', 'available'),
+    ),
+  );
+}
+
 /** Nodes that called the master since `cutoff`. */
 function alive(query: NodeQuery, cutoff: string): NodeQuery {
   return query.where((eb) =>
@@ -108,20 +132,11 @@ async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, s
   if ((await count(nodes)) === 0) return constraints ? `no node matches ${constraints}` : 'no node is registered';
   nodes = open(nodes, instance.owner_id);
   if ((await count(nodes)) === 0) return `no ${subject} is open to you`;
-  nodes = nodes.where((eb) =>
-    eb.exists(
-      eb
-        .selectFrom('supplies')
-        .select('supplies.node_id')
-        .whereRef('supplies.node_id', '=', 'nodes.id')
-        .where('supplies.software_id', '=', instance.software_id)
-        .where('supplies.state', '=', 'available'),
-    ),
-  );
+  nodes = supplied(nodes, instance.software_id);
   if ((await count(nodes)) === 0) return `no ${subject} has ${instance.software_id} supplied`;
-  const supplied = `${subject} that has ${instance.software_id} supplied`;
-  if ((await count(alive(nodes, cutoff))) === 0) return `no ${supplied} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
-  return `no ${supplied} has a free partition`;
+  const withRelease = `${subject} that has ${instance.software_id} supplied`;
+  if ((await count(alive(nodes, cutoff))) === 0) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  return `no ${withRelease} has a free partition`;
 }
 
 /**

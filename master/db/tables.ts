@@ -43,6 +43,8 @@ export interface NodesTable {
   /** Whose instances it takes: open (anyone's), owner (its owner's), closed (nothing new). */
   scope: NodeScope;
   owner_id: string | null;
+  /** Its partitions that host no instance: kept with every allocation, format and release. */
+  free_partitions: number;
 }
 
 export type NodeScope = 'open' | 'owner' | 'closed';

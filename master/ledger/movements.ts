@@ -144,7 +144,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     }
     case 'node.registered': {
       const { nodeId, name, credentialHash, scope = 'open', ownerId = null, labels = {} } = movement.data;
-      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at, scope, owner_id: ownerId }).execute();
+      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at, scope, owner_id: ownerId, free_partitions: 0 }).execute();
       await setLabels(db, nodeId, labels);
       return;
     }
@@ -173,6 +173,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
           )
           .execute();
       }
+      await countFreePartitions(db, nodeId);
       return;
     }
     case 'software.published': {
@@ -245,6 +246,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
         .where('instance_id', 'is', null)
         .executeTakeFirst();
       if (Number(taken.numUpdatedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
+      await db.updateTable('nodes').set((eb) => ({ free_partitions: eb('free_partitions', '-', 1) })).where('id', '=', nodeOf(partitionId)).execute();
       await db
         .updateTable('instances')
         .set({ partition_id: partitionId, last_partition_id: partitionId, status: 'allocated', message: null, updated_at: at })
@@ -294,7 +296,9 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       const current = await db.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirstOrThrow();
       if (status === 'destroyed' && current.state === 'destroyed') {
         // The partition is free again: the node wiped it.
+        const freed = await db.selectFrom('partitions').select('node_id').where('instance_id', '=', instanceId).executeTakeFirst();
         await db.updateTable('partitions').set({ instance_id: null }).where('instance_id', '=', instanceId).execute();
+        if (freed) await countFreePartitions(db, freed.node_id);
         await db.updateTable('instances').set({ partition_id: null }).where('id', '=', instanceId).execute();
       }
       // A report about an older request is history, not the current status.
@@ -392,6 +396,25 @@ async function setLabels(db: Db, nodeId: string, labels: Labels): Promise<void> 
   await db.deleteFrom('node_labels').where('node_id', '=', nodeId).execute();
   const rows = Object.entries(labels).map(([key, value]) => ({ node_id: nodeId, key, value }));
   if (rows.length > 0) await db.insertInto('node_labels').values(rows).execute();
+}
+
+async function countFreePartitions(db: Db, nodeId: string): Promise<void> {
+  await db
+    .updateTable('nodes')
+    .set((eb) => ({
+      free_partitions: eb
+        .selectFrom('partitions')
+        .select((sub) => sub.fn.countAll<number>().as('n'))
+        .where('partitions.node_id', '=', nodeId)
+        .where('partitions.instance_id', 'is', null),
+    }))
+    .where('id', '=', nodeId)
+    .execute();
+}
+
+/** Partition ids are `<node id>:<reference>`. */
+function nodeOf(partitionId: string): string {
+  return partitionId.slice(0, partitionId.lastIndexOf(':'));
 }
 
 export function partitionId(nodeId: string, reference: string): string {

@@ -1,0 +1,141 @@
+/**
+ * The allocation benchmark: a fleet of nodes with labels, then instances requested
+ * with label SLAs through the real request path until every partition is taken.
+ *
+ *   npm run bench:allocation                                  # 10,000 nodes of 10 partitions, 100,000 instances
+ *   npm run bench:allocation -- --nodes 1000 --rate 50        # smaller
+ *
+ * First, requests arrive over HTTP at a steady rate (--rate per second, for --seconds)
+ * and the latency of each is measured; then the rest are requested one after the
+ * other in process, and the allocation throughput is measured. SQLite, as the
+ * embedded default runs it.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createAccount } from '../master/accounts.js';
+import { buildApp } from '../master/app.js';
+import { openDatabase } from '../master/db/database.js';
+import { migrate } from '../master/db/migrate.js';
+import { requestInstance } from '../master/instances.js';
+import { record } from '../master/ledger/movements.js';
+import type { InstanceView } from '../protocol/api.js';
+
+const { values: options } = parseArgs({
+  options: {
+    nodes: { type: 'string', default: '10000' },
+    partitions: { type: 'string', default: '10' },
+    rate: { type: 'string', default: '100' },
+    seconds: { type: 'string', default: '10' },
+  },
+});
+const NODES = Number(options.nodes);
+const PARTITIONS = Number(options.partitions);
+const RATE = Number(options.rate);
+const SECONDS = Number(options.seconds);
+const REGIONS = ['eu', 'us', 'asia', 'africa'];
+const NETWORKS = ['lan', 'wan'];
+
+const dir = mkdtempSync(path.join(tmpdir(), 'pledger-bench-allocation-'));
+const database = openDatabase(`sqlite:${path.join(dir, 'master.db')}`);
+await migrate(database);
+const { db } = database;
+
+// The fleet, written through the ledger as registrations and layouts would be.
+let started = performance.now();
+const { token } = await createAccount(db, { name: 'bench', role: 'admin' }, 'master');
+const owner = await db.selectFrom('accounts').selectAll().where('name', '=', 'bench').executeTakeFirstOrThrow();
+const softwareId = 'bench@1.0.0';
+await db.transaction().execute(async (trx) => {
+  await record(
+    trx,
+    {
+      kind: 'software.published',
+      data: {
+        softwareId,
+        name: 'bench',
+        version: '1.0.0',
+        hash: '0'.repeat(64),
+        description: 'benchmark',
+        definition: { name: 'bench', version: '1.0.0', 'software-types': { default: {} } },
+        parameterSchemas: { default: { type: 'object' } },
+      },
+    },
+    { actor: 'master', subject: softwareId },
+  );
+});
+const now = new Date().toISOString();
+for (let first = 0; first < NODES; first += 500) {
+  await db.transaction().execute(async (trx) => {
+    for (let n = first; n < Math.min(first + 500, NODES); n++) {
+      const nodeId = randomUUID();
+      const labels = { region: REGIONS[n % REGIONS.length]!, network: NETWORKS[Math.floor(n / REGIONS.length) % NETWORKS.length]! };
+      const name = `node-${String(n).padStart(6, '0')}`;
+      await record(trx, { kind: 'node.registered', data: { nodeId, name, credentialHash: randomUUID(), scope: 'open', ownerId: owner.id, labels } }, { actor: 'master', subject: nodeId });
+      const partitions = Array.from({ length: PARTITIONS }, (_, p) => ({ reference: `part${p}`, ip: '127.0.0.1', ports: { first: 20000 + p * 10, last: 20009 + p * 10 } }));
+      await record(trx, { kind: 'node.formatted', data: { nodeId, partitions } }, { actor: `node:${name}`, subject: nodeId });
+      await record(trx, { kind: 'supply.requested', data: { nodeId, softwareId, state: 'available' } }, { actor: 'master', subject: nodeId });
+      await trx.insertInto('node_heartbeats').values({ node_id: nodeId, last_seen_at: now }).execute();
+    }
+  });
+}
+console.log(`fleet: ${NODES} nodes x ${PARTITIONS} partitions written in ${seconds(started)} s`);
+
+const sla = (i: number) => ({ region: REGIONS[i % REGIONS.length]!, network: NETWORKS[Math.floor(i / REGIONS.length) % NETWORKS.length]! });
+const total = NODES * PARTITIONS;
+let next = 0;
+
+// Requests over HTTP at a steady rate: the latency one user sees while others order.
+const app = buildApp({ database });
+await app.listen({ host: '127.0.0.1', port: 0 });
+const address = app.server.address() as { port: number };
+const latencies: number[] = [];
+const count = Math.min(RATE * SECONDS, total);
+started = performance.now();
+const pending: Promise<void>[] = [];
+for (let i = 0; i < count; i++) {
+  const due = started + (i * 1000) / RATE;
+  const wait = due - performance.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+  const index = next++;
+  pending.push(
+    (async () => {
+      const sent = performance.now();
+      const response = await fetch(`http://127.0.0.1:${address.port}/api/v1/instances/i-${index}`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ software: 'bench', sla: sla(index) }),
+      });
+      const view = (await response.json()) as InstanceView;
+      if (view.status !== 'allocated') throw new Error(`instance ${index} not allocated: ${JSON.stringify(view)}`);
+      latencies.push(performance.now() - sent);
+    })(),
+  );
+}
+await Promise.all(pending);
+await app.close();
+latencies.sort((a, b) => a - b);
+const percentile = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!.toFixed(1);
+console.log(`HTTP: ${count} requests at ${RATE}/s: latency p50 ${percentile(50)} ms, p99 ${percentile(99)} ms, max ${latencies.at(-1)!.toFixed(1)} ms`);
+
+// The rest, one after the other: allocation throughput until the fleet is full.
+started = performance.now();
+const bulkFirst = next;
+for (; next < total; next++) {
+  const view = await requestInstance(db, owner, `i-${next}`, { software: 'bench', sla: sla(next) });
+  if (view.status !== 'allocated') throw new Error(`instance ${next} not allocated: ${view.message}`);
+}
+const bulk = total - bulkFirst;
+const bulkSeconds = seconds(started);
+console.log(`in process: ${bulk} instances allocated in ${bulkSeconds} s (${Math.round(bulk / Number(bulkSeconds))}/s)`);
+const full = await requestInstance(db, owner, 'one-too-many', { software: 'bench', sla: sla(0) });
+console.log(`one more: ${full.status}, "${full.message}"`);
+
+await database.close();
+rmSync(dir, { recursive: true, force: true });
+
+function seconds(since: number): string {
+  return ((performance.now() - since) / 1000).toFixed(1);
+}
