@@ -48,6 +48,8 @@ const Part = Type.Object(
     deb: Type.Optional(Type.Array(DebianPackage, { minItems: 1, maxItems: 200 })),
     /** A source archive unpacked into the part's directory before the build. */
     source: Type.Optional(SourceArchive),
+    /** A folder of the release with a package.json and a package-lock.json: `npm ci` in the part, every package checked against the lock's integrity. */
+    npm: Type.Optional(RelativePath),
     /** Files copied from the release folder into the part's directory before it is built. */
     files: Type.Optional(Type.Array(RelativePath)),
     /** Commands run in order in the part's directory, as argv lists: no shell. */
@@ -193,6 +195,7 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
       if (!(await exists(file))) problems.push({ where: `parts.${partName}.files`, message: `${file} is not a file of the release` });
     }
     problems.push(...checkPart(partName, part, earlier));
+    if (part.npm) problems.push(...(await checkNpmLock(dir, partName, part.npm)));
     earlier.add(partName);
   }
   const parameterSchemas: Record<string, object> = {};
@@ -231,13 +234,45 @@ function checkPart(name: string, part: PartDefinition, earlier: Set<string>): So
     if (dependency === name) problems.push({ where: `${where}.after`, message: 'a part cannot come after itself' });
     else if (!earlier.has(dependency)) problems.push({ where: `${where}.after`, message: `${dependency} is not a part written before ${name}` });
   }
-  if (part.deb && part.source) problems.push({ where, message: 'a part takes Debian packages (deb) or a source archive (source), not both' });
+  if ([part.deb, part.source, part.npm].filter(Boolean).length > 1) {
+    problems.push({ where, message: 'a part takes one of Debian packages (deb), a source archive (source) or npm packages (npm)' });
+  }
   if (part.shared) {
     (part.build ?? []).forEach((command, i) => {
       if (command.some((arg) => /\bsoftware\./.test(arg))) {
         problems.push({ where: `${where}.build[${i}]`, message: 'a shared part is reused by other releases: its build cannot use software.*' });
       }
     });
+  }
+  return problems;
+}
+
+/**
+ * An npm part's lock must name, for every package, where it comes from and its
+ * integrity (a sha512 the registry published): `npm ci` then refuses any tarball
+ * that does not match, and the release's hash covers the lock.
+ */
+async function checkNpmLock(dir: string, partName: string, folder: string): Promise<SoftwareProblem[]> {
+  const where = `parts.${partName}.npm`;
+  const problems: SoftwareProblem[] = [];
+  for (const name of ['package.json', 'package-lock.json']) {
+    if (!(await lstat(path.join(dir, folder, name)).catch(() => null))?.isFile()) problems.push({ where, message: `${folder}/${name} is not a file of the release` });
+  }
+  if (problems.length > 0) return problems;
+  let lock: { lockfileVersion?: number; packages?: Record<string, { link?: boolean; resolved?: string; integrity?: string }> };
+  try {
+    lock = JSON.parse(await readFile(path.join(dir, folder, 'package-lock.json'), 'utf8')) as typeof lock;
+  } catch (error) {
+    return [{ where, message: `${folder}/package-lock.json: ${(error as Error).message}` }];
+  }
+  if (!lock.lockfileVersion || lock.lockfileVersion < 2 || !lock.packages) {
+    return [{ where, message: `${folder}/package-lock.json must be a lockfile of version 2 or 3 (npm 7 or later)` }];
+  }
+  for (const [key, entry] of Object.entries(lock.packages)) {
+    if (key === '' || entry.link) continue;
+    if (!entry.integrity || !/^sha(256|384|512)-[A-Za-z0-9+/=]+$/.test(entry.integrity) || !/^https:\/\//.test(entry.resolved ?? '')) {
+      problems.push({ where, message: `${folder}/package-lock.json: ${key} has no https source with an integrity to check it against` });
+    }
   }
   return problems;
 }

@@ -43,7 +43,7 @@ describe('pledger software check', () => {
       expect.arrayContaining([
         { where: 'parts.app.files', at: 'software.yaml:5:12', message: 'missing.c is not a file of the release' },
         { where: 'parts.app.after', at: 'software.yaml:6:12', message: 'later is not a part written before app' },
-        expect.objectContaining({ where: 'parts.later', at: 'software.yaml:8:5', message: expect.stringMatching(/not both/) }),
+        expect.objectContaining({ where: 'parts.later', at: 'software.yaml:8:5', message: expect.stringMatching(/takes one of Debian packages \(deb\), a source archive \(source\) or npm packages/) }),
         expect.objectContaining({ where: 'parts.shared_one.build[0]', at: 'software.yaml:12:13', message: expect.stringMatching(/software\.\*/) }),
         expect.objectContaining({ where: 'software-types.default.files', message: 'templates/missing.njk is not a file of the release' }),
       ]),

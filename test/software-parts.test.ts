@@ -237,4 +237,38 @@ describe('parts of software releases, built by the node agent', () => {
     expect(pruned.kept.parts).toBeGreaterThanOrEqual(2);
     expect((await pruneNode(config, silentLogger)).removed).toEqual([]);
   });
+
+  it('installs npm packages from a lock, checking each against its integrity, and refuses a tarball that does not match', async () => {
+    const lock = (integrity: string) =>
+      JSON.stringify({
+        name: 'tools',
+        version: '1.0.0',
+        lockfileVersion: 3,
+        requires: true,
+        packages: {
+          '': { name: 'tools', version: '1.0.0', dependencies: { ms: '2.1.3' } },
+          'node_modules/ms': { version: '2.1.3', resolved: 'https://registry.npmjs.org/ms/-/ms-2.1.3.tgz', integrity },
+        },
+      });
+    const packageJson = JSON.stringify({ name: 'tools', version: '1.0.0', private: true, dependencies: { ms: '2.1.3' } });
+    const good = 'sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==';
+    const forged = `sha512-${Buffer.alloc(64, 7).toString('base64')}`;
+    const npmRelease = (name: string, integrity: string) =>
+      release(name, ['  tools:', '    npm: deps', '    build: [[node, -e, "process.stdout.write(require(\'ms\')(60000))"]]'].join('\n'), {
+        'deps/package.json': packageJson,
+        'deps/package-lock.json': lock(integrity),
+      });
+    const published = await supply(npmRelease('npm-good', good));
+    await supply(npmRelease('npm-forged', forged));
+    const run = await install();
+    expect(resultOf(run, 'npm-good'), resultOf(run, 'npm-good').message).toMatchObject({ status: 'done' });
+    const installed = path.join(config.root, 'software', published.hash, 'parts', 'tools', 'node_modules', 'ms', 'package.json');
+    expect(JSON.parse(readFileSync(installed, 'utf8'))).toMatchObject({ name: 'ms', version: '2.1.3' });
+    expect(readFileSync(path.join(config.root, 'software', published.hash, 'build.log'), 'utf8')).toMatch(/^1m$/m);
+    expect(resultOf(run, 'npm-forged')).toMatchObject({ status: 'failed', message: expect.stringMatching(/part tools: npm exited with code 1[\s\S]*EINTEGRITY/) });
+
+    // A lock that does not pin an integrity is refused before any node sees it.
+    const unpinned = release('npm-unpinned', '  tools:\n    npm: deps', { 'deps/package.json': packageJson, 'deps/package-lock.json': lock('').replace('"integrity":"",', '') });
+    await expect(master.publish(unpinned)).rejects.toThrow(/parts\.tools\.npm: deps\/package-lock\.json: node_modules\/ms has no https source with an integrity/);
+  }, 120_000);
 });

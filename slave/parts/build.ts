@@ -23,6 +23,7 @@ import { cleanEnv } from '../processes.js';
 import { createTemplateEnvironment, renderString } from '../render.js';
 import { runStep } from './command.js';
 import { installDebianPackages, writeProgramWrappers } from './deb.js';
+import { installNpmPackages } from './npm.js';
 import { PART_MANIFEST, partPath, partsRoot } from './paths.js';
 import { downloadSource, unpackSource } from './source.js';
 
@@ -55,6 +56,11 @@ export async function planParts(release: LoadedSoftware, releaseDir: string): Pr
       const content = await readFile(full);
       const executable = ((await stat(full)).mode & 0o111) !== 0;
       files.push([file, executable ? 'x' : '-', createHash('sha256').update(content).digest('hex')]);
+    }
+    if (definition.npm) {
+      for (const name of ['package.json', 'package-lock.json']) {
+        files.push([`${definition.npm}/${name}`, 'npm', createHash('sha256').update(await readFile(path.join(releaseDir, definition.npm, name))).digest('hex')]);
+      }
     }
     const shared = definition.shared ?? false;
     const normalized = {
@@ -138,6 +144,10 @@ async function buildPart(context: PartBuildContext, part: PlannedPart, hashes: M
       await writeFile(buildLog, `# fetching ${definition.source.url}\n`, { flag: 'a' });
       await downloadSource(definition.source.url, definition.source.sha256, archive, timeoutS);
       await unpackSource(archive, temporary, definition.source.strip ?? 0);
+    }
+    if (definition.npm) {
+      await writeFile(buildLog, `# npm packages of ${definition.npm}\n`, { flag: 'a' });
+      await installNpmPackages(path.join(releaseDir, definition.npm), temporary, path.join(work, 'npm'), { log: buildLog, timeoutS });
     }
     for (const file of definition.files ?? []) {
       await mkdir(path.dirname(path.join(temporary, file)), { recursive: true });
