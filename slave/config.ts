@@ -9,6 +9,7 @@ import { Type } from 'typebox';
 import { PledgerError } from '../protocol/errors.js';
 import { writeFileAtomic } from './files.js';
 export { defaultNodeConfigPath } from './paths.js';
+import { SUPERVISOR_DEFAULTS, type SupervisorSettings } from './supervisor-settings.js';
 import { checkSchema } from './validate.js';
 
 export interface NodeConfig {
@@ -33,32 +34,7 @@ export interface NodeConfig {
   promiseSummarySeconds?: number;
 }
 
-export interface SupervisorSettings {
-  /** Wait before the second restart; the first is immediate. Doubles at each restart. */
-  backoffFirstMs: number;
-  backoffMaxMs: number;
-  /** A service up this long is healthy again: its next crash restarts it at once. */
-  resetAfterMs: number;
-  /** This many exits within crashLoopWindowMs is a crash loop: reported, and a bang asked for. */
-  crashLoopExits: number;
-  crashLoopWindowMs: number;
-  /** A service log above this size is rotated (copied to NAME.log.1, then emptied). */
-  logMaxBytes: number;
-  /** Rotated logs kept: NAME.log.1 to NAME.log.N. */
-  logKeep: number;
-  logCheckMs: number;
-}
-
-export const SUPERVISOR_DEFAULTS: SupervisorSettings = {
-  backoffFirstMs: 1000,
-  backoffMaxMs: 5 * 60_000,
-  resetAfterMs: 10 * 60_000,
-  crashLoopExits: 5,
-  crashLoopWindowMs: 2 * 60_000,
-  logMaxBytes: 10 * 1024 * 1024,
-  logKeep: 3,
-  logCheckMs: 10_000,
-};
+export { SUPERVISOR_DEFAULTS, type SupervisorSettings } from './supervisor-settings.js';
 
 /** node-cron expressions (with an optional seconds field) of the daemon's cycles. */
 export interface ScheduleSettings {
@@ -122,6 +98,7 @@ const NodeConfigFile = Type.Object(
           logMaxBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
           logKeep: Type.Optional(Type.Integer({ minimum: 1, maximum: 100 })),
           logCheckMs: Type.Optional(Type.Integer({ minimum: 100, maximum: 3_600_000 })),
+          idleExitMs: Type.Optional(Type.Integer({ minimum: 1000, maximum: 86_400_000 })),
         },
         { additionalProperties: false },
       ),

@@ -5,7 +5,6 @@
  * guards against pid reuse: a pid alone could name an unrelated process later.
  */
 import { readdir, readFile, open } from 'node:fs/promises';
-import { execa } from 'execa';
 
 export interface ServiceRecord {
   pid: number;
@@ -66,6 +65,8 @@ export function fileDescriptor(fd: number): 3 {
 export async function startProcess(options: StartOptions): Promise<ServiceRecord> {
   const [command, ...args] = options.argv;
   if (!command) throw new Error('empty command');
+  // Loaded here only: the supervisor, which never calls this, stays small without it.
+  const { execa } = await import('execa');
   const log = await open(options.logFile, 'a', 0o640);
   try {
     const child = execa(command, args, {

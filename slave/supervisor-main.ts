@@ -3,7 +3,7 @@
  * detached by the agent's commands (or run in the foreground by `pledger node
  * supervisor`); one per node root, guarded by a lock.
  */
-import { SUPERVISOR_DEFAULTS, type SupervisorSettings } from './config.js';
+import { SUPERVISOR_DEFAULTS, type SupervisorSettings } from './supervisor-settings.js';
 import { createLogger } from './log.js';
 import { runSupervisor } from './supervisor-run.js';
 

@@ -1,6 +1,6 @@
 /** Running the supervisor in this process until SIGTERM, SIGINT or a shutdown request. */
 import { PledgerError } from '../protocol/errors.js';
-import type { SupervisorSettings } from './config.js';
+import type { SupervisorSettings } from './supervisor-settings.js';
 import { errorMessage } from './files.js';
 import { withLock } from './lock.js';
 import type { Logger } from './log.js';

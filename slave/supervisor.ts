@@ -17,10 +17,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import type { SupervisorSettings } from './config.js';
+import type { SupervisorSettings } from './supervisor-settings.js';
 import { errorMessage, randomToken } from './files.js';
 import type { Logger } from './log.js';
-import { newEvent, Outbox } from './outbox.js';
+import type { Outbox } from './outbox.js';
 import { nodeDatabasePath, partitionPath, supervisorSocketPath, supervisorStatePath } from './paths.js';
 import { cleanEnv, isAlive, parseProcessStat, processTrees, readProcessTable, type ServiceRecord } from './processes.js';
 
@@ -145,7 +145,7 @@ export class Supervisor {
       server.listen(socket, () => resolve());
     });
     this.adoptedPoll = setInterval(() => void this.pollAdopted(), ADOPTED_POLL_MS);
-    this.logCheck = setInterval(() => this.rotateLogs(), this.settings.logCheckMs);
+    this.logCheck = setInterval(() => this.housekeeping(), this.settings.logCheckMs);
     this.log.info('supervisor listening', { socket, partitions: this.partitions.size });
   }
 
@@ -320,7 +320,7 @@ export class Supervisor {
     this.log.error('service exited', { partition: service.partition, service: service.name, how, consecutive: service.consecutive });
     if (!service.crashLoop && service.exits.length >= this.settings.crashLoopExits) {
       service.crashLoop = true;
-      this.reportCrashLoop(service);
+      void this.reportCrashLoop(service);
     }
     this.scheduleRestart(service);
   }
@@ -429,7 +429,7 @@ export class Supervisor {
   }
 
   /** A crash loop is beyond the node's repair: the master hears it and is asked to redeploy. */
-  private reportCrashLoop(service: Service): void {
+  private async reportCrashLoop(service: Service): Promise<void> {
     const partition = this.partitions.get(service.partition);
     if (!partition) return;
     const { instance } = partition;
@@ -439,6 +439,8 @@ export class Supervisor {
     const message = `${summary}; end of ${service.name}.log:\n${logTail(logFile)}`;
     this.log.error('crash loop', { partition: service.partition, service: service.name, instance: instance.title });
     try {
+      // Loaded at the first crash loop only: the outbox brings SQLite and the protocol schemas.
+      const { newEvent, Outbox } = await import('./outbox.js');
       this.outbox ??= new Outbox(nodeDatabasePath(this.root));
       const common = { partition: service.partition, instance: instance.id, serial: instance.serial };
       this.outbox.addNow(newEvent({ type: 'instance.error', ...common, message }));
@@ -446,6 +448,29 @@ export class Supervisor {
     } catch (error) {
       this.log.error('cannot queue the crash loop report', { reason: errorMessage(error) });
     }
+  }
+
+  private idleSince = Date.now();
+
+  /**
+   * Rotates logs, and ends the supervisor when its node is gone (the node root was
+   * removed: its services are stopped, nobody could reach them any more) or when it has
+   * had nothing to supervise for idleExitMs.
+   */
+  private housekeeping(): void {
+    if (this.closing) return;
+    if (!existsSync(supervisorSocketPath(this.root))) {
+      this.log.error('the node root is gone: stopping every service and exiting', { root: this.root });
+      void this.shutdown(true);
+      return;
+    }
+    if (this.partitions.size > 0) this.idleSince = Date.now();
+    else if (Date.now() - this.idleSince >= this.settings.idleExitMs) {
+      this.log.info('nothing to supervise: exiting', { idleMs: Date.now() - this.idleSince });
+      void this.shutdown(false);
+      return;
+    }
+    this.rotateLogs();
   }
 
   /** Copy then truncate: the service keeps writing to its open (append-mode) descriptor. */

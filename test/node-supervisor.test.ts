@@ -85,9 +85,15 @@ describe('supervisor', () => {
     // The third exit within the window is a crash loop: an error with the log's end, and a bang.
     process.kill(third!.pid!, 'SIGKILL');
     expect(await until(() => service('part0', 'crashy'), (s) => s?.crashLoop === true, 2000)).toMatchObject({ crashLoop: true });
-    const db = new SqliteDatabase(path.join(config.root, 'state', 'node.db'), { readonly: true });
-    const events = (db.prepare('SELECT body FROM outbox ORDER BY seq').all() as { body: string }[]).map((row) => JSON.parse(row.body) as Record<string, unknown>);
-    db.close();
+    const queued = async () => {
+      const db = new SqliteDatabase(path.join(config.root, 'state', 'node.db'), { readonly: true, fileMustExist: true });
+      try {
+        return (db.prepare('SELECT body FROM outbox ORDER BY seq').all() as { body: string }[]).map((row) => JSON.parse(row.body) as Record<string, unknown>);
+      } finally {
+        db.close();
+      }
+    };
+    const events = await until(() => queued().catch(() => []), (list) => list.length >= 2, 2000);
     expect(events.map((e) => e.type)).toEqual(['instance.error', 'instance.bang']);
     expect(events[0]).toMatchObject({ partition: 'part0', instance: 'i-test', serial: 3 });
     expect(events[0]!.message).toMatch(/^service crashy exited 3 times in 30 s \(last: signal SIGKILL\); end of crashy\.log:\nstarted \d+\n/);
@@ -158,6 +164,28 @@ describe('supervisor', () => {
     await supervisor.stop('part5', 500);
     const after = JSON.parse(readFileSync(path.join(config.root, 'state', 'supervisor.json'), 'utf8')) as { partitions: Record<string, PartitionStatus> };
     expect(after.partitions.part5).toBeUndefined();
+  });
+});
+
+describe('supervisor lifetime', () => {
+  const quickConfig = (name: string) =>
+    resolveNodeConfig({ masterUrl: 'http://127.0.0.1:9', credential: 'unused', root: path.join(scratch, name), supervisor: { idleExitMs: 1000, logCheckMs: 100 } });
+
+  it('exits when it has had nothing to supervise for idleExitMs', async () => {
+    const idle = await connectSupervisor(quickConfig('idle'), silentLogger);
+    const pid = (await idle.ping())!;
+    await until(() => readProcessStat(pid), (s) => s === undefined || s.state === 'Z', 5000);
+    expect(await idle.ping()).toBeUndefined();
+  });
+
+  it('stops its services and exits when its node root is removed', async () => {
+    const config = quickConfig('removed');
+    const doomed = await connectSupervisor(config, silentLogger);
+    const pid = (await doomed.ping())!;
+    const service = (await doomed.ensure('part0', instance, { orphan: ['/bin/sleep', '306'] }, true)).services.orphan!;
+    await rm(config.root, { recursive: true, force: true });
+    await until(() => readProcessStat(pid), (s) => s === undefined || s.state === 'Z', 5000);
+    expect([undefined, 'Z']).toContain((await readProcessStat(service.pid!))?.state);
   });
 });
 

@@ -1,0 +1,317 @@
+/**
+ * Figures of the node agent's runtime, printed, never asserted (`npm run bench:node`):
+ *
+ * 1. one `node instance` cycle with 100 partitions deployed and nothing changed: wall
+ *    time and child processes spawned (target: < 200 ms, 0 children);
+ * 2. 1,000 built-in promises (TCP and HTTP, against a server in another process) checked
+ *    (target: < 1 s);
+ * 3. crash-to-first-restart latency of a service under the node supervisor, and under
+ *    Debian's supervisord in the same run, measured the same way: the restarted service
+ *    writes the time it started (target: < 100 ms);
+ * 4. resident memory of the node daemon plus the supervisor with 100 partitions
+ *    (target: < 100 MB).
+ *
+ * Everything is real: a master process over SQLite, the supervisor process, /proc.
+ * Run as root, the services and supervisord run as an ordinary user.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import diagnostics from 'node:diagnostics_channel';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { MasterClient } from '../protocol/client.js';
+import { packSoftware } from '../protocol/software-archive.js';
+import { resolveNodeConfig, type NodeConfig } from '../slave/config.js';
+import { formatNode } from '../slave/format.js';
+import { processInstances } from '../slave/instance.js';
+import { silentLogger } from '../slave/log.js';
+import { checkPromises } from '../slave/promises.js';
+import { installSoftware } from '../slave/software.js';
+import { connectSupervisor, SupervisorClient } from '../slave/supervisor-client.js';
+
+const PROJECT = path.resolve(import.meta.dirname, '..', '..');
+const CLI = path.join(PROJECT, 'dist', 'cli', 'main.js');
+const PARTITIONS = 100;
+const RESTARTS = 20;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const progress = (step: string) => process.stderr.write(`  ... ${step}\n`);
+
+const figures: [string, string, string][] = [];
+function figure(name: string, value: string, target = ''): void {
+  figures.push([name, value, target]);
+  process.stdout.write(`${name}: ${value}${target ? ` (target ${target})` : ''}\n`);
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const percentile = (values: number[], p: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))]!;
+
+/** The unprivileged user that runs the node when the bench runs as root. */
+function benchUser(): { uid: number; gid: number } | undefined {
+  if (process.getuid!() !== 0) return undefined;
+  const name = 'pledger-agent';
+  try {
+    execFileSync('id', ['-u', name], { stdio: 'ignore' });
+  } catch {
+    execFileSync('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', name]);
+  }
+  return { uid: Number(execFileSync('id', ['-u', name]).toString()), gid: Number(execFileSync('id', ['-g', name]).toString()) };
+}
+
+async function startMasterProcess(dir: string): Promise<{ url: string; token: string; child: ChildProcess }> {
+  const database = `sqlite:${path.join(dir, 'master.db')}`;
+  const init = JSON.parse(execFileSync(process.execPath, [CLI, 'master', 'init', '--database', database, '--json']).toString()) as { token: string };
+  const child = spawn(process.execPath, [CLI, 'master', 'serve', '--database', database, '--host', '127.0.0.1', '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    // The address is in the start-up line, logged at info.
+    env: { ...process.env, PLEDGER_LOG_LEVEL: 'info' },
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let seen = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
+      seen += chunk.toString();
+      const match = /"url":"(http:\/\/127\.0\.0\.1:\d+)"/.exec(seen);
+      if (match) resolve(match[1]!);
+    });
+    child.once('exit', () => reject(new Error(`master exited: ${seen}`)));
+  });
+  return { url, token: init.token, child };
+}
+
+/** Proportional set size: shared pages (node's own binary, mostly) divided among the processes that map them. */
+function pssKb(pid: number): number {
+  try {
+    return Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+function rssKb(pid: number): number {
+  try {
+    return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** The system's last allocated pid: unchanged when nothing on the machine forked. */
+const lastPid = () => Number(readFileSync('/proc/loadavg', 'utf8').trim().split(' ').at(-1));
+
+async function benchPartitions(scratch: string): Promise<void> {
+  const master = await startMasterProcess(scratch);
+  const operator = new MasterClient({ url: master.url, token: master.token });
+  const { credential } = await operator.call<{ credential: string }>('POST', '/api/v1/nodes', { name: 'bench-node' });
+  const config = resolveNodeConfig({
+    masterUrl: master.url,
+    credential,
+    root: path.join(scratch, 'node'),
+    partitions: PARTITIONS,
+    ipBase: '127.48.0.1',
+    portBase: 40000,
+    portsPerPartition: 2,
+  });
+  const release = path.join(scratch, 'release');
+  mkdirSync(release);
+  writeFileSync(
+    path.join(release, 'software.yaml'),
+    'name: idle\nversion: 1.0.0\nsoftware-types:\n  default:\n    services:\n      idle: [/bin/sleep, "100000"]\n    promises:\n      running: { process: idle }\n',
+  );
+  progress('publishing and building the release');
+  await operator.raw('POST', '/api/v1/software', { body: await packSoftware(release), headers: { 'content-type': 'application/gzip' } });
+  await operator.call('POST', '/api/v1/supplies', { software: 'idle', node: 'bench-node' });
+  await formatNode(config, silentLogger);
+  await installSoftware(config, silentLogger);
+  progress('requesting 100 instances');
+  for (let i = 0; i < PARTITIONS; i++) await operator.call('PUT', `/api/v1/instances/idle-${i}`, { software: 'idle' });
+
+  progress('deploying them');
+  let began = performance.now();
+  const first = await processInstances(config, silentLogger);
+  figure('first deployment of 100 instances (one cycle)', `${Math.round(performance.now() - began)} ms, ${first.results.filter((r) => r.status === 'done').length} deployed`);
+
+  let children = 0;
+  diagnostics.subscribe('child_process', () => children++);
+  const walls: number[] = [];
+  let forkedOnMachine = 0;
+  for (let i = 0; i < 10; i++) {
+    const before = lastPid();
+    began = performance.now();
+    const run = await processInstances(config, silentLogger);
+    walls.push(performance.now() - began);
+    if (lastPid() !== before) forkedOnMachine++;
+    if (run.results.some((r) => r.status !== 'unchanged')) throw new Error(`a cycle changed something: ${JSON.stringify(run.results.find((r) => r.status !== 'unchanged'))}`);
+  }
+  figure('node instance cycle, 100 partitions, nothing changed', `median ${median(walls).toFixed(1)} ms, max ${Math.max(...walls).toFixed(1)} ms over 10 cycles`, '< 200 ms');
+  figure('child processes spawned by those 10 cycles', `${children} (cycles during which any process was created on the machine: ${forkedOnMachine})`, '0');
+
+  // A cold one-shot command, node's own start-up included.
+  const oneShot: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    began = performance.now();
+    execFileSync(process.execPath, [CLI, 'node', 'instance', '--config', writeConfig(scratch, config)], { stdio: 'ignore' });
+    oneShot.push(performance.now() - began);
+  }
+  figure('`pledger node instance` as a fresh process (node start-up included)', `median ${median(oneShot).toFixed(0)} ms`);
+
+  // The long-lived footprint: the daemon (every cycle each second here) and the supervisor.
+  const daemonConfig = writeConfig(scratch, {
+    ...config,
+    schedule: { software: '* * * * * *', instance: '* * * * * *', promise: '* * * * * *', usage: '* * * * * *', report: '* * * * * *', maxRandomDelayMs: 0 },
+  });
+  const daemon = spawn(process.execPath, [CLI, 'node', 'daemon', '--config', daemonConfig], { stdio: 'ignore' });
+  const supervisorPid = (await new SupervisorClient(config.root).ping())!;
+  let peak = 0;
+  let peakPss = 0;
+  for (let i = 0; i < 40; i++) {
+    await sleep(250);
+    peak = Math.max(peak, rssKb(daemon.pid!) + rssKb(supervisorPid));
+    peakPss = Math.max(peakPss, pssKb(daemon.pid!) + pssKb(supervisorPid));
+  }
+  const mb = (kb: number) => `${(kb / 1024).toFixed(1)} MB`;
+  figure(
+    'resident memory, daemon + supervisor, 100 partitions (peak over 10 s)',
+    `RSS ${mb(peak)} (daemon ${mb(rssKb(daemon.pid!))}, supervisor ${mb(rssKb(supervisorPid))}); PSS ${mb(peakPss)}`,
+    '< 100 MB',
+  );
+  daemon.kill('SIGTERM');
+  await new Promise((resolve) => daemon.once('exit', resolve));
+
+  await new SupervisorClient(config.root).shutdown(true);
+  await sleep(500);
+  master.child.kill('SIGTERM');
+}
+
+function writeConfig(scratch: string, config: NodeConfig): string {
+  const file = path.join(scratch, `node-${Math.random().toString(36).slice(2)}.json`);
+  writeFileSync(file, JSON.stringify(config), { mode: 0o600 });
+  return file;
+}
+
+async function benchPromises(): Promise<void> {
+  // The checked server runs in a process of its own, as a real service would.
+  const server = spawn(
+    process.execPath,
+    ['-e', "const s = require('node:http').createServer((q, r) => r.end('healthy')).listen(0, '127.0.0.1', () => console.log(s.address().port))"],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const port = await new Promise<number>((resolve) => server.stdout!.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim()))));
+  const promises = Object.fromEntries(
+    Array.from({ length: 1000 }, (_, i) => [`p${i}`, i % 2 ? { tcp: `127.0.0.1:${port}` } : { http: `http://127.0.0.1:${port}/`, contains: 'healthy' }]),
+  );
+  const walls: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const began = performance.now();
+    const results = await checkPromises(promises);
+    walls.push(performance.now() - began);
+    if (results.some((r) => !r.ok)) throw new Error(`a promise failed: ${results.find((r) => !r.ok)!.message}`);
+  }
+  figure('1,000 built-in promises (500 TCP + 500 HTTP) checked', `median ${median(walls).toFixed(0)} ms, max ${Math.max(...walls).toFixed(0)} ms over 5 rounds`, '< 1 s');
+  server.kill();
+}
+
+/**
+ * The service writes "pid nanoseconds" when it starts; the latency is from the kill to
+ * the time the restarted service wrote. The same service under both supervisors.
+ */
+async function restartLatencies(stamp: string, kill: () => void): Promise<number[]> {
+  const read = () => {
+    try {
+      const [pid, ns] = readFileSync(stamp, 'utf8').trim().split(' ');
+      return { pid: Number(pid), ms: Number(BigInt(ns!) / 1000n) / 1000 };
+    } catch {
+      return undefined;
+    }
+  };
+  const latencies: number[] = [];
+  for (let i = 0; i < RESTARTS; i++) {
+    let current = read();
+    for (let t = 0; !current && t < 500; t++) {
+      await sleep(10);
+      current = read();
+    }
+    if (!current) throw new Error('the service never started');
+    // Let it settle: a crash soon after a start is what backoff is for, not what is measured.
+    await sleep(300);
+    const killedAt = Date.now();
+    process.kill(current.pid, 'SIGKILL');
+    kill();
+    let next = read();
+    for (let t = 0; (!next || next.pid === current.pid) && t < 5000; t++) {
+      await sleep(1);
+      next = read();
+    }
+    if (!next || next.pid === current.pid) throw new Error('not restarted within 5 s');
+    latencies.push(next.ms - killedAt);
+  }
+  return latencies;
+}
+
+const stampingService = (stamp: string) => ['/bin/sh', '-c', `echo "$$ $(date +%s%N)" > ${stamp}; exec sleep 100000`];
+
+async function benchRestarts(scratch: string, user: { uid: number; gid: number } | undefined): Promise<void> {
+  // Our supervisor; resetAfterMs short so that every crash counts as a first one.
+  const root = path.join(scratch, 'restarts');
+  const config = resolveNodeConfig({ masterUrl: 'http://127.0.0.1:9', credential: 'unused', root, supervisor: { resetAfterMs: 200, crashLoopExits: 1000 } });
+  const supervisor = await connectSupervisor(config, silentLogger);
+  const stamp = path.join(scratch, 'pledger.stamp');
+  await supervisor.ensure('part0', { id: 'bench', serial: 1, title: 'bench' }, { crashy: stampingService(stamp) }, true);
+  const ours = await restartLatencies(stamp, () => {});
+  figure('crash to first restart, pledger supervisor', `median ${median(ours).toFixed(1)} ms, p95 ${percentile(ours, 95).toFixed(1)} ms, max ${Math.max(...ours).toFixed(1)} ms (${RESTARTS} crashes)`, '< 100 ms');
+  await supervisor.shutdown(true);
+
+  if (!existsSync('/usr/bin/supervisord')) {
+    figure('crash to first restart, Debian supervisord', 'not measured: supervisord is not installed (apt-get install supervisor)');
+    return;
+  }
+  const dir = path.join(scratch, 'supervisord');
+  mkdirSync(dir);
+  const theirStamp = path.join(dir, 'stamp');
+  const command = stampingService(theirStamp)[2]!.replaceAll('%', '%%');
+  writeFileSync(
+    path.join(dir, 'supervisord.conf'),
+    [
+      '[unix_http_server]',
+      `file=${dir}/supervisor.sock`,
+      '[supervisord]',
+      `logfile=${dir}/supervisord.log`,
+      `pidfile=${dir}/supervisord.pid`,
+      `childlogdir=${dir}`,
+      'nodaemon=true',
+      '[rpcinterface:supervisor]',
+      'supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface',
+      '[program:crashy]',
+      `command=/bin/sh -c '${command}'`,
+      'autorestart=true',
+      'startsecs=0',
+      'startretries=1000',
+      '',
+    ].join('\n'),
+  );
+  if (user) chownSync(dir, user.uid, user.gid);
+  const supervisord = spawn('/usr/bin/supervisord', ['-c', path.join(dir, 'supervisord.conf')], {
+    stdio: 'ignore',
+    ...(user ? { uid: user.uid, gid: user.gid } : {}),
+  });
+  try {
+    const theirs = await restartLatencies(theirStamp, () => {});
+    figure('crash to first restart, Debian supervisord', `median ${median(theirs).toFixed(1)} ms, p95 ${percentile(theirs, 95).toFixed(1)} ms, max ${Math.max(...theirs).toFixed(1)} ms (${RESTARTS} crashes)`);
+  } finally {
+    supervisord.kill('SIGTERM');
+    await new Promise((resolve) => supervisord.once('exit', resolve));
+  }
+}
+
+const scratch = mkdtempSync(path.join(tmpdir(), 'pledger-bench-node-'));
+const user = benchUser();
+if (user) chownSync(scratch, user.uid, user.gid);
+try {
+  process.stdout.write(`node ${process.version}, ${PARTITIONS} partitions, scratch ${scratch}\n`);
+  const only = process.env.PLEDGER_BENCH_ONLY?.split(',');
+  if (!only || only.includes('restarts')) await benchRestarts(scratch, user);
+  if (!only || only.includes('promises')) await benchPromises();
+  if (!only || only.includes('partitions')) await benchPartitions(scratch);
+  process.stdout.write('\nsummary\n');
+  for (const [name, value, target] of figures) process.stdout.write(`  ${name}: ${value}${target ? `  [target ${target}]` : ''}\n`);
+} finally {
+  rmSync(scratch, { recursive: true, force: true });
+}
