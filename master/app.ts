@@ -23,6 +23,7 @@ import type { Database } from './db/database.js';
 import { isUniqueViolation } from './db/database.js';
 import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
 import { billingRoutes } from './routes/billing-api.js';
+import { sourceCacheRoutes } from './routes/cache-api.js';
 import { nodeRoutes } from './routes/node-api.js';
 import { userRoutes } from './routes/user-api.js';
 
@@ -92,6 +93,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
         await touchNode(db, node.id);
       });
       await nodeRoutes(scope, db);
+      await sourceCacheRoutes(scope, db);
     },
     { prefix: `${API_PREFIX}/node` },
   );

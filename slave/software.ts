@@ -109,7 +109,7 @@ async function ensureBuilt(config: NodeConfig, master: MasterClient, outbox: Out
     const release = await loadSoftware(temporary);
     const buildLog = path.join(temporary, BUILD_LOG);
     await writeFile(buildLog, '');
-    const parts = await ensureParts({ root: config.root, release, releaseDir: temporary, releaseFinal: final, buildLog, log });
+    const parts = await ensureParts({ root: config.root, release, releaseDir: temporary, releaseFinal: final, buildLog, log, master });
     await writeFile(path.join(temporary, BUILT_MARKER), `${new Date().toISOString()}\n`);
     await moveIntoPlace(config.root, temporary, final, entry.hash);
     log.info('software built', { software: item, path: final, partsBuilt: parts.built, partsReused: parts.reused, seconds: (Date.now() - started) / 1000 });

@@ -15,6 +15,7 @@ import { execa } from 'execa';
 import { create } from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { NodeView } from '../protocol/api.js';
+import { MasterClient } from '../protocol/client.js';
 import { backoffDelay, readAttempts } from '../slave/build-retry.js';
 import { resolveNodeConfig, type NodeConfig } from '../slave/config.js';
 import { silentLogger } from '../slave/log.js';
@@ -72,6 +73,7 @@ describe('parts of software releases, built by the node agent', () => {
   let httpBase: string;
   let archive: Buffer;
   let node: string;
+  let upstreamServes = true;
 
   const supply = async (dir: string) => {
     const published = await master.publish(dir);
@@ -96,6 +98,7 @@ describe('parts of software releases, built by the node agent', () => {
     http = createServer((request, response) => {
       if (request.url === '/greet-1.0.tar.gz') return response.end(archive);
       if (request.url === '/slow') return setTimeout(() => response.end('late'), 5000);
+      if (request.url === '/vanishing-1.0.tar.gz' && upstreamServes) return response.end(archive);
       response.statusCode = 404;
       response.end();
     });
@@ -271,4 +274,38 @@ describe('parts of software releases, built by the node agent', () => {
     const unpinned = release('npm-unpinned', '  tools:\n    npm: deps', { 'deps/package.json': packageJson, 'deps/package-lock.json': lock('').replace('"integrity":"",', '') });
     await expect(master.publish(unpinned)).rejects.toThrow(/parts\.tools\.npm: deps\/package-lock\.json: node_modules\/ms has no https source with an integrity/);
   }, 120_000);
+
+  it("files every source it downloads in the master's cache, and builds from there once upstream has vanished", async () => {
+    const vanishing = `${httpBase}/vanishing-1.0.tar.gz`;
+    const dir = release('vanishing', [`  greet:`, `    source: { url: "${vanishing}", sha256: "${sha256(archive)}", strip: 1 }`, '    build: [[make, "PREFIX={{ part.path }}", install]]'].join('\n'));
+    await supply(dir);
+    expect(resultOf(await install(), 'vanishing')).toMatchObject({ status: 'done' });
+    expect(master.answered).toContain('PUT /api/v1/node/sources/:hash 201');
+
+    // Upstream is gone; a second node, which never saw the file, builds the release.
+    upstreamServes = false;
+    expect((await fetch(vanishing)).status).toBe(404);
+    const second = 'parts-node-2';
+    const credential = await master.registerNode(second);
+    const other = resolveNodeConfig({ masterUrl: master.url, credential, root: mkdtempSync(path.join(tmpdir(), 'pledger-parts-')), partitions: 1, ipBase: '127.45.1.1', portBase: portBase() });
+    const published = await master.publish(dir);
+    await master.operator.call('POST', '/api/v1/supplies', { software: 'vanishing@1.0.0', node: second, state: 'available' });
+    const run = await installSoftware(other, silentLogger);
+    expect(run.results, JSON.stringify(run.results)).toEqual([{ item: 'vanishing@1.0.0', status: 'done' }]);
+    const built = path.join(other.root, 'software', published.hash);
+    expect((await execa(path.join(built, 'parts', 'greet', 'bin', 'greet'))).stdout).toBe('greetings from a source archive');
+    expect(readFileSync(path.join(built, 'build.log'), 'utf8')).toContain(`# ${vanishing}: ${vanishing} answered 404 Not Found; fetched from the master's source cache instead`);
+  });
+
+  it('keeps only what matches its sha256 in the source cache, and names what it lacks', async () => {
+    const nodeClient = new MasterClient({ url: master.url, token: await master.registerNode('parts-node-3') });
+    const fake = Buffer.from('not the archive');
+    await expect(
+      nodeClient.raw('PUT', `/api/v1/node/sources/${sha256(archive)}`, { body: fake, headers: { 'content-type': 'application/octet-stream' } }),
+    ).rejects.toThrow(`refused: the content has the sha256 ${sha256(fake)}, not ${sha256(archive)}`);
+    expect((await nodeClient.raw('GET', `/api/v1/node/sources/${sha256(archive)}`)).body.equals(archive)).toBe(true);
+    await expect(nodeClient.raw('GET', `/api/v1/node/sources/${'1'.repeat(64)}`)).rejects.toThrow(`no source archive with sha256 ${'1'.repeat(64)} in the cache`);
+    // A user token is not a node credential.
+    await expect(master.operator.raw('GET', `/api/v1/node/sources/${sha256(archive)}`)).rejects.toThrow(/node credential/);
+  });
 });

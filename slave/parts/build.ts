@@ -13,8 +13,11 @@
  * without it is removed and built again.
  */
 import { createHash } from 'node:crypto';
-import { cp, mkdir, readdir, readFile, readlink, rename, stat, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, cp, mkdir, readdir, readFile, readlink, rename, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { API_PREFIX } from '../../protocol/api.js';
+import type { MasterClient } from '../../protocol/client.js';
+import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../../protocol/software-archive.js';
 import type { LoadedSoftware, PartDefinition } from '../../protocol/software-release.js';
 import { pathExists, randomToken, readJsonFile, removeTree } from '../files.js';
 import type { Logger } from '../log.js';
@@ -25,7 +28,7 @@ import { runStep } from './command.js';
 import { installDebianPackages, writeProgramWrappers } from './deb.js';
 import { installNpmPackages } from './npm.js';
 import { PART_MANIFEST, partPath, partsRoot } from './paths.js';
-import { downloadSource, unpackSource } from './source.js';
+import { downloadSource, SourceError, unpackSource } from './source.js';
 
 export { PART_MANIFEST, partPath, partsRoot } from './paths.js';
 
@@ -94,6 +97,8 @@ export interface PartBuildContext {
   releaseFinal: string;
   buildLog: string;
   log: Logger;
+  /** The master, for its source cache: where sources are kept, and found when upstream is gone. */
+  master?: MasterClient;
 }
 
 /**
@@ -142,7 +147,7 @@ async function buildPart(context: PartBuildContext, part: PlannedPart, hashes: M
     if (definition.source) {
       const archive = path.join(work, 'source');
       await writeFile(buildLog, `# fetching ${definition.source.url}\n`, { flag: 'a' });
-      await downloadSource(definition.source.url, definition.source.sha256, archive, timeoutS);
+      await fetchSource(context, definition.source.url, definition.source.sha256, archive, timeoutS);
       await unpackSource(archive, temporary, definition.source.strip ?? 0);
     }
     if (definition.npm) {
@@ -201,5 +206,45 @@ export async function removeReleaseParts(root: string, releaseDir: string): Prom
     if (path.dirname(target) !== partsRoot(root)) continue;
     const manifest = (await readJsonFile(path.join(target, PART_MANIFEST)).catch(() => undefined)) as { definition?: { release?: string | null } } | undefined;
     if (manifest?.definition?.release) await removeTree(target);
+  }
+}
+
+/**
+ * Fetches a source archive from upstream and files a copy in the master's source
+ * cache; when upstream fails (gone, unreachable, or serving other bytes), fetches it
+ * from that cache instead. Either way the content is checked against its sha256.
+ */
+async function fetchSource(context: PartBuildContext, url: string, sha256: string, file: string, timeoutS: number): Promise<void> {
+  const { master, buildLog, log } = context;
+  const cachePath = `${API_PREFIX}/node/sources/${sha256}`;
+  try {
+    await downloadSource(url, sha256, file, timeoutS);
+  } catch (upstream) {
+    if (!master) throw upstream;
+    let cached: Buffer;
+    try {
+      cached = (await master.raw('GET', cachePath, { headers: { accept: 'application/octet-stream' } })).body;
+    } catch (error) {
+      throw new SourceError(`${(upstream as Error).message}; not in the master's source cache either (${(error as Error).message})`);
+    }
+    const actual = createHash('sha256').update(cached).digest('hex');
+    if (actual !== sha256) throw new SourceError(`${(upstream as Error).message}; the master's source cache holds other content (sha256 ${actual})`);
+    await writeFile(file, cached, { mode: 0o600 });
+    await appendFile(buildLog, `# ${url}: ${(upstream as Error).message}; fetched from the master's source cache instead\n`);
+    log.info('source fetched from the master cache', { url, sha256, reason: (upstream as Error).message });
+    return;
+  }
+  if (!master) return;
+  try {
+    // HEAD first: most sources are there already, and an upload costs the whole archive.
+    const present = await master.raw('HEAD', cachePath).then(() => true, () => false);
+    const size = (await stat(file)).size;
+    if (!present && size <= MAX_SOFTWARE_ARCHIVE_BYTES) {
+      await master.raw('PUT', cachePath, { body: await readFile(file), headers: { 'content-type': 'application/octet-stream' } });
+      log.info('source filed in the master cache', { url, sha256, bytes: size });
+    }
+  } catch (error) {
+    // The build has what it needs: a cache that cannot take the copy is worth a line, not a failure.
+    log.error('source not filed in the master cache', { url, sha256, reason: (error as Error).message });
   }
 }

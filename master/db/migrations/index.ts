@@ -8,6 +8,7 @@ import type { Engine } from '../database.js';
 import { ledger } from './0001-ledger.js';
 import { nodeReports } from './0002-node-reports.js';
 import { billing } from './0003-billing.js';
+import { softwareCache } from './0004-software-cache.js';
 import { allocation } from './0005-allocation.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
@@ -15,6 +16,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0001-ledger': ledger(engine),
     '0002-node-reports': nodeReports(engine),
     '0003-billing': billing(engine),
+    '0004-software-cache': softwareCache(engine),
     '0005-allocation': allocation(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
