@@ -240,7 +240,9 @@ async function failure(
   message: string,
 ): Promise<ItemResult> {
   const known = previous?.instanceId === instance.id && previous.serial === instance.serial && previous.message === message;
-  await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status, services, message });
+  // The promises of this serial stay: the promise cycle keeps checking an instance in error.
+  const promises = previous?.instanceId === instance.id && previous.serial === instance.serial ? previous.promises : undefined;
+  await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status, services, message, promises });
   if (!known) {
     run.log.error('instance failed', { partition: partition.reference, instance: instance.title, reason: message });
     await report(run, partition, instance.id, instance.serial, 'instance.error', { message });

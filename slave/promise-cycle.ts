@@ -64,7 +64,8 @@ export async function notePromiseResults(
   reference: string,
   instance: { id: string; serial: number },
   results: PromiseResult[],
-  options: { summaryMs?: number; bangAfter?: Record<string, number | undefined>; now?: number } = {},
+  /** `periodic`: results of the periodic cycle, which count towards bang-after (a deployment's do not). */
+  options: { summaryMs?: number; bangAfter?: Record<string, number | undefined>; now?: number; periodic?: boolean } = {},
 ): Promise<string[]> {
   const now = options.now ?? Date.now();
   const stored = await readResults(root, reference, instance);
@@ -74,7 +75,7 @@ export async function notePromiseResults(
   for (const result of results) {
     const previous = promises[result.name];
     if (previous?.status !== result.status) changed = true;
-    const failures = result.ok ? 0 : (previous?.failures ?? 0) + 1;
+    const failures = result.ok || !options.periodic ? 0 : (previous?.failures ?? 0) + 1;
     const limit = options.bangAfter?.[result.name];
     const bang = limit !== undefined && failures >= limit && !previous?.banged;
     if (bang) banging.push(result.name);
@@ -163,7 +164,7 @@ async function cycle(config: NodeConfig, log: Logger, now: number): Promise<RunR
       const bangAfter = Object.fromEntries(Object.entries(partition.state.promises).map(([name, p]) => [name, p['bang-after']]));
       const instance = { id: partition.state.instanceId, serial: partition.state.serial };
       try {
-        const banged = await notePromiseResults(config.root, outbox, partition.reference, instance, own, { summaryMs, bangAfter, now });
+        const banged = await notePromiseResults(config.root, outbox, partition.reference, instance, own, { summaryMs, bangAfter, now, periodic: true });
         if (banged.length > 0) log.error('promises keep failing: bang', { partition: partition.reference, promises: banged });
       } catch (error) {
         log.error('cannot record promise results', { partition: partition.reference, reason: errorMessage(error) });
