@@ -53,10 +53,10 @@ describe.each(testEngines())('recordMany on %s', (engine) => {
     single = await ledger();
   });
   afterAll(async () => {
-    for (const { test, database } of databases) {
-      await database.close();
-      await test.drop();
-    }
+    for (const { database } of databases) await database.close();
+    // pg's pool resolves end() before its sockets are closed: let them close before the drop.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    for (const { test } of databases) await test.drop();
   });
 
   it('records each id once and applies what one-by-one recording applies', async () => {
