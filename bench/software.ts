@@ -120,6 +120,19 @@ async function main(): Promise<number> {
     if (code !== 0) throw new Error(`pledger node software exited with ${code}`);
   }
   check(`no-op pledger node software as a new process, wall (median of ${CLI_RUNS})`, median(cli), TARGET_NOOP_MS);
+  // Where that time goes: a Node process that only loads the modules the command loads.
+  const loading: number[] = [];
+  const timeProcess = async (args: string[]) => {
+    const started = performance.now();
+    await new Promise((resolve) => spawn(process.execPath, args, { stdio: 'ignore' }).on('exit', resolve));
+    return performance.now() - started;
+  };
+  const bare: number[] = [];
+  for (let i = 0; i < CLI_RUNS; i++) {
+    bare.push(await timeProcess(['-e', '0']));
+    loading.push(await timeProcess(['--input-type=module', '-e', `await import(${JSON.stringify(path.join(path.dirname(CLI), '..', 'slave', 'index.js'))})`]));
+  }
+  console.log(`  of which: starting Node ${ms(median(bare))}, loading the node agent's modules ${ms(median(loading) - median(bare))}`);
 
   // 2. A release whose parts are all shared with one already built.
   const archive = await sourceArchive();
