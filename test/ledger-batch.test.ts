@@ -60,7 +60,7 @@ describe.each(testEngines())('recordMany on %s', (engine) => {
   });
 
   it('records each id once and applies what one-by-one recording applies', async () => {
-    const entries = [];
+    const entries: MovementEntry[] = [];
     for (let hour = 0; hour < 1500; hour++) entries.push(usage(hour % 3, Math.floor(hour / 3), hour * 7));
     // Repeated within the batch: the first one counts, as with record().
     const withRepeats = [...entries.slice(0, 10), usage(0, 0, 999_999), ...entries.slice(10), entries[5]!];
