@@ -72,6 +72,12 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     expect(realpathSync(path.join(root, 'software', releaseHash, 'parts', 'redis', 'usr', 'bin', 'redis-server'))).toContain(link);
   }, 600_000);
 
+  it('keeps the supplied release and its part at prune', async () => {
+    const pruned = await node('prune');
+    expect(pruned.exitCode, pruned.stderr).toBe(0);
+    expect(pruned.json()).toMatchObject({ removed: [], kept: { software: 1, parts: 1 }, offline: false });
+  });
+
   it('deploys an instance that answers PING and keeps a value set with the published password', async () => {
     const requested = await pledger(['request', 'cache', 'redis', '--parameters', 'maxmemory=32mb', '--json'], { env: asAlice });
     expect(requested.exitCode).toBe(0);
