@@ -70,10 +70,17 @@ export async function startDaemon(config: NodeConfig, log: Logger): Promise<Runn
       running.delete(cycle);
     }
   };
+  // node-cron's own messages (a missed tick on a loaded machine...) go to our log, as JSON lines like the rest.
+  const cronLogger = {
+    info: (message: string) => log.info(message, { source: 'node-cron' }),
+    warn: (message: string) => log.info(message, { source: 'node-cron' }),
+    error: (message: string | Error) => log.error(errorMessage(message), { source: 'node-cron' }),
+    debug: () => {},
+  };
   const tasks = Object.fromEntries(
     (Object.keys(CYCLES) as CycleName[]).map((name) => [
       name,
-      cron.schedule(schedule[name], run(name), { name: `pledger-${name}`, noOverlap: true, maxRandomDelay: schedule.maxRandomDelayMs }),
+      cron.schedule(schedule[name], run(name), { name: `pledger-${name}`, noOverlap: true, maxRandomDelay: schedule.maxRandomDelayMs, logger: cronLogger }),
     ]),
   ) as Record<CycleName, ScheduledTask>;
   log.info('daemon started', { schedule });

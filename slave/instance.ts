@@ -36,8 +36,15 @@ interface Run {
   config: NodeConfig;
   outbox: Outbox;
   log: Logger;
-  supervisor: SupervisorClient;
-  /** What the supervisor runs, per partition, at the start of the run. */
+  /**
+   * The supervisor and what it runs per partition, asked once per run and only when a
+   * partition has something to run or to stop: a node without instances starts no supervisor.
+   */
+  supervision(): Promise<Supervision>;
+}
+
+interface Supervision {
+  client: SupervisorClient;
   supervised: Record<string, PartitionStatus>;
 }
 
@@ -57,8 +64,12 @@ export async function processInstances(config: NodeConfig, log: Logger): Promise
 async function processAll(config: NodeConfig, log: Logger): Promise<RunReport> {
   const master = connectMaster(config);
   const pulled = await pullDesiredState(config, master, log);
-  const supervisor = await connectSupervisor(config, log);
-  const run: Run = { config, outbox: openOutbox(config), log, supervisor, supervised: await supervisor.status() };
+  let supervision: Promise<Supervision> | undefined;
+  const connect = async (): Promise<Supervision> => {
+    const client = await connectSupervisor(config, log);
+    return { client, supervised: await client.status() };
+  };
+  const run: Run = { config, outbox: openOutbox(config), log, supervision: () => (supervision ??= connect()) };
   try {
     const results: ItemResult[] = [];
     for (const partition of pulled.state.partitions) {
@@ -109,7 +120,7 @@ const itemName = (partition: DesiredPartition, instance: DesiredInstance) => `${
 
 async function startInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
   if (local?.serial === instance.serial && (local.status === 'started' || local.status === 'deployed')) {
-    const supervised = run.supervised[partition.reference];
+    const supervised = (await run.supervision()).supervised[partition.reference];
     const complete = supervised?.instance.id === instance.id && Object.keys(local.services).every((name) => name in supervised.services);
     if (local.status === 'started' && complete) return { item: itemName(partition, instance), status: 'unchanged' };
     return repair(run, partition, instance, local, complete);
@@ -154,9 +165,13 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
   let supervised: PartitionStatus;
   try {
     await stopUnsupervised(run, partition.reference, oldServices);
-    supervised = await run.supervisor.ensure(partition.reference, supervisedInstance(instance), rendered.services, true);
+    supervised = await (await run.supervision()).client.ensure(partition.reference, supervisedInstance(instance), rendered.services, true);
   } catch (error) {
-    return fail(`cannot start services: ${errorMessage(error)}`, serviceRecords(run.supervised[partition.reference]));
+    const known = await run.supervision().then(
+      (s) => serviceRecords(s.supervised[partition.reference]),
+      () => ({}),
+    );
+    return fail(`cannot start services: ${errorMessage(error)}`, known);
   }
   state.services = serviceRecords(supervised);
   state.status = 'deployed';
@@ -186,7 +201,7 @@ async function repair(run: Run, partition: DesiredPartition, instance: DesiredIn
   }
   let supervised: PartitionStatus;
   try {
-    supervised = await run.supervisor.ensure(partition.reference, supervisedInstance(instance), rendered.services, false);
+    supervised = await (await run.supervision()).client.ensure(partition.reference, supervisedInstance(instance), rendered.services, false);
   } catch (error) {
     return failure(run, partition, instance, local, 'deployed', local.services, `cannot restart: ${errorMessage(error)}`);
   }
@@ -276,7 +291,8 @@ async function wipePartition(run: Run, partition: DesiredPartition, local: Parti
 }
 
 async function stopServices(run: Run, reference: string, recorded: Record<string, ServiceRecord>): Promise<void> {
-  if (run.supervised[reference]) await run.supervisor.stop(reference);
+  const { client, supervised } = await run.supervision();
+  if (supervised[reference]) await client.stop(reference);
   await stopUnsupervised(run, reference, recorded);
 }
 
@@ -285,7 +301,9 @@ async function stopServices(run: Run, reference: string, recorded: Record<string
  * version of the agent without a supervisor) are stopped directly, process group and all.
  */
 async function stopUnsupervised(run: Run, reference: string, recorded: Record<string, ServiceRecord>): Promise<void> {
-  const owned = new Set(Object.values(run.supervised[reference]?.services ?? {}).map((service) => service.pid));
+  if (Object.keys(recorded).length === 0) return;
+  const { supervised } = await run.supervision();
+  const owned = new Set(Object.values(supervised[reference]?.services ?? {}).map((service) => service.pid));
   await Promise.all(Object.values(recorded).filter((record) => !owned.has(record.pid)).map((record) => stopProcessGroup(record)));
 }
 

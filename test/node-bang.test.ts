@@ -70,6 +70,11 @@ afterAll(async () => {
 });
 
 describe('bangs', () => {
+  it('(a node with no instance starts no supervisor)', async () => {
+    expect((await processInstances(config, silentLogger)).results).toEqual([]);
+    expect(await new SupervisorClient(config.root).ping()).toBeUndefined();
+  });
+
   it('a promise failing bang-after periodic checks in a row asks for a redeployment, once', async () => {
     await owner.call('PUT', '/api/v1/instances/flagged', { software: 'fragile' });
     // The flag is missing: the deployment itself fails its promise, and is in error.

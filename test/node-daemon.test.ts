@@ -118,7 +118,11 @@ describe('node daemon, boot and cron', () => {
     const lines = String(ended.stderr)
       .split('\n')
       .filter(Boolean)
-      .map((line) => JSON.parse(line) as { msg: string; cycle?: string; reason?: string });
+      .map((line) => {
+        // Every line the daemon writes is JSON: a plain line would break the log's readers.
+        expect(() => JSON.parse(line) as unknown, line).not.toThrow();
+        return JSON.parse(line) as { msg: string; cycle?: string; reason?: string };
+      });
     expect(lines.map((l) => l.msg)).toContain('daemon started');
     expect(lines.filter((l) => l.msg === 'cycle failed')).toEqual([]);
     expect(lines.at(-1)?.msg).toBe('daemon stopped');
