@@ -95,6 +95,7 @@ describe('parts of software releases, built by the node agent', () => {
     files = mkdtempSync(path.join(tmpdir(), 'pledger-sources-'));
     writeFileSync(path.join(files, 'greet-1.0.tar.gz'), archive);
     writeFileSync(path.join(files, 'evil.tar'), rawTar('../evil.txt', 'out of the part'));
+    writeFileSync(path.join(files, 'absolute.tar'), rawTar('/tmp/pledger-absolute-evil.txt', 'out of the part'));
     http = createServer((request, response) => {
       if (request.url === '/greet-1.0.tar.gz') return response.end(archive);
       if (request.url === '/slow') return setTimeout(() => response.end('late'), 5000);
@@ -150,13 +151,14 @@ describe('parts of software releases, built by the node agent', () => {
     expect(partOf(first.hash, 'greet')).not.toBe(partOf(readdirSync(path.join(config.root, 'software')).find((h) => existsSync(path.join(config.root, 'software', h, 'parts', 'wrapper')))!, 'greet'));
   });
 
-  it('reports a checksum mismatch, a failing step, a timeout and an archive leading out of the part, each with its cause, and builds the others', async () => {
+  it('reports a checksum mismatch, a failing step, a timeout and archives leading out of the part (.. or absolute), each with its cause, and builds the others', async () => {
     const wrongSum = '0'.repeat(64);
     const cases = {
       'bad-checksum': [`  src:`, `    source: { url: "${httpBase}/greet-1.0.tar.gz", sha256: "${wrongSum}" }`],
       'bad-step': ['  app:', '    build: [[/bin/sh, -c, "echo compiling; echo cc: error: no such file >&2; exit 3"]]'],
       'bad-timeout': ['  app:', '    timeout: 1', '    build: [[/bin/sleep, "30"]]'],
       'bad-archive': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'evil.tar')).href}", sha256: ${sha256(readFileSync(path.join(files, 'evil.tar')))} }`],
+      'bad-absolute': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'absolute.tar')).href}", sha256: "${sha256(readFileSync(path.join(files, 'absolute.tar')))}" }`],
       'good-one': ['  app:', '    build: [[/bin/true]]'],
     };
     for (const [name, lines] of Object.entries(cases)) await supply(release(name, lines.join('\n')));
@@ -169,8 +171,10 @@ describe('parts of software releases, built by the node agent', () => {
     expect(resultOf(run, 'bad-timeout').message).toMatch(/part app: \/bin\/sleep timed out after 1 s/);
     expect(resultOf(run, 'bad-archive').message).toMatch(/refused archive source: \.\.\/evil\.txt leads out of the part/);
     expect(existsSync(path.join(config.root, 'evil.txt')) || existsSync(path.join(config.root, 'parts', 'evil.txt'))).toBe(false);
+    expect(resultOf(run, 'bad-absolute').message).toMatch(/refused archive source: \/tmp\/pledger-absolute-evil\.txt leads out of the part/);
+    expect(existsSync('/tmp/pledger-absolute-evil.txt')).toBe(false);
 
-    for (const name of ['bad-checksum', 'bad-step', 'bad-timeout', 'bad-archive']) {
+    for (const name of ['bad-checksum', 'bad-step', 'bad-timeout', 'bad-archive', 'bad-absolute']) {
       const seen = await reported(name);
       expect(seen.status).toBe('error');
       expect(seen.message).toBe(resultOf(run, name).message);
@@ -184,7 +188,7 @@ describe('parts of software releases, built by the node agent', () => {
   it('tries a failed build again only after a backoff, without downloading anything meanwhile', async () => {
     const attempts = await readAttempts(config.root);
     const failed = Object.values(attempts);
-    expect(failed).toHaveLength(4);
+    expect(failed).toHaveLength(5);
     for (const a of failed) {
       expect(a.failures).toBe(1);
       expect(Date.parse(a.nextAttemptAt) - Date.now()).toBeGreaterThan(backoffDelay(1) - 30_000);
