@@ -17,6 +17,7 @@ import { loadSoftware, SOFTWARE_FILE, type SoftwareDefinition } from '../protoco
 import type { SoftwareTable, Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 import { allocatePending } from './allocation.js';
+import { readDefaultPrices, recordDefaultPrices } from './billing/prices.js';
 
 export type SoftwareRow = SoftwareTable;
 
@@ -27,9 +28,11 @@ export async function publishSoftware(
 ): Promise<{ software: SoftwareView; created: boolean }> {
   const scratch = await mkdtemp(path.join(tmpdir(), 'pledger-publish-'));
   let loaded;
+  let defaultPrices;
   try {
     await unpackSoftware(archive, scratch);
     loaded = await loadSoftware(scratch);
+    defaultPrices = await readDefaultPrices(scratch, Object.keys(loaded.definition['software-types']));
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
@@ -43,6 +46,7 @@ export async function publishSoftware(
       });
     }
     if (existing) return false;
+    if (defaultPrices) await recordDefaultPrices(trx, definition.name, defaultPrices, actor);
     await trx.insertInto('software_archives').values({ hash, archive }).onConflict((oc) => oc.column('hash').doNothing()).execute();
     return record(
       trx,
