@@ -231,7 +231,8 @@ async function keepPromises(
   await notePromiseResults(run.config.root, run.outbox, partition.reference, { id: instance.id, serial: instance.serial }, results);
   const broken = results.filter((result) => !result.ok);
   if (broken.length > 0) {
-    return failure(run, partition, instance, state, 'deployed', state.services, broken.map((result) => result.message).join('; '));
+    const result = await failure(run, partition, instance, state, 'deployed', state.services, broken.map((r) => r.message).join('; '));
+    return { ...result, promiseFailure: true };
   }
   const wasStarted = state.status === 'started';
   await writePartitionState(run.config.root, partition.reference, { ...state, status: 'started', message: undefined });

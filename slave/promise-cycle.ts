@@ -170,7 +170,7 @@ async function cycle(config: NodeConfig, log: Logger, now: number): Promise<RunR
         log.error('cannot record promise results', { partition: partition.reference, reason: errorMessage(error) });
       }
       const broken = own.filter((r) => !r.ok);
-      if (broken.length > 0) results.push({ item: partition.reference, status: 'failed', message: broken.map((r) => r.message).join('; ') });
+      if (broken.length > 0) results.push({ item: partition.reference, status: 'failed', message: broken.map((r) => r.message).join('; '), promiseFailure: true });
       else if (own.length > 0) results.push({ item: partition.reference, status: 'unchanged' });
     }
     const flushed = await outbox.flush(connectMaster(config), log);

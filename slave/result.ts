@@ -3,6 +3,8 @@ export interface ItemResult {
   item: string;
   status: 'unchanged' | 'done' | 'failed';
   message?: string;
+  /** Set on a failure that is a promise not kept (the CLI exits 2 when every failure is one). */
+  promiseFailure?: true;
 }
 
 /** What one run of the agent did. */

@@ -78,10 +78,18 @@ describe('bangs', () => {
   it('a promise failing bang-after periodic checks in a row asks for a redeployment, once', async () => {
     await owner.call('PUT', '/api/v1/instances/flagged', { software: 'fragile' });
     // The flag is missing: the deployment itself fails its promise, and is in error.
-    expect((await processInstances(config, silentLogger)).results[0]).toMatchObject({ status: 'failed', message: 'promise flag: etc/flag does not exist' });
+    // A promise failure, which the CLI tells apart (exit code 2) from other failures.
+    expect((await processInstances(config, silentLogger)).results[0]).toEqual({
+      item: 'part0 (flagged)',
+      status: 'failed',
+      message: 'promise flag: etc/flag does not exist',
+      promiseFailure: true,
+    });
     expect(await info('flagged')).toMatchObject({ status: 'error', serial: 1 });
 
-    expect((await checkPromisesCycle(config, silentLogger, Date.now() + 1000)).results).toEqual([{ item: 'part0', status: 'failed', message: 'promise flag: etc/flag does not exist' }]);
+    expect((await checkPromisesCycle(config, silentLogger, Date.now() + 1000)).results).toEqual([
+      { item: 'part0', status: 'failed', message: 'promise flag: etc/flag does not exist', promiseFailure: true },
+    ]);
     expect(await history('flagged')).not.toContain('instance.banged');
     await checkPromisesCycle(config, silentLogger, Date.now() + 2000);
     expect((await history('flagged')).filter((k) => k === 'instance.banged')).toHaveLength(1);

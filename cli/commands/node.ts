@@ -14,14 +14,16 @@ const agent = () => import('../../slave/index.js');
 /** Exit codes of one-shot node runs: 2 is a promise that does not hold, 3 a success while the master was unreachable. */
 export const NODE_EXIT = { success: 0, failure: 1, promiseFailure: 2, offline: 3 } as const;
 
-function printResults(g: { json?: boolean }, results: ItemResult[], offline: boolean, failureCode: number = NODE_EXIT.failure): void {
+function printResults(g: { json?: boolean }, results: ItemResult[], offline: boolean): void {
   print(g, { results, offline }, (v) =>
     [
       v.results.length === 0 ? 'nothing to do' : table(['ITEM', 'STATUS', 'MESSAGE'], v.results.map((r) => [r.item, r.status, r.message ?? ''])),
       ...(v.offline ? ['the master was unreachable: events are kept and will be sent at the next run'] : []),
     ].join('\n'),
   );
-  process.exitCode = results.some((r) => r.status === 'failed') ? failureCode : offline ? NODE_EXIT.offline : NODE_EXIT.success;
+  const failed = results.filter((r) => r.status === 'failed');
+  const onlyPromises = failed.length > 0 && failed.every((r) => r.promiseFailure);
+  process.exitCode = onlyPromises ? NODE_EXIT.promiseFailure : failed.length > 0 ? NODE_EXIT.failure : offline ? NODE_EXIT.offline : NODE_EXIT.success;
 }
 
 /** Cron starts every node at the same second: each run first waits a random part of this. */
@@ -121,7 +123,7 @@ export function registerNodeCommands(program: Command): void {
       const { checkPromisesCycle, readNodeConfig } = await agent();
       const config = await readNodeConfig(options.config);
       const run = await checkPromisesCycle(config, await agentLogger(g));
-      printResults(g, run.results, run.offline, NODE_EXIT.promiseFailure);
+      printResults(g, run.results, run.offline);
     });
 
   node
