@@ -45,6 +45,9 @@ export type { ItemResult, RunReport } from './result.js';
 
 export const BUILD_LOG = 'build.log';
 const LOG_TAIL_LINES = 20;
+const MAX_LOG_LINE = 400;
+const MAX_ERROR_CHARS = 4000;
+const truncate = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}…` : text);
 /** Temporary build directories older than this are leftovers of a crashed run. */
 const STALE_BUILD_MS = 2 * 24 * 3600 * 1000;
 
@@ -114,7 +117,7 @@ async function ensureBuilt(config: NodeConfig, master: MasterClient, outbox: Out
     await moveIntoPlace(config.root, temporary, final, entry.hash);
     log.info('software built', { software: item, path: final, partsBuilt: parts.built, partsReused: parts.reused, seconds: (Date.now() - started) / 1000 });
   } catch (error) {
-    const message = `${errorMessage(error)}${await buildLogTail(temporary)}`;
+    const message = `${truncate(errorMessage(error), MAX_ERROR_CHARS)}${await buildLogTail(temporary)}`;
     await removeTree(temporary);
     // Telling the master that it cannot be reached would only be noise once it can.
     if (isUnreachable(error)) throw error;
@@ -141,7 +144,13 @@ async function downloadRelease(master: MasterClient, hash: string, dir: string):
 async function buildLogTail(dir: string): Promise<string> {
   const text = await readFile(path.join(dir, BUILD_LOG), 'utf8').catch(() => '');
   if (!text.trim()) return '';
-  const lines = text.trimEnd().split('\n').slice(-LOG_TAIL_LINES);
+  // The master takes messages of at most 16 KiB: a tool printing one huge line (a
+  // progress bar, minified output) must not make the report undeliverable.
+  const lines = text
+    .trimEnd()
+    .split('\n')
+    .slice(-LOG_TAIL_LINES)
+    .map((line) => (line.length > MAX_LOG_LINE ? `${line.slice(0, MAX_LOG_LINE)}…` : line));
   return `\n--- last lines of ${BUILD_LOG} ---\n${lines.join('\n')}`;
 }
 

@@ -155,7 +155,7 @@ describe('parts of software releases, built by the node agent', () => {
     const wrongSum = '0'.repeat(64);
     const cases = {
       'bad-checksum': [`  src:`, `    source: { url: "${httpBase}/greet-1.0.tar.gz", sha256: "${wrongSum}" }`],
-      'bad-step': ['  app:', '    build: [[/bin/sh, -c, "echo compiling; echo cc: error: no such file >&2; exit 3"]]'],
+      'bad-step': ['  app:', '    build: [[/bin/sh, -c, "echo compiling; head -c 100000 /dev/zero | tr \'\\\\0\' x; echo; echo cc: error: no such file >&2; exit 3"]]'],
       'bad-timeout': ['  app:', '    timeout: 1', '    build: [[/bin/sleep, "30"]]'],
       'bad-archive': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'evil.tar')).href}", sha256: ${sha256(readFileSync(path.join(files, 'evil.tar')))} }`],
       'bad-absolute': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'absolute.tar')).href}", sha256: "${sha256(readFileSync(path.join(files, 'absolute.tar')))}" }`],
@@ -168,6 +168,9 @@ describe('parts of software releases, built by the node agent', () => {
     expect(resultOf(run, 'good-one')).toMatchObject({ status: 'done' });
     expect(resultOf(run, 'bad-checksum').message).toContain(`checksum mismatch for ${httpBase}/greet-1.0.tar.gz: expected sha256 ${wrongSum}, got ${sha256(archive)}`);
     expect(resultOf(run, 'bad-step').message).toMatch(/part app: \/bin\/sh exited with code 3[\s\S]*--- last lines of build\.log ---[\s\S]*cc: error: no such file/);
+    // A line of 100 000 characters in the log is cut: the report stays deliverable.
+    expect(resultOf(run, 'bad-step').message!.length).toBeLessThan(16384);
+    expect(resultOf(run, 'bad-step').message).toMatch(/x{400}…\n/);
     expect(resultOf(run, 'bad-timeout').message).toMatch(/part app: \/bin\/sleep timed out after 1 s/);
     expect(resultOf(run, 'bad-archive').message).toMatch(/refused archive source: \.\.\/evil\.txt leads out of the part/);
     expect(existsSync(path.join(config.root, 'evil.txt')) || existsSync(path.join(config.root, 'parts', 'evil.txt'))).toBe(false);
