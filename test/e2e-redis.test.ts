@@ -62,6 +62,14 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     const run = await node('software');
     expect(run.stderr).not.toMatch(/"level":"error"/);
     expect(run.json<RunReport>().results).toEqual([expect.objectContaining({ item: 'redis@7.0.15', status: 'done' })]);
+    // Off a terminal (cron), progress comes as JSON lines, one per part and step.
+    const events = run.stderr.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(events).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ msg: 'building part', software: 'redis', part: 'redis', progress: '1/1' }),
+        expect.objectContaining({ msg: 'part built', software: 'redis', part: 'redis', progress: '1/1', seconds: expect.any(Number) }),
+      ]),
+    );
     const nodes = (await pledger(['node', 'list', '--json'], { env: asAdmin })).json<NodeView[]>();
     const supplied = nodes[0]!.software.find((s) => s.name === 'redis')!;
     expect(supplied.status).toBe('built');

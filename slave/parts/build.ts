@@ -112,15 +112,17 @@ export async function ensureParts(context: PartBuildContext): Promise<{ built: n
   await mkdir(links, { recursive: true });
   await mkdir(partsRoot(context.root), { recursive: true });
   const hashes = new Map(planned.map((p) => [p.name, p.hash]));
-  for (const part of planned) {
+  for (const [i, part] of planned.entries()) {
+    // `progress` says where the build is on a terminal; cron gets the same as JSON lines.
+    const progress = `${i + 1}/${planned.length}`;
     if (await isPartBuilt(context.root, part.hash)) {
-      context.log.info('part reused', { part: part.name, hash: part.hash });
+      context.log.info('part reused', { software: context.release.definition.name, part: part.name, progress, hash: part.hash });
       counts.reused++;
     } else {
-      context.log.info('building part', { part: part.name, hash: part.hash });
+      context.log.info('building part', { software: context.release.definition.name, part: part.name, progress, hash: part.hash });
       const started = Date.now();
       await buildPart(context, part, hashes);
-      context.log.info('part built', { part: part.name, hash: part.hash, seconds: (Date.now() - started) / 1000 });
+      context.log.info('part built', { software: context.release.definition.name, part: part.name, progress, seconds: (Date.now() - started) / 1000 });
       counts.built++;
     }
     await symlink(partPath(context.root, part.hash), path.join(links, part.name));
