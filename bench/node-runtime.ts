@@ -176,8 +176,8 @@ async function benchPartitions(scratch: string): Promise<void> {
   daemon.kill('SIGTERM');
   await new Promise((resolve) => daemon.once('exit', resolve));
 
+  // Answered once the 100 services are stopped; the supervisor then exits.
   await new SupervisorClient(config.root).shutdown(true);
-  await sleep(500);
   master.child.kill('SIGTERM');
 }
 

@@ -205,7 +205,9 @@ export class Supervisor {
         await this.stopPartition(request.partition, request.graceMs ?? DEFAULT_GRACE_MS);
         return {};
       case 'shutdown':
-        setImmediate(() => void this.shutdown(request.stopServices));
+        // Answered once every service is stopped, so that the caller may then remove the node.
+        if (request.stopServices) for (const reference of [...this.partitions.keys()]) await this.stopPartition(reference, DEFAULT_GRACE_MS);
+        setImmediate(() => void this.shutdown(false));
         return {};
       default:
         throw new Error(`unknown request ${JSON.stringify((request as { op?: unknown }).op)}`);
@@ -424,8 +426,13 @@ export class Supervisor {
     };
     const file = supervisorStatePath(this.root);
     const temporary = `${file}.tmp-${randomToken(6)}`;
-    writeFileSync(temporary, `${JSON.stringify(state)}\n`, { mode: 0o600 });
-    renameSync(temporary, file);
+    try {
+      writeFileSync(temporary, `${JSON.stringify(state)}\n`, { mode: 0o600 });
+      renameSync(temporary, file);
+    } catch (error) {
+      // A full disk or a removed node root must not kill the process that keeps the services up.
+      this.log.error('cannot save the supervisor state', { file, reason: errorMessage(error) });
+    }
   }
 
   /** A crash loop is beyond the node's repair: the master hears it and is asked to redeploy. */

@@ -178,6 +178,20 @@ describe('supervisor lifetime', () => {
     expect(await idle.ping()).toBeUndefined();
   });
 
+  it('answers a shutdown with stopServices once every service is stopped, then exits', async () => {
+    const config = quickConfig('shutdown');
+    const client = await connectSupervisor(config, silentLogger);
+    const pid = (await client.ping())!;
+    const pids: number[] = [];
+    for (const partition of ['part0', 'part1', 'part2']) pids.push((await client.ensure(partition, instance, { s: ['/bin/sleep', '307'] }, true)).services.s!.pid!);
+    await client.shutdown(true);
+    for (const service of pids) expect([undefined, 'Z']).toContain((await readProcessStat(service))?.state);
+    // The node may be removed at once: the supervisor no longer needs it.
+    await rm(config.root, { recursive: true, force: true });
+    await until(() => readProcessStat(pid), (s) => s === undefined || s.state === 'Z', 5000);
+    expect([undefined, 'Z']).toContain((await readProcessStat(pid))?.state);
+  });
+
   it('stops its services and exits when its node root is removed', async () => {
     const config = quickConfig('removed');
     const doomed = await connectSupervisor(config, silentLogger);
