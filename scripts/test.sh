@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_node_modules || exit 1
-if [ "$(id -u)" = 0 ]; then ensure_ledger_tools || echo "note: hledger or bean-check could not be installed"; fi
+if [ "$(id -u)" = 0 ]; then
+  ensure_ledger_tools || echo "note: hledger or bean-check could not be installed"
+  ensure_debian_packages || echo "note: monitoring-plugins or supervisor could not be installed"
+fi
 npm run --silent build || { echo "build failed"; echo "tests: 0 passed, 1 failed"; exit 1; }
 
 export PLEDGER_TEST_POSTGRES_URL="${PLEDGER_TEST_POSTGRES_URL:-}"

@@ -21,10 +21,10 @@ import type { NodeConfig } from './config.js';
 import { errorMessage, pathExists, randomToken, removeTree } from './files.js';
 import type { Logger } from './log.js';
 import { connectMaster, pullDesiredState } from './master.js';
-import { newEvent, Outbox } from './outbox.js';
+import { newEvent, openOutbox, type Outbox } from './outbox.js';
 import { withLock } from './lock.js';
 import { partsRoot } from './parts/paths.js';
-import { BUILT_MARKER, lockPath, outboxPath, softwarePath, softwareRoot } from './paths.js';
+import { BUILT_MARKER, lockPath, softwarePath, softwareRoot } from './paths.js';
 import type { ItemResult, RunReport } from './result.js';
 
 /**
@@ -70,7 +70,22 @@ export async function installSoftware(config: NodeConfig, log: Logger): Promise<
 async function installAll(config: NodeConfig, log: Logger): Promise<RunReport> {
   const master = connectMaster(config);
   const pulled = await pullDesiredState(config, master, log);
-  const outbox = new Outbox(outboxPath(config.root));
+  const outbox = openOutbox(config);
+  try {
+    return await installWith(config, master, pulled, outbox, log);
+  } finally {
+    // The daemon runs this every cycle: one database connection per run, closed.
+    outbox.close();
+  }
+}
+
+async function installWith(
+  config: NodeConfig,
+  master: MasterClient,
+  pulled: Awaited<ReturnType<typeof pullDesiredState>>,
+  outbox: Outbox,
+  log: Logger,
+): Promise<RunReport> {
   await mkdir(softwareRoot(config.root), { recursive: true });
   await removeStaleBuilds(config.root, log);
   const results: ItemResult[] = [];
