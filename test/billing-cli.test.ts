@@ -7,11 +7,10 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import Sqlite from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BalanceView, DesiredState, InvoiceSummary, InvoiceView } from '../protocol/api.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { pledger, startMaster, type RunningMaster } from './helpers/processes.js';
+import { accountEnv, countMovements, expectLedgerUnchanged, pledger, type RunningMaster, startMaster } from './helpers/processes.js';
 
 describe('pledger billing', () => {
   let db: TestDatabase;
@@ -20,26 +19,13 @@ describe('pledger billing', () => {
   let asAlice: Record<string, string>;
   let invoiceId: string;
 
-  const movements = () => {
-    const sqlite = new Sqlite(db.url.replace(/^sqlite:/, ''), { readonly: true });
-    try {
-      return (sqlite.prepare('select count(*) as n from movements').get() as { n: number }).n;
-    } finally {
-      sqlite.close();
-    }
-  };
-  const expectUnchanged = async (action: () => Promise<void>) => {
-    const before = movements();
-    await action();
-    expect(movements()).toBe(before);
-  };
+  const expectUnchanged = (action: () => Promise<void>) => expectLedgerUnchanged(db.url, action);
 
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
-    const token = (await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin })).json<{ token: string }>().token;
-    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: token };
+    asAlice = await accountEnv(master, 'alice');
     const credential = (await pledger(['node', 'register', 'node-a', '--json'], { env: asAdmin })).json<{ credential: string }>().credential;
     const asNode = async (method: string, url: string, body?: unknown) => {
       const response = await fetch(`${master.url}/api/v1/node${url}`, {
@@ -155,7 +141,7 @@ describe('pledger billing', () => {
     const invoice = (await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).stdout;
     const rebuilt = await pledger(['master', 'rebuild', '--database', db.url, '--json']);
     expect(rebuilt.exitCode).toBe(0);
-    expect(rebuilt.json<{ replayed: number }>().replayed).toBe(movements());
+    expect(rebuilt.json<{ replayed: number }>().replayed).toBe(countMovements(db.url));
     expect((await pledger(['billing', 'balance', '--json'], { env: asAlice })).stdout).toBe(before);
     expect((await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).stdout).toBe(invoice);
     expect((await pledger(['info', 'web', '--json'], { env: asAlice })).json<{ state: string }>().state).toBe('started');

@@ -2,11 +2,10 @@
  * Bad input through the real CLI and a real master process: each gets a clear message
  * on stderr, the exit code of its kind, and changes nothing in the ledger.
  */
-import Sqlite from 'better-sqlite3';
 import type { InstanceView } from '../protocol/api.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { pledger, startMaster, type RunningMaster } from './helpers/processes.js';
+import { accountEnv, expectLedgerUnchanged, pledger, type RunningMaster, startMaster } from './helpers/processes.js';
 
 describe('the CLI facing bad input', () => {
   let db: TestDatabase;
@@ -15,27 +14,14 @@ describe('the CLI facing bad input', () => {
   let asAlice: Record<string, string>;
   let asBob: Record<string, string>;
 
-  const movements = () => {
-    const sqlite = new Sqlite(db.url.replace(/^sqlite:/, ''), { readonly: true });
-    try {
-      return (sqlite.prepare('select count(*) as n from movements').get() as { n: number }).n;
-    } finally {
-      sqlite.close();
-    }
-  };
-  const expectUnchanged = async (action: () => Promise<void>) => {
-    const before = movements();
-    await action();
-    expect(movements()).toBe(before);
-  };
+  const expectUnchanged = (action: () => Promise<void>) => expectLedgerUnchanged(db.url, action);
 
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
-    const token = async (name: string) => (await pledger(['account', 'create', name, '--json'], { env: asAdmin })).json<{ token: string }>().token;
-    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: await token('alice') };
-    asBob = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: await token('bob') };
+    asAlice = await accountEnv(master, 'alice');
+    asBob = await accountEnv(master, 'bob');
     expect((await pledger(['request', 'mine', 'hello'], { env: asAlice })).exitCode).toBe(0);
   });
   afterAll(async () => {

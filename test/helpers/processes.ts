@@ -6,7 +6,9 @@ import { execFileSync } from 'node:child_process';
 import { chownSync, mkdtempSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import Sqlite from 'better-sqlite3';
 import { execa, type ResultPromise } from 'execa';
+import { expect } from 'vitest';
 
 export const PROJECT = path.resolve(import.meta.dirname, '..', '..');
 export const CLI = path.join(PROJECT, 'dist', 'cli', 'main.js');
@@ -81,6 +83,30 @@ export async function startMaster(database: string): Promise<RunningMaster> {
       await child;
     },
   };
+}
+
+/** The environment that makes the CLI act as a new account of `master`. */
+export async function accountEnv(master: RunningMaster, name: string): Promise<Record<string, string>> {
+  const created = await pledger(['account', 'create', name, '--json'], { env: { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken } });
+  if (created.exitCode !== 0) throw new Error(`account create ${name} failed: ${created.stderr}`);
+  return { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: created.json<{ token: string }>().token };
+}
+
+/** How many movements the ledger of a SQLite master holds, read from its file. */
+export function countMovements(sqliteUrl: string): number {
+  const sqlite = new Sqlite(sqliteUrl.replace(/^sqlite:/, ''), { readonly: true });
+  try {
+    return (sqlite.prepare('select count(*) as n from movements').get() as { n: number }).n;
+  } finally {
+    sqlite.close();
+  }
+}
+
+/** Runs `action` and checks that it recorded nothing in the ledger. */
+export async function expectLedgerUnchanged(sqliteUrl: string, action: () => Promise<void>): Promise<void> {
+  const before = countMovements(sqliteUrl);
+  await action();
+  expect(countMovements(sqliteUrl)).toBe(before);
 }
 
 export interface AgentUser {
