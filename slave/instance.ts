@@ -151,9 +151,7 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
   let rendered: RenderedDeployment;
   let partitionDir: string;
   try {
-    const deployment = await prepareDeployment(root, partition, instance);
-    rendered = renderDeployment(deployment);
-    partitionDir = deployment.partitionDir;
+    ({ rendered, partitionDir } = await render(root, partition, instance));
     await writePartitionFiles(partitionDir, rendered.files);
   } catch (error) {
     return fail(`cannot deploy: ${errorMessage(error)}`);
@@ -193,9 +191,7 @@ async function repair(run: Run, partition: DesiredPartition, instance: DesiredIn
   let rendered: RenderedDeployment;
   let partitionDir: string;
   try {
-    const deployment = await prepareDeployment(root, partition, instance);
-    rendered = renderDeployment(deployment);
-    partitionDir = deployment.partitionDir;
+    ({ rendered, partitionDir } = await render(root, partition, instance));
   } catch (error) {
     return fail(`cannot restart: ${errorMessage(error)}`);
   }
@@ -317,4 +313,14 @@ async function report(
   extra: { message?: string; connection?: Record<string, string> } = {},
 ): Promise<void> {
   await run.outbox.add(newEvent({ type, partition: partition.reference, instance: instanceId, serial, ...extra }));
+}
+
+/** The instance's files, services, promises and published values, rendered for its partition. */
+async function render(
+  root: string,
+  partition: DesiredPartition,
+  instance: DesiredInstance,
+): Promise<{ rendered: RenderedDeployment; partitionDir: string }> {
+  const deployment = await prepareDeployment(root, partition, instance);
+  return { rendered: renderDeployment(deployment), partitionDir: deployment.partitionDir };
 }
