@@ -268,7 +268,7 @@ async function failure(
     run.log.error('instance failed', { partition: partition.reference, instance: instance.title, reason: message });
     await report(run, partition, instance.id, instance.serial, 'instance.error', { message });
   }
-  return { item: itemName(partition, instance), status: 'failed', message };
+  return { item: itemName(partition, instance), status: status === 'waiting' ? 'waiting' : 'failed', message };
 }
 
 async function stopInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
