@@ -24,6 +24,8 @@ export interface InstanceContext {
   software: { name: string; version: string; hash: string; path: string };
   secrets: Record<string, string>;
   instance: { title: string; softwareType: string; serial: number };
+  /** The node the instance runs on: `sla: {node: "{{ node.name }}"}` keeps a child beside its parent. */
+  node: { name: string };
   /** What each requested sub-instance published, by request name: `requests.db.connection.url`. */
   requests: Record<string, ChildState>;
   /** For a host of shared instances: each one's opaque reference and parameters, by reference. */
@@ -52,7 +54,7 @@ export interface RenderedDeployment {
 const SECRETS_FILE = 'secrets.json';
 
 /** Gathers the release, secrets, ports and context of an instance whose software is built. */
-export async function prepareDeployment(root: string, partition: DesiredPartition, instance: DesiredInstance): Promise<Deployment> {
+export async function prepareDeployment(root: string, nodeName: string, partition: DesiredPartition, instance: DesiredInstance): Promise<Deployment> {
   const releaseDir = softwarePath(root, instance.software.hash);
   const partitionDir = partitionPath(root, partition.reference);
   const release = await loadSoftware(releaseDir, { knownHash: instance.software.hash });
@@ -67,6 +69,7 @@ export async function prepareDeployment(root: string, partition: DesiredPartitio
     software: { name: definition.name, version: definition.version, hash: instance.software.hash, path: releaseDir },
     secrets: await ensureSecrets(partitionDir, type.secrets ?? []),
     instance: { title: instance.title, softwareType: instance.softwareType, serial: instance.serial },
+    node: { name: nodeName },
     requests: {},
     shared_instances: (instance.shared ?? []).map((s) => ({ reference: s.reference, parameters: s.parameters })),
   };

@@ -36,6 +36,8 @@ export type { ItemResult, RunReport } from './result.js';
 
 interface Run {
   config: NodeConfig;
+  /** The node's name, as the master knows it. */
+  node: string;
   master: MasterClient;
   outbox: Outbox;
   log: Logger;
@@ -72,7 +74,7 @@ async function processAll(config: NodeConfig, log: Logger): Promise<RunReport> {
     const client = await connectSupervisor(config, log);
     return { client, supervised: await client.status() };
   };
-  const run: Run = { config, master, outbox: openOutbox(config), log, supervision: () => (supervision ??= connect()) };
+  const run: Run = { config, node: pulled.state.node, master, outbox: openOutbox(config), log, supervision: () => (supervision ??= connect()) };
   try {
     const results: ItemResult[] = [];
     for (const partition of pulled.state.partitions) {
@@ -335,7 +337,7 @@ async function render(
   instance: DesiredInstance,
   fresh: boolean,
 ): Promise<{ rendered: RenderedDeployment; partitionDir: string }> {
-  const deployment = await prepareDeployment(run.config.root, partition, instance);
+  const deployment = await prepareDeployment(run.config.root, run.node, partition, instance);
   if (deployment.type.requests) {
     const target = { partition: partition.reference, partitionDir: deployment.partitionDir, instance };
     deployment.context.requests = await resolveChildren(run.master, run.log, target, renderChildRequests(deployment), fresh);
