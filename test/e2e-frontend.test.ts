@@ -9,22 +9,19 @@
  * frontend, and the page counts visits through the frontend.
  */
 import http from 'node:http';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView } from '../protocol/api.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { accountEnv, agentUser, pledger, portBase, processesMentioning, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+import { accountEnv, pledger, processesMentioning, startMaster, startNode, type RunningMaster, type TestNode } from './helpers/processes.js';
 
 describe('a frontend hosting shared instances, and a composite webapp', () => {
   let db: TestDatabase;
   let master: RunningMaster;
-  let agent: AgentUser;
-  let nodeConfig: string;
-  let root: string;
+  let edge: TestNode;
   let asAlice: Record<string, string>;
   let asAdmin: Record<string, string>;
 
-  const node = (command: string) => pledger(['node', command, '--config', nodeConfig, '--json'], { user: agent });
+  const node = (command: string) => edge.run(command);
   const info = async (title: string, env = asAlice) => (await pledger(['info', title, '--json'], { env })).json<InstanceView>();
   const request = async (args: string[], env = asAlice) => {
     const answer = await pledger(['request', ...args, '--json'], { env });
@@ -60,24 +57,14 @@ describe('a frontend hosting shared instances, and a composite webapp', () => {
     master = await startMaster(db.url);
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
     asAlice = await accountEnv(master, 'alice');
-    agent = agentUser();
-    root = path.join(agent.home, 'frontend-root');
-    nodeConfig = path.join(agent.home, 'frontend-node.json');
-    const registered = await pledger(['node', 'register', 'edge-f', '--json'], { env: asAdmin });
-    const configure = await pledger(
-      ['node', 'configure', '--master', master.url, '--credential', registered.json<{ credential: string }>().credential, '--root', root, '--config', nodeConfig,
-        '--partitions', '6', '--ip-base', '127.48.0.1', '--port-base', String(portBase())],
-      { user: agent },
-    );
-    expect(configure.exitCode).toBe(0);
-    expect((await node('format')).exitCode).toBe(0);
+    edge = await startNode(master, 'edge-f', { partitions: 6, ipBase: '127.48.0.1' });
     for (const software of ['hello', 'frontend', 'redis', 'webapp']) expect((await pledger(['supply', software, 'edge-f'], { env: asAdmin })).exitCode).toBe(0);
     const built = await node('software');
     expect(built.exitCode, built.stdout).toBe(0);
   }, 900_000);
 
   afterAll(async () => {
-    if (root) for (const p of processesMentioning(root)) process.kill(p.pid, 'SIGKILL');
+    if (edge) for (const p of processesMentioning(edge.root)) process.kill(p.pid, 'SIGKILL');
     await master?.stop();
     await db?.drop();
   });
@@ -141,6 +128,6 @@ describe('a frontend hosting shared instances, and a composite webapp', () => {
     for (let i = 0; i < 3; i++) await node('instance');
     for (const title of ['shop', 'shop/cache', 'shop/route']) expect((await info(title)).status).toBe('destroyed');
     expect((await get(url)).status).toBe(404);
-    expect(processesMentioning('redis-server').filter((p) => p.cmdline.includes(root))).toEqual([]);
+    expect(processesMentioning('redis-server').filter((p) => p.cmdline.includes(edge.root))).toEqual([]);
   });
 });

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView } from '../protocol/api.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { accountEnv, agentUser, pledger, portBase, PROJECT, processesMentioning, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+import { accountEnv, pledger, PROJECT, processesMentioning, startMaster, startNode, type RunningMaster, type TestNode } from './helpers/processes.js';
 import { writeTree } from './helpers/tree.js';
 
 /** hello, plus a child hello: the parent's greeting shows the child's URL. */
@@ -54,13 +54,11 @@ function duoRelease(): string {
 describe('a tree of instances, from one request', () => {
   let db: TestDatabase;
   let master: RunningMaster;
-  let agent: AgentUser;
-  let nodeConfig: string;
-  let root: string;
+  let edge: TestNode;
   let asAlice: Record<string, string>;
   let asAdmin: Record<string, string>;
 
-  const node = (command: string) => pledger(['node', command, '--config', nodeConfig, '--json'], { user: agent });
+  const node = (command: string) => edge.run(command);
   const info = async (title: string) => (await pledger(['info', title, '--json'], { env: asAlice })).json<InstanceView>();
   const served = async (url: string) => (await fetch(url)).text();
 
@@ -69,24 +67,14 @@ describe('a tree of instances, from one request', () => {
     master = await startMaster(db.url);
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
     asAlice = await accountEnv(master, 'alice');
-    agent = agentUser();
-    root = path.join(agent.home, 'tree-root');
-    nodeConfig = path.join(agent.home, 'tree-node.json');
-    const registered = await pledger(['node', 'register', 'edge-t', '--json'], { env: asAdmin });
-    const configure = await pledger(
-      ['node', 'configure', '--master', master.url, '--credential', registered.json<{ credential: string }>().credential, '--root', root, '--config', nodeConfig,
-        '--partitions', '3', '--ip-base', '127.47.0.1', '--port-base', String(portBase())],
-      { user: agent },
-    );
-    expect(configure.exitCode).toBe(0);
-    expect((await node('format')).exitCode).toBe(0);
+    edge = await startNode(master, 'edge-t', { partitions: 3, ipBase: '127.47.0.1' });
     expect((await pledger(['software', 'publish', duoRelease()], { env: asAdmin })).exitCode).toBe(0);
     for (const software of ['hello', 'duo']) expect((await pledger(['supply', software, 'edge-t'], { env: asAdmin })).exitCode).toBe(0);
     expect((await node('software')).exitCode).toBe(0);
   });
 
   afterAll(async () => {
-    if (root) for (const p of processesMentioning(root)) process.kill(p.pid, 'SIGKILL');
+    if (edge) for (const p of processesMentioning(edge.root)) process.kill(p.pid, 'SIGKILL');
     await master?.stop();
     await db?.drop();
   });
@@ -156,6 +144,6 @@ describe('a tree of instances, from one request', () => {
     expect((await node('instance')).exitCode).toBe(0);
     expect(await info('duo')).toMatchObject({ status: 'destroyed' });
     expect(await info('duo/child')).toMatchObject({ status: 'destroyed' });
-    expect(processesMentioning(path.join(root, 'software'))).toEqual([]);
+    expect(processesMentioning(path.join(edge.root, 'software'))).toEqual([]);
   });
 });
