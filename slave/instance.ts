@@ -13,7 +13,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { DesiredInstance, InstanceEvent } from '../protocol/api.js';
 import type { NodeConfig } from './config.js';
-import { prepareDeployment, renderDeployment, type DesiredPartition, type RenderedDeployment } from './deploy.js';
+import type { DesiredPartition, RenderedDeployment } from './deploy.js';
 import { emptyDirectory, errorMessage } from './files.js';
 import type { Logger } from './log.js';
 import { connectMaster, pullDesiredState } from './master.js';
@@ -24,7 +24,6 @@ import { lockPath, partitionPath } from './paths.js';
 import { stopProcessGroup, type ServiceRecord } from './processes.js';
 import { checkPromises } from './promises.js';
 import { notePromiseResults } from './promise-cycle.js';
-import { writePartitionFiles } from './render.js';
 import type { ItemResult, RunReport } from './result.js';
 import { isSoftwareBuilt } from './software.js';
 import { connectSupervisor, type SupervisorClient } from './supervisor-client.js';
@@ -152,6 +151,7 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
   let partitionDir: string;
   try {
     ({ rendered, partitionDir } = await render(root, partition, instance));
+    const { writePartitionFiles } = await import('./render.js');
     await writePartitionFiles(partitionDir, rendered.files);
   } catch (error) {
     return fail(`cannot deploy: ${errorMessage(error)}`);
@@ -315,12 +315,17 @@ async function report(
   await run.outbox.add(newEvent({ type, partition: partition.reference, instance: instanceId, serial, ...extra }));
 }
 
-/** The instance's files, services, promises and published values, rendered for its partition. */
+/**
+ * The instance's files, services, promises and published values, rendered for its
+ * partition. The release format, its validator and the template engine load here, on
+ * the first partition that changed: a run with nothing to do never loads them.
+ */
 async function render(
   root: string,
   partition: DesiredPartition,
   instance: DesiredInstance,
 ): Promise<{ rendered: RenderedDeployment; partitionDir: string }> {
+  const { prepareDeployment, renderDeployment } = await import('./deploy.js');
   const deployment = await prepareDeployment(root, partition, instance);
   return { rendered: renderDeployment(deployment), partitionDir: deployment.partitionDir };
 }

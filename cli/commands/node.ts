@@ -2,14 +2,18 @@
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { PledgerError } from '../../protocol/errors.js';
+import { createLogger } from '../../slave/log.js';
 import { defaultNodeConfigPath } from '../../slave/paths.js';
 import type { ItemResult } from '../../slave/result.js';
 import { print, table } from '../output.js';
 import { globals } from './globals.js';
 import { registerNodeAdminCommands } from './operator.js';
 
-// The node agent loads when a node command runs, so that other commands start fast.
-const agent = () => import('../../slave/index.js');
+/*
+ * Each command loads the parts of the node agent it runs, and only those: cron starts
+ * these commands every minute, so their start-up is most of their cost.
+ */
+const nodeConfig = () => import('../../slave/config.js');
 
 /** Exit codes of one-shot node runs: 2 is a promise that does not hold, 3 a success while the master was unreachable. */
 export const NODE_EXIT = { success: 0, failure: 1, promiseFailure: 2, offline: 3 } as const;
@@ -32,7 +36,7 @@ async function randomDelay(seconds: string | undefined): Promise<void> {
   if (max > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * max * 1000));
 }
 
-const agentLogger = async (g: { json?: boolean }) => (await agent()).createLogger(Boolean(g.json) || !process.stderr.isTTY);
+const agentLogger = (g: { json?: boolean }) => createLogger(Boolean(g.json) || !process.stderr.isTTY);
 
 export function registerNodeCommands(program: Command): void {
   const node = program.command('node').description('node agent commands, and node registration (operators)');
@@ -53,7 +57,7 @@ export function registerNodeCommands(program: Command): void {
       const g = globals(command);
       const masterUrl = g.master ?? process.env.PLEDGER_MASTER_URL;
       if (!masterUrl) throw new PledgerError('BAD_REQUEST', 'no master given', { hint: 'pass --master URL or set PLEDGER_MASTER_URL' });
-      const { resolveNodeConfig, writeNodeConfig } = await agent();
+      const { resolveNodeConfig, writeNodeConfig } = await nodeConfig();
       const config = resolveNodeConfig(
         {
           masterUrl,
@@ -76,9 +80,9 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
-      const { createLogger, formatNode, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { formatNode }] = await Promise.all([nodeConfig(), import('../../slave/format.js')]);
       const config = await readNodeConfig(options.config);
-      const partitions = await formatNode(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
+      const partitions = await formatNode(config, agentLogger(g));
       print(g, partitions, (list) => table(['PARTITION', 'IP', 'PORTS'], list.map((p) => [p.reference, p.ip, `${p.ports.first}-${p.ports.last}`])));
     });
 
@@ -92,9 +96,9 @@ export function registerNodeCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       await randomDelay(options.maxRandomDelay);
-      const { installSoftware, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { installSoftware }] = await Promise.all([nodeConfig(), import('../../slave/software.js')]);
       const config = await readNodeConfig(options.config);
-      const run = await installSoftware(config, await agentLogger(g));
+      const run = await installSoftware(config, agentLogger(g));
       printResults(g, run.results, run.offline);
     });
 
@@ -106,9 +110,9 @@ export function registerNodeCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       await randomDelay(options.maxRandomDelay);
-      const { processInstances, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { processInstances }] = await Promise.all([nodeConfig(), import('../../slave/instance.js')]);
       const config = await readNodeConfig(options.config);
-      const run = await processInstances(config, await agentLogger(g));
+      const run = await processInstances(config, agentLogger(g));
       printResults(g, run.results, run.offline);
     });
 
@@ -120,9 +124,9 @@ export function registerNodeCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       await randomDelay(options.maxRandomDelay);
-      const { checkPromisesCycle, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { checkPromisesCycle }] = await Promise.all([nodeConfig(), import('../../slave/promise-cycle.js')]);
       const config = await readNodeConfig(options.config);
-      const run = await checkPromisesCycle(config, await agentLogger(g));
+      const run = await checkPromisesCycle(config, agentLogger(g));
       printResults(g, run.results, run.offline);
     });
 
@@ -134,9 +138,9 @@ export function registerNodeCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       await randomDelay(options.maxRandomDelay);
-      const { meterUsage, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { meterUsage }] = await Promise.all([nodeConfig(), import('../../slave/usage.js')]);
       const config = await readNodeConfig(options.config);
-      const sample = await meterUsage(config, await agentLogger(g));
+      const sample = await meterUsage(config, agentLogger(g));
       print(g, sample, (v) => `sampled ${v.partitions} partition(s); ${v.hoursReported} hour(s) of usage queued`);
     });
 
@@ -148,9 +152,9 @@ export function registerNodeCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       await randomDelay(options.maxRandomDelay);
-      const { readNodeConfig, reportEvents } = await agent();
+      const [{ readNodeConfig }, { reportEvents }] = await Promise.all([nodeConfig(), import('../../slave/report.js')]);
       const config = await readNodeConfig(options.config);
-      const flushed = await reportEvents(config, await agentLogger(g));
+      const flushed = await reportEvents(config, agentLogger(g));
       print(g, flushed, (v) => `${v.sent} event(s) sent, ${v.pending} waiting${v.offline ? ': the master is unreachable' : ''}`);
       process.exitCode = flushed.offline ? NODE_EXIT.offline : NODE_EXIT.success;
     });
@@ -161,9 +165,9 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
-      const { connectSupervisor, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { connectSupervisor }] = await Promise.all([nodeConfig(), import('../../slave/supervisor-client.js')]);
       const config = await readNodeConfig(options.config);
-      const supervisor = await connectSupervisor(config, await agentLogger(g));
+      const supervisor = await connectSupervisor(config, agentLogger(g));
       const status = await supervisor.status();
       const rows = Object.entries(status).flatMap(([partition, p]) =>
         Object.entries(p.services).map(([service, s]) => ({ partition, instance: p.instance.title, service, state: s.state, pid: s.pid })),
@@ -178,7 +182,7 @@ export function registerNodeCommands(program: Command): void {
     .description('run the node supervisor in the foreground (node commands start it detached when it is not running)')
     .option(...configOption)
     .action(async (options) => {
-      const { createLogger, readNodeConfig, runSupervisor, supervisorSettings } = await agent();
+      const [{ readNodeConfig, supervisorSettings }, { runSupervisor }] = await Promise.all([nodeConfig(), import('../../slave/supervisor-run.js')]);
       const config = await readNodeConfig(options.config);
       const ran = await runSupervisor(config.root, supervisorSettings(config), createLogger(true));
       if (!ran) process.exitCode = NODE_EXIT.failure;
@@ -189,7 +193,7 @@ export function registerNodeCommands(program: Command): void {
     .description('run every cycle (software, instance, promise, usage, report) on its schedule until stopped')
     .option(...configOption)
     .action(async (options) => {
-      const { createLogger, readNodeConfig, runDaemon } = await agent();
+      const [{ readNodeConfig }, { runDaemon }] = await Promise.all([nodeConfig(), import('../../slave/daemon.js')]);
       const config = await readNodeConfig(options.config);
       await runDaemon(config, createLogger(true));
     });
@@ -200,7 +204,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option('--max-random-delay <seconds>', 'random delay of each run, in seconds', '30')
     .action(async (options) => {
-      const { readNodeConfig, renderCrontab } = await agent();
+      const [{ readNodeConfig }, { renderCrontab }] = await Promise.all([nodeConfig(), import('../../slave/cron.js')]);
       const config = await readNodeConfig(options.config);
       const entry = process.argv[1] ? path.resolve(process.argv[1]) : '';
       process.stdout.write(
