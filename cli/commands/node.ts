@@ -3,40 +3,14 @@ import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { PledgerError } from '../../protocol/errors.js';
 import { createLogger } from '../../slave/log.js';
+import { agentLogger, integer, NODE_EXIT, runCycle, runNodeDaemon } from '../node-runs.js';
 import { defaultNodeConfigPath } from '../../slave/paths.js';
-import type { ItemResult } from '../../slave/result.js';
 import { print, table } from '../output.js';
 import { globals } from './globals.js';
 import { registerNodeAdminCommands } from './operator.js';
 
-/*
- * Each command loads the parts of the node agent it runs, and only those: cron starts
- * these commands every minute, so their start-up is most of their cost.
- */
+// Each command loads the parts of the node agent it runs, and only those.
 const nodeConfig = () => import('../../slave/config.js');
-
-/** Exit codes of one-shot node runs: 2 is a promise that does not hold, 3 a success while the master was unreachable. */
-export const NODE_EXIT = { success: 0, failure: 1, promiseFailure: 2, offline: 3 } as const;
-
-function printResults(g: { json?: boolean }, results: ItemResult[], offline: boolean): void {
-  print(g, { results, offline }, (v) =>
-    [
-      v.results.length === 0 ? 'nothing to do' : table(['ITEM', 'STATUS', 'MESSAGE'], v.results.map((r) => [r.item, r.status, r.message ?? ''])),
-      ...(v.offline ? ['the master was unreachable: events are kept and will be sent at the next run'] : []),
-    ].join('\n'),
-  );
-  const failed = results.filter((r) => r.status === 'failed');
-  const onlyPromises = failed.length > 0 && failed.every((r) => r.promiseFailure);
-  process.exitCode = onlyPromises ? NODE_EXIT.promiseFailure : failed.length > 0 ? NODE_EXIT.failure : offline ? NODE_EXIT.offline : NODE_EXIT.success;
-}
-
-/** Cron starts every node at the same second: each run first waits a random part of this. */
-async function randomDelay(seconds: string | undefined): Promise<void> {
-  const max = integer(seconds, '--max-random-delay') ?? 0;
-  if (max > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * max * 1000));
-}
-
-const agentLogger = (g: { json?: boolean }) => createLogger(Boolean(g.json) || !process.stderr.isTTY);
 
 export function registerNodeCommands(program: Command): void {
   const node = program.command('node').description('node agent commands, and node registration (operators)');
@@ -94,12 +68,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const [{ readNodeConfig }, { installSoftware }] = await Promise.all([nodeConfig(), import('../../slave/software.js')]);
-      const config = await readNodeConfig(options.config);
-      const run = await installSoftware(config, agentLogger(g));
-      printResults(g, run.results, run.offline);
+      await runCycle('software', options, globals(command));
     });
 
   node
@@ -108,12 +77,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const [{ readNodeConfig }, { processInstances }] = await Promise.all([nodeConfig(), import('../../slave/instance.js')]);
-      const config = await readNodeConfig(options.config);
-      const run = await processInstances(config, agentLogger(g));
-      printResults(g, run.results, run.offline);
+      await runCycle('instance', options, globals(command));
     });
 
   node
@@ -122,12 +86,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const [{ readNodeConfig }, { checkPromisesCycle }] = await Promise.all([nodeConfig(), import('../../slave/promise-cycle.js')]);
-      const config = await readNodeConfig(options.config);
-      const run = await checkPromisesCycle(config, agentLogger(g));
-      printResults(g, run.results, run.offline);
+      await runCycle('promise', options, globals(command));
     });
 
   node
@@ -136,12 +95,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const [{ readNodeConfig }, { meterUsage }] = await Promise.all([nodeConfig(), import('../../slave/usage.js')]);
-      const config = await readNodeConfig(options.config);
-      const sample = await meterUsage(config, agentLogger(g));
-      print(g, sample, (v) => `sampled ${v.partitions} partition(s); ${v.hoursReported} hour(s) of usage queued`);
+      await runCycle('usage', options, globals(command));
     });
 
   node
@@ -150,13 +104,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const [{ readNodeConfig }, { reportEvents }] = await Promise.all([nodeConfig(), import('../../slave/report.js')]);
-      const config = await readNodeConfig(options.config);
-      const flushed = await reportEvents(config, agentLogger(g));
-      print(g, flushed, (v) => `${v.sent} event(s) sent, ${v.pending} waiting${v.offline ? ': the master is unreachable' : ''}`);
-      process.exitCode = flushed.offline ? NODE_EXIT.offline : NODE_EXIT.success;
+      await runCycle('report', options, globals(command));
     });
 
   node
@@ -193,9 +141,7 @@ export function registerNodeCommands(program: Command): void {
     .description('run every cycle (software, instance, promise, usage, report) on its schedule until stopped')
     .option(...configOption)
     .action(async (options) => {
-      const [{ readNodeConfig }, { runDaemon }] = await Promise.all([nodeConfig(), import('../../slave/daemon.js')]);
-      const config = await readNodeConfig(options.config);
-      await runDaemon(config, createLogger(true));
+      await runNodeDaemon(options.config);
     });
 
   node
@@ -218,9 +164,3 @@ export function registerNodeCommands(program: Command): void {
     });
 }
 
-function integer(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n)) throw new PledgerError('BAD_REQUEST', `${flag} ${value} is not a whole number`);
-  return n;
-}
