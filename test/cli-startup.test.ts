@@ -36,12 +36,16 @@ describe('node commands started by cron', () => {
   let fixture: NodeFixture;
   let config: string;
 
-  /** `pledger node COMMAND`, as the agent's user, with its module loads and child processes recorded. */
-  async function traced(command: string): Promise<TracedRun> {
+  /**
+   * `pledger node COMMAND` as cron runs it (or with `--json` first, which only commander
+   * understands), as the agent's user, with its module loads and child processes recorded.
+   */
+  async function traced(command: string, form: 'plain' | 'global-json' = 'plain'): Promise<TracedRun> {
     const trace = path.join(fixture.agent.home, `trace-${command}-${Math.random().toString(36).slice(2)}`);
     const counted = `${trace}.children`;
     const hooks = ['trace-modules.mjs', 'count-children.mjs'].map((file) => `--import "${path.join(PROJECT, 'scripts', file)}"`).join(' ');
-    const run = await pledger(['node', command, '--config', config, '--json'], {
+    const args = form === 'plain' ? ['node', command, '--config', config, '--json'] : ['--json', 'node', command, '--config', config];
+    const run = await pledger(args, {
       user: fixture.agent,
       env: { NODE_OPTIONS: hooks, PLEDGER_TRACE_MODULES: trace, PLEDGER_COUNT_CHILDREN: counted },
     });
@@ -96,6 +100,18 @@ describe('node commands started by cron', () => {
     expect(run.modules.filter((module) => module.startsWith('dist/master/'))).toEqual([]);
     // The validators compiled at build time check the desired state.
     expect(run.modules).toContain('dist/slave/validators.generated.js');
+    // Nor is the whole command line built for it.
+    expect(run.packages.has('@commander-js/extra-typings')).toBe(false);
+    expect(run.modules).not.toContain('dist/cli/program.js');
+  });
+
+  it('answers the same through the full command line, when the form is not the plain one', async () => {
+    const run = await traced('software', 'global-json');
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(run.json().results).toEqual([{ item: 'idle@1.0.0', status: 'unchanged' }]);
+    expect(run.packages.has('@commander-js/extra-typings')).toBe(true);
+    expect(run.children).toBe(0);
+    expect(heavyIn(run)).toEqual([]);
   });
 
   it('loads the template engine only for the run that deploys, and nothing heavy for the runs after it', async () => {
