@@ -1,43 +1,14 @@
 #!/usr/bin/env node
 /**
  * The `pledger` executable: one program for the master, the node agent and the client.
+ *
+ * The node agent's cycles, which cron starts every minute, and its daemon, which runs for
+ * months, start without commander and the modules of the other commands when they are
+ * written plainly (see leanNodeCommand); everything else goes through the full command
+ * line.
  */
-import { Command } from '@commander-js/extra-typings';
-import { registerBillingCommands } from './commands/billing.js';
-import { registerInstanceCommands } from './commands/instances.js';
-import { registerMasterCommands } from './commands/master.js';
-import { registerNodeCommands } from './commands/node.js';
-import { registerNodePruneCommand } from './commands/node-prune.js';
-import { registerOperatorCommands } from './commands/operator.js';
-import { registerQuickstartCommand } from './commands/quickstart.js';
-import { reportError } from './output.js';
+import { leanNodeCommand } from './node-runs.js';
 
-const program = new Command()
-  .name('pledger')
-  .description('Pledger: a promise-theory service lifecycle engine with an ERP ledger')
-  .option('--json', 'print machine-readable JSON')
-  .option('--master <url>', 'the master URL (default: $PLEDGER_MASTER_URL or `pledger login`)')
-  .option('--token <token>', 'your API token (default: $PLEDGER_TOKEN or `pledger login`)')
-  .showHelpAfterError()
-  // Settings made before the subcommands are added are inherited by them.
-  .exitOverride();
-
-registerQuickstartCommand(program);
-registerInstanceCommands(program);
-registerOperatorCommands(program);
-registerNodeCommands(program);
-registerNodePruneCommand(program);
-registerMasterCommands(program);
-registerBillingCommands(program);
-
-try {
-  await program.parseAsync();
-} catch (error) {
-  const code = (error as { code?: string }).code;
-  if (typeof code === 'string' && code.startsWith('commander.')) {
-    // commander has printed its own message (usage errors, --help, --version).
-    process.exitCode = code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help' ? 0 : 2;
-  } else {
-    process.exitCode = reportError(program.opts(), error);
-  }
-}
+const lean = leanNodeCommand(process.argv.slice(2));
+if (lean) await lean();
+else await (await import('./program.js')).runProgram();

@@ -7,7 +7,7 @@
  */
 import { Type, type Static, type TSchema } from 'typebox';
 
-export const API_PREFIX = '/api/v1';
+export { API_PREFIX } from './api-prefix.js';
 
 // ---------------------------------------------------------------------------
 // Names

@@ -9,20 +9,38 @@
  *   const master = new MasterClient({ url: 'http://127.0.0.1:8600', token });
  *   const me = await master.call<Account>('GET', '/api/v1/whoami');
  */
+import type { IncomingHttpHeaders, IncomingMessage, RequestOptions } from 'node:http';
 import { PledgerError } from './errors.js';
 
 export interface MasterClientOptions {
   url: string;
   token?: string;
-  /** Milliseconds before a call is abandoned. */
+  /** Milliseconds without a byte from the master before a call is abandoned. */
   timeoutMs?: number;
+}
+
+/** The answer's headers, looked up by name in any case (as with fetch's Headers). */
+export class AnswerHeaders {
+  constructor(private readonly headers: IncomingHttpHeaders) {}
+
+  get(name: string): string | null {
+    const value = this.headers[name.toLowerCase()];
+    if (value === undefined) return null;
+    return Array.isArray(value) ? value.join(', ') : value;
+  }
 }
 
 export interface RawAnswer {
   status: number;
-  headers: Headers;
+  headers: AnswerHeaders;
   body: Buffer;
 }
+
+/**
+ * node:http rather than fetch: fetch loads Node's bundled undici on first use, which
+ * costs more than a whole no-op run of the node agent started by cron.
+ */
+const transport = (protocol: string) => (protocol === 'https:' ? import('node:https') : import('node:http'));
 
 export class MasterClient {
   readonly url: string;
@@ -51,30 +69,42 @@ export class MasterClient {
   async raw(method: string, path: string, options: { body?: Buffer; headers?: Record<string, string> } = {}): Promise<RawAnswer> {
     const headers: Record<string, string> = { accept: 'application/json', ...options.headers };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
-    let response: Response;
-    const release = new AbortController();
+    if (options.body) headers['content-length'] = String(options.body.length);
+    let answer: RawAnswer;
     try {
-      response = await fetch(`${this.url}${path}`, {
-        method,
-        headers,
-        body: options.body,
-        signal: AbortSignal.any([release.signal, AbortSignal.timeout(this.timeoutMs)]),
-      });
+      answer = await this.exchange(new URL(`${this.url}${path}`), { method, headers }, options.body);
     } catch (error) {
       const reason = (error as Error & { cause?: Error }).cause?.message ?? (error as Error).message;
       throw new PledgerError('MASTER_UNREACHABLE', `cannot reach the master at ${this.url}: ${reason}`, { cause: error });
     }
-    const body = Buffer.from(await response.arrayBuffer());
-    // A 304 has no body; a server that still announces one (Content-Length) leaves the
-    // connection waiting for it, which keeps the process alive until it times out.
-    if (response.status === 304) release.abort();
-    if (response.ok || response.status === 304) return { status: response.status, headers: response.headers, body };
+    if ((answer.status >= 200 && answer.status < 300) || answer.status === 304) return answer;
     let parsed: unknown;
     try {
-      parsed = JSON.parse(body.toString('utf8'));
+      parsed = JSON.parse(answer.body.toString('utf8'));
     } catch {
       parsed = undefined;
     }
-    throw PledgerError.fromBody(parsed, response.status);
+    throw PledgerError.fromBody(parsed, answer.status);
+  }
+
+  /** One request and its whole answer, within the client's timeout. */
+  private async exchange(url: URL, options: RequestOptions, body: Buffer | undefined): Promise<RawAnswer> {
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`${url.protocol} is not http: or https:`);
+    const { request } = await transport(url.protocol);
+    return new Promise<RawAnswer>((resolve, reject) => {
+      const sent = request(url, { ...options, timeout: this.timeoutMs }, (response: IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, headers: new AnswerHeaders(response.headers), body: Buffer.concat(chunks) }));
+        response.on('error', reject);
+        response.on('close', () => {
+          if (!response.complete) reject(new Error('the connection closed before the answer ended'));
+        });
+      });
+      // The socket's inactivity, while connecting, sending or receiving.
+      sent.on('timeout', () => sent.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
+      sent.on('error', reject);
+      sent.end(body);
+    });
   }
 }

@@ -9,18 +9,16 @@
 import { isDeepStrictEqual } from 'node:util';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { API_PREFIX, ChildrenState, type ChildRequest, type ChildState, type DesiredInstance } from '../protocol/api.js';
+import { API_PREFIX } from '../protocol/api-prefix.js';
+import type { ChildRequest, ChildrenState, ChildState, DesiredInstance } from '../protocol/api.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import type { Logger } from './log.js';
 import { PARTITION_PRIVATE_DIR } from './paths.js';
-import { checkSchema } from './validate.js';
-
-/** The instance cannot be deployed until its children publish: the message says which. */
-export class WaitingError extends Error {
-  override name = 'WaitingError';
-}
+import { checkValue } from './validate.js';
+import { ChildrenState as validateChildrenState } from './validators.generated.js';
+import { WaitingError } from './waiting.js';
 
 const CHILDREN_FILE = 'children.json';
 
@@ -52,7 +50,7 @@ export async function resolveChildren(
         serial: target.instance.serial,
         requests,
       });
-      children = checkSchema<ChildrenState>(ChildrenState, answer, 'answer to sub-instance requests', 'INTERNAL').children;
+      children = checkValue<ChildrenState>(validateChildrenState, answer, 'answer to sub-instance requests', 'INTERNAL').children;
       await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
       await writeFileAtomic(file, `${JSON.stringify({ requests, children } satisfies SavedChildren)}\n`, 0o600);
     } catch (error) {

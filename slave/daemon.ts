@@ -13,27 +13,16 @@ import { errorMessage } from './files.js';
 import { processInstances } from './instance.js';
 import { withLock } from './lock.js';
 import type { Logger } from './log.js';
-import { connectMaster } from './master.js';
-import { openOutbox, type FlushResult } from './outbox.js';
 import { lockPath } from './paths.js';
 import { checkPromisesCycle } from './promise-cycle.js';
+import { reportEvents } from './report.js';
 import { installSoftware } from './software.js';
 import { connectSupervisor } from './supervisor-client.js';
 import { meterUsage } from './usage.js';
 
-export type CycleName = 'software' | 'instance' | 'promise' | 'usage' | 'report';
+export { reportEvents } from './report.js';
 
-/** Sends what waits in the outbox; with `respectRetryDelay`, only once the delay after a failure has passed. */
-export async function reportEvents(config: NodeConfig, log: Logger, respectRetryDelay = false): Promise<FlushResult> {
-  return withLock(lockPath(config.root, 'report'), 'sending events', async () => {
-    const outbox = openOutbox(config);
-    try {
-      return await outbox.flush(connectMaster(config), log, { respectRetryDelay });
-    } finally {
-      outbox.close();
-    }
-  });
-}
+export type CycleName = 'software' | 'instance' | 'promise' | 'usage' | 'report';
 
 export const CYCLES: Record<CycleName, (config: NodeConfig, log: Logger) => Promise<unknown>> = {
   software: installSoftware,

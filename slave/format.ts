@@ -3,7 +3,8 @@
  * address of its own and a range of ports, and telling the master about them.
  */
 import { chmod, mkdir } from 'node:fs/promises';
-import { API_PREFIX, type PartitionDefinition, type PartitionsReport } from '../protocol/api.js';
+import type { PartitionDefinition, PartitionsReport } from '../protocol/api.js';
+import { API_PREFIX } from '../protocol/api-prefix.js';
 import { ipToNumber, numberToIp, type NodeConfig } from './config.js';
 import type { Logger } from './log.js';
 import { connectMaster } from './master.js';

@@ -14,9 +14,9 @@ import { mkdir } from 'node:fs/promises';
 import type { DesiredInstance, InstanceEvent } from '../protocol/api.js';
 import type { NodeConfig } from './config.js';
 import type { MasterClient } from '../protocol/client.js';
-import { resolveChildren, WaitingError } from './children.js';
-import { prepareDeployment, renderChildRequests, renderDeployment, type DesiredPartition, type RenderedDeployment } from './deploy.js';
+import type { DesiredPartition, RenderedDeployment } from './deploy.js';
 import { emptyDirectory, errorMessage } from './files.js';
+import { WaitingError } from './waiting.js';
 import type { Logger } from './log.js';
 import { connectMaster, pullDesiredState } from './master.js';
 import { newEvent, openOutbox, type Outbox } from './outbox.js';
@@ -26,7 +26,6 @@ import { lockPath, partitionPath } from './paths.js';
 import { stopProcessGroup, type ServiceRecord } from './processes.js';
 import { checkPromises } from './promises.js';
 import { notePromiseResults } from './promise-cycle.js';
-import { writePartitionFiles } from './render.js';
 import type { ItemResult, RunReport } from './result.js';
 import { isSoftwareBuilt } from './software.js';
 import { connectSupervisor, type SupervisorClient } from './supervisor-client.js';
@@ -157,6 +156,7 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
   let partitionDir: string;
   try {
     ({ rendered, partitionDir } = await render(run, partition, instance, true));
+    const { writePartitionFiles } = await import('./render.js');
     await writePartitionFiles(partitionDir, rendered.files);
   } catch (error) {
     if (error instanceof WaitingError) return failure(run, partition, instance, previous, 'waiting', oldServices, error.message);
@@ -330,6 +330,8 @@ async function report(
  * The instance's files, services, promises and published values, rendered for its
  * partition, once its sub-instances have published what it needs. `fresh` (a new
  * deployment) asks the master about them; a repair reuses what it answered last.
+ * The release format, its validator and the template engine load here, on the first
+ * partition that changed: a run with nothing to do never loads them.
  */
 async function render(
   run: Run,
@@ -337,8 +339,10 @@ async function render(
   instance: DesiredInstance,
   fresh: boolean,
 ): Promise<{ rendered: RenderedDeployment; partitionDir: string }> {
+  const { prepareDeployment, renderChildRequests, renderDeployment } = await import('./deploy.js');
   const deployment = await prepareDeployment(run.config.root, run.node, partition, instance);
   if (deployment.type.requests) {
+    const { resolveChildren } = await import('./children.js');
     const target = { partition: partition.reference, partitionDir: deployment.partitionDir, instance };
     deployment.context.requests = await resolveChildren(run.master, run.log, target, renderChildRequests(deployment), fresh);
   }

@@ -3,14 +3,16 @@
  * with an ETag and remembered on disk so that a node without its master keeps
  * converging towards the last state it was given.
  */
-import { API_PREFIX, DesiredState } from '../protocol/api.js';
+import type { DesiredState } from '../protocol/api.js';
+import { API_PREFIX } from '../protocol/api-prefix.js';
 import { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { NodeConfig } from './config.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import type { Logger } from './log.js';
 import { desiredStatePath } from './paths.js';
-import { checkSchema } from './validate.js';
+import { checkValue } from './validate.js';
+import * as validators from './validators.generated.js';
 
 export function connectMaster(config: NodeConfig): MasterClient {
   return new MasterClient({ url: config.masterUrl, token: config.credential });
@@ -58,7 +60,7 @@ export async function pullDesiredState(config: NodeConfig, master: MasterClient,
   } catch {
     throw new PledgerError('INTERNAL', 'the master sent a desired state that is not JSON');
   }
-  const state = checkSchema<DesiredState>(DesiredState, body, 'desired state from the master', 'INTERNAL');
+  const state = checkValue<DesiredState>(validators.DesiredState, body, 'desired state from the master', 'INTERNAL');
   const fresh: SavedState = { etag: answer.headers.get('etag'), state };
   await writeFileAtomic(file, `${JSON.stringify(fresh)}\n`, 0o600);
   return { state, offline: false };
@@ -68,7 +70,7 @@ async function readSavedState(file: string, log: Logger): Promise<SavedState | u
   try {
     const saved = (await readJsonFile(file)) as Partial<SavedState> | undefined;
     if (!saved?.state) return undefined;
-    return { etag: saved.etag ?? null, state: checkSchema<DesiredState>(DesiredState, saved.state, 'saved desired state') };
+    return { etag: saved.etag ?? null, state: checkValue<DesiredState>(validators.DesiredState, saved.state, 'saved desired state') };
   } catch (error) {
     log.error('ignoring the saved desired state', { file, reason: (error as Error).message });
     return undefined;

@@ -9,7 +9,8 @@
  * that a fleet coming back does not hit its master in the same second.
  */
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { API_PREFIX, EventsReceipt, type BangEvent, type InstanceEvent, type NodeEvent, type PromisesEvent, type SoftwareEvent } from '../protocol/api.js';
+import type { BangEvent, EventsReceipt, InstanceEvent, NodeEvent, PromisesEvent, SoftwareEvent } from '../protocol/api.js';
+import { API_PREFIX } from '../protocol/api-prefix.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import { OUTBOX_DEFAULTS, outboxSettings, type NodeConfig, type OutboxSettings } from './config.js';
@@ -17,7 +18,8 @@ import { errorMessage, randomToken } from './files.js';
 import type { Logger } from './log.js';
 import { openNodeDatabase, readMeta, writeMeta, type NodeDatabase } from './node-db.js';
 import { legacyOutboxPath, nodeDatabasePath } from './paths.js';
-import { checkSchema } from './validate.js';
+import { checkValue } from './validate.js';
+import * as validators from './validators.generated.js';
 
 /** The master refuses bigger batches. */
 const BATCH_SIZE = 500;
@@ -183,7 +185,7 @@ export class Outbox {
 async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<string>, log: Logger): Promise<unknown> {
   try {
     const answer = await master.call<unknown>('POST', `${API_PREFIX}/node/events`, { events: batch });
-    const receipt = checkSchema<EventsReceipt>(EventsReceipt, answer, 'events receipt', 'INTERNAL');
+    const receipt = checkValue<EventsReceipt>(validators.EventsReceipt, answer, 'events receipt', 'INTERNAL');
     for (const id of [...receipt.applied, ...receipt.duplicates]) delivered.add(id);
     return undefined;
   } catch (error) {

@@ -13,7 +13,8 @@
  */
 import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { API_PREFIX, type DesiredState } from '../protocol/api.js';
+import type { DesiredState } from '../protocol/api.js';
+import { API_PREFIX } from '../protocol/api-prefix.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import { checkFreeSpace, forgetAttempts, readAttempts, recordFailure } from './build-retry.js';

@@ -17,6 +17,14 @@ import type { PartitionStatus, SupervisedInstance, SupervisorAnswer, SupervisorR
 
 const START_TIMEOUT_MS = 10_000;
 
+/**
+ * The supervisor lives as long as the node and allocates little but often (process
+ * table reads, one JSON answer per request): a 1 MiB young generation instead of V8's
+ * default 16 MiB keeps its resident memory near its live data, at the cost of more,
+ * shorter, scavenges.
+ */
+export const SUPERVISOR_NODE_FLAGS = ['--max-semi-space-size=1'];
+
 export class SupervisorClient {
   constructor(private readonly root: string) {}
 
@@ -101,7 +109,7 @@ function startSupervisorProcess(root: string, settings: SupervisorSettings): voi
   mkdirSync(stateRoot(root), { recursive: true, mode: 0o750 });
   const fd = openSync(supervisorLogPath(root), 'a', 0o600);
   try {
-    const child = spawn(process.execPath, [supervisorEntry(), root, JSON.stringify(settings)], {
+    const child = spawn(process.execPath, [...SUPERVISOR_NODE_FLAGS, supervisorEntry(), root, JSON.stringify(settings)], {
       cwd: root,
       detached: true,
       stdio: ['ignore', fd, fd],

@@ -2,37 +2,15 @@
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { PledgerError } from '../../protocol/errors.js';
+import { createLogger } from '../../slave/log.js';
 import { defaultNodeConfigPath } from '../../slave/paths.js';
-import type { ItemResult } from '../../slave/result.js';
+import { agentLogger, integer, NODE_EXIT, runCycle, runNodeDaemon } from '../node-runs.js';
 import { print, table } from '../output.js';
 import { globals } from './globals.js';
 import { registerNodeAdminCommands } from './operator.js';
 
-// The node agent loads when a node command runs, so that other commands start fast.
-const agent = () => import('../../slave/index.js');
-
-/** Exit codes of one-shot node runs: 2 is a promise that does not hold, 3 a success while the master was unreachable. */
-export const NODE_EXIT = { success: 0, failure: 1, promiseFailure: 2, offline: 3 } as const;
-
-function printResults(g: { json?: boolean }, results: ItemResult[], offline: boolean): void {
-  print(g, { results, offline }, (v) =>
-    [
-      v.results.length === 0 ? 'nothing to do' : table(['ITEM', 'STATUS', 'MESSAGE'], v.results.map((r) => [r.item, r.status, r.message ?? ''])),
-      ...(v.offline ? ['the master was unreachable: events are kept and will be sent at the next run'] : []),
-    ].join('\n'),
-  );
-  const failed = results.filter((r) => r.status === 'failed');
-  const onlyPromises = failed.length > 0 && failed.every((r) => r.promiseFailure);
-  process.exitCode = onlyPromises ? NODE_EXIT.promiseFailure : failed.length > 0 ? NODE_EXIT.failure : offline ? NODE_EXIT.offline : NODE_EXIT.success;
-}
-
-/** Cron starts every node at the same second: each run first waits a random part of this. */
-async function randomDelay(seconds: string | undefined): Promise<void> {
-  const max = integer(seconds, '--max-random-delay') ?? 0;
-  if (max > 0) await new Promise((resolve) => setTimeout(resolve, Math.random() * max * 1000));
-}
-
-const agentLogger = async (g: { json?: boolean }) => (await agent()).createLogger(Boolean(g.json) || !process.stderr.isTTY);
+// Each command loads the parts of the node agent it runs, and only those.
+const nodeConfig = () => import('../../slave/config.js');
 
 export function registerNodeCommands(program: Command): void {
   const node = program.command('node').description('node agent commands, and node registration (operators)');
@@ -53,7 +31,7 @@ export function registerNodeCommands(program: Command): void {
       const g = globals(command);
       const masterUrl = g.master ?? process.env.PLEDGER_MASTER_URL;
       if (!masterUrl) throw new PledgerError('BAD_REQUEST', 'no master given', { hint: 'pass --master URL or set PLEDGER_MASTER_URL' });
-      const { resolveNodeConfig, writeNodeConfig } = await agent();
+      const { resolveNodeConfig, writeNodeConfig } = await nodeConfig();
       const config = resolveNodeConfig(
         {
           masterUrl,
@@ -76,9 +54,9 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
-      const { createLogger, formatNode, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { formatNode }] = await Promise.all([nodeConfig(), import('../../slave/format.js')]);
       const config = await readNodeConfig(options.config);
-      const partitions = await formatNode(config, createLogger(Boolean(g.json) || !process.stderr.isTTY));
+      const partitions = await formatNode(config, agentLogger(g));
       print(g, partitions, (list) => table(['PARTITION', 'IP', 'PORTS'], list.map((p) => [p.reference, p.ip, `${p.ports.first}-${p.ports.last}`])));
     });
 
@@ -90,12 +68,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const { installSoftware, readNodeConfig } = await agent();
-      const config = await readNodeConfig(options.config);
-      const run = await installSoftware(config, await agentLogger(g));
-      printResults(g, run.results, run.offline);
+      await runCycle('software', options, globals(command));
     });
 
   node
@@ -104,12 +77,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const { processInstances, readNodeConfig } = await agent();
-      const config = await readNodeConfig(options.config);
-      const run = await processInstances(config, await agentLogger(g));
-      printResults(g, run.results, run.offline);
+      await runCycle('instance', options, globals(command));
     });
 
   node
@@ -118,12 +86,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const { checkPromisesCycle, readNodeConfig } = await agent();
-      const config = await readNodeConfig(options.config);
-      const run = await checkPromisesCycle(config, await agentLogger(g));
-      printResults(g, run.results, run.offline);
+      await runCycle('promise', options, globals(command));
     });
 
   node
@@ -132,12 +95,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const { meterUsage, readNodeConfig } = await agent();
-      const config = await readNodeConfig(options.config);
-      const sample = await meterUsage(config, await agentLogger(g));
-      print(g, sample, (v) => `sampled ${v.partitions} partition(s); ${v.hoursReported} hour(s) of usage queued`);
+      await runCycle('usage', options, globals(command));
     });
 
   node
@@ -146,13 +104,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option(...delayOption)
     .action(async (options, command) => {
-      const g = globals(command);
-      await randomDelay(options.maxRandomDelay);
-      const { readNodeConfig, reportEvents } = await agent();
-      const config = await readNodeConfig(options.config);
-      const flushed = await reportEvents(config, await agentLogger(g));
-      print(g, flushed, (v) => `${v.sent} event(s) sent, ${v.pending} waiting${v.offline ? ': the master is unreachable' : ''}`);
-      process.exitCode = flushed.offline ? NODE_EXIT.offline : NODE_EXIT.success;
+      await runCycle('report', options, globals(command));
     });
 
   node
@@ -161,9 +113,9 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
-      const { connectSupervisor, readNodeConfig } = await agent();
+      const [{ readNodeConfig }, { connectSupervisor }] = await Promise.all([nodeConfig(), import('../../slave/supervisor-client.js')]);
       const config = await readNodeConfig(options.config);
-      const supervisor = await connectSupervisor(config, await agentLogger(g));
+      const supervisor = await connectSupervisor(config, agentLogger(g));
       const status = await supervisor.status();
       const rows = Object.entries(status).flatMap(([partition, p]) =>
         Object.entries(p.services).map(([service, s]) => ({ partition, instance: p.instance.title, service, state: s.state, pid: s.pid })),
@@ -178,7 +130,7 @@ export function registerNodeCommands(program: Command): void {
     .description('run the node supervisor in the foreground (node commands start it detached when it is not running)')
     .option(...configOption)
     .action(async (options) => {
-      const { createLogger, readNodeConfig, runSupervisor, supervisorSettings } = await agent();
+      const [{ readNodeConfig, supervisorSettings }, { runSupervisor }] = await Promise.all([nodeConfig(), import('../../slave/supervisor-run.js')]);
       const config = await readNodeConfig(options.config);
       const ran = await runSupervisor(config.root, supervisorSettings(config), createLogger(true));
       if (!ran) process.exitCode = NODE_EXIT.failure;
@@ -189,9 +141,7 @@ export function registerNodeCommands(program: Command): void {
     .description('run every cycle (software, instance, promise, usage, report) on its schedule until stopped')
     .option(...configOption)
     .action(async (options) => {
-      const { createLogger, readNodeConfig, runDaemon } = await agent();
-      const config = await readNodeConfig(options.config);
-      await runDaemon(config, createLogger(true));
+      await runNodeDaemon(options.config);
     });
 
   node
@@ -200,7 +150,7 @@ export function registerNodeCommands(program: Command): void {
     .option(...configOption)
     .option('--max-random-delay <seconds>', 'random delay of each run, in seconds', '30')
     .action(async (options) => {
-      const { readNodeConfig, renderCrontab } = await agent();
+      const [{ readNodeConfig }, { renderCrontab }] = await Promise.all([nodeConfig(), import('../../slave/cron.js')]);
       const config = await readNodeConfig(options.config);
       const entry = process.argv[1] ? path.resolve(process.argv[1]) : '';
       process.stdout.write(
@@ -214,9 +164,3 @@ export function registerNodeCommands(program: Command): void {
     });
 }
 
-function integer(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n)) throw new PledgerError('BAD_REQUEST', `${flag} ${value} is not a whole number`);
-  return n;
-}

@@ -5,7 +5,6 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import { LineCounter, parseDocument } from 'yaml';
 import { PledgerError } from '../../protocol/errors.js';
 import { print } from '../output.js';
 import { globals } from './globals.js';
@@ -54,6 +53,8 @@ export function registerSoftwareCheckCommands(software: Command): void {
 async function locate(dir: string, problems: { where: string; message: string }[]): Promise<CheckedProblem[]> {
   const text = await readFile(path.join(dir, 'software.yaml'), 'utf8').catch(() => null);
   if (text === null) return problems.map((p) => ({ ...p, at: dir }));
+  // Loaded here: every pledger command registers this one, few run it.
+  const { LineCounter, parseDocument } = await import('yaml');
   const lineCounter = new LineCounter();
   const document = parseDocument(text, { lineCounter, keepSourceTokens: false, uniqueKeys: false });
   const position = (offset: number) => {

@@ -15,7 +15,7 @@
 import { createHash } from 'node:crypto';
 import { appendFile, cp, mkdir, readdir, readFile, readlink, rename, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { API_PREFIX } from '../../protocol/api.js';
+import { API_PREFIX } from '../../protocol/api-prefix.js';
 import type { MasterClient } from '../../protocol/client.js';
 import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../../protocol/software-archive.js';
 import type { LoadedSoftware, PartDefinition } from '../../protocol/software-release.js';
