@@ -6,9 +6,10 @@
  *   npm run bench:allocation -- --nodes 1000 --rate 50        # smaller
  *
  * First, requests arrive over HTTP at a steady rate (--rate per second, for --seconds)
- * and the latency of each is measured; then the rest are requested one after the
- * other in process, and the allocation throughput is measured. SQLite, as the
- * embedded default runs it.
+ * and the latency of each is measured; then the rest are requested in process by
+ * --clients concurrent clients (each sends its next request once the previous one is
+ * answered), and the allocation throughput is measured. SQLite, as the embedded
+ * default runs it: WAL, synchronous FULL, requests committed in groups.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -18,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { createAccount } from '../master/accounts.js';
 import { buildApp } from '../master/app.js';
 import { openDatabase } from '../master/db/database.js';
+import { groupCommitStats } from '../master/db/group-commit.js';
 import { migrate } from '../master/db/migrate.js';
 import { requestInstance } from '../master/instances.js';
 import { record } from '../master/ledger/movements.js';
@@ -29,12 +31,14 @@ const { values: options } = parseArgs({
     partitions: { type: 'string', default: '10' },
     rate: { type: 'string', default: '100' },
     seconds: { type: 'string', default: '10' },
+    clients: { type: 'string', default: '64' },
   },
 });
 const NODES = Number(options.nodes);
 const PARTITIONS = Number(options.partitions);
 const RATE = Number(options.rate);
 const SECONDS = Number(options.seconds);
+const CLIENTS = Number(options.clients);
 const REGIONS = ['eu', 'us', 'asia', 'africa'];
 const NETWORKS = ['lan', 'wan'];
 
@@ -120,16 +124,27 @@ latencies.sort((a, b) => a - b);
 const percentile = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!.toFixed(1);
 console.log(`HTTP: ${count} requests at ${RATE}/s: latency p50 ${percentile(50)} ms, p99 ${percentile(99)} ms, max ${latencies.at(-1)!.toFixed(1)} ms`);
 
-// The rest, one after the other: allocation throughput until the fleet is full.
+// The rest, by CLIENTS concurrent clients that each send their next request once the
+// previous one is answered: allocation throughput until the fleet is full.
 started = performance.now();
 const bulkFirst = next;
-for (; next < total; next++) {
-  const view = await requestInstance(db, owner, `i-${next}`, { software: 'bench', sla: sla(next) });
-  if (view.status !== 'allocated') throw new Error(`instance ${next} not allocated: ${view.message}`);
-}
+const groupsBefore = groupCommitStats(db)!;
+const client = async () => {
+  while (next < total) {
+    const index = next++;
+    const view = await requestInstance(db, owner, `i-${index}`, { software: 'bench', sla: sla(index) });
+    if (view.status !== 'allocated') throw new Error(`instance ${index} not allocated: ${view.message}`);
+  }
+};
+await Promise.all(Array.from({ length: CLIENTS }, client));
 const bulk = total - bulkFirst;
 const bulkSeconds = seconds(started);
-console.log(`in process: ${bulk} instances allocated in ${bulkSeconds} s (${Math.round(bulk / Number(bulkSeconds))}/s)`);
+const groups = groupCommitStats(db)!;
+const groupCount = groups.groups - groupsBefore.groups;
+console.log(
+  `in process, ${CLIENTS} concurrent clients: ${bulk} instances allocated in ${bulkSeconds} s (${Math.round(bulk / Number(bulkSeconds))}/s), ` +
+    `${groupCount} commits (${(bulk / groupCount).toFixed(1)} requests per commit on average, ${groups.largest} at most)`,
+);
 const full = await requestInstance(db, owner, 'one-too-many', { software: 'bench', sla: sla(0) });
 console.log(`one more: ${full.status}, "${full.message}"`);
 

@@ -5,13 +5,15 @@
  * A node fits when it carries every label of the SLA (and has the name the SLA's `node`
  * gives), takes the instance's owner (its scope is open, or owner and the owner is
  * the instance's), called the master in the last 10 minutes, has the release supplied,
- * and has a free partition. Among the fitting partitions the first by node name, then
- * by partition reference, wins: allocation is deterministic. It is safe with several
- * master processes: the partition is taken with a conditional update, so two masters
- * never give the same partition twice.
+ * has enough of each declared resource the instance needs left over, and has a free
+ * partition. Among the fitting partitions the first by node name, then by partition
+ * reference, wins: allocation is deterministic. It is safe with several master
+ * processes: the partition is taken with a conditional update, so two masters never
+ * give the same partition twice.
  */
 import type { Kysely, SelectQueryBuilder, Transaction } from 'kysely';
-import type { Sla } from '../protocol/api.js';
+import type { Resources, Sla } from '../protocol/api.js';
+import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 
@@ -24,7 +26,19 @@ interface Allocatable {
   owner_id: string;
   /** JSON of the instance's SLA. */
   sla: string;
+  /** What it takes of the resources nodes declare. */
+  needs: Resources;
   message: string | null;
+}
+
+/**
+ * What one instance of a software type takes of each declared resource: what the type
+ * needs, or more when the request asks for more.
+ */
+export function resourceNeeds(definition: SoftwareDefinition, softwareType: string, asked: Resources): Resources {
+  const needs: Resources = { ...definition['software-types'][softwareType]?.resources };
+  for (const [name, amount] of Object.entries(asked)) needs[name] = Math.max(needs[name] ?? 0, amount);
+  return Object.fromEntries(Object.entries(needs).sort(([a], [b]) => a.localeCompare(b)));
 }
 
 type NodeQuery = SelectQueryBuilder<Tables, 'nodes', object>;
@@ -35,7 +49,10 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
   // The first fitting node by name, walking only nodes with a free partition (an
   // index), then its first free partition.
-  const node = await supplied(open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id), instance.software_id)
+  // The conditions are the same as whyNothingFits narrows, in another order: the most
+  // selective first. (Anti-affinity, which keeps the instances of one tree apart, will
+  // be one more condition here and one more step there.)
+  const node = await withResources(supplied(open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id), instance.software_id), instance.needs)
     .select(['nodes.id', 'nodes.name'])
     .where('nodes.free_partitions', '>', 0)
     .orderBy('nodes.name')
@@ -56,7 +73,10 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
   if (partition) {
     await record(
       trx,
-      { kind: 'instance.allocated', data: { instanceId: instance.id, partitionId: partition.id, node: node.name, partition: partition.reference } },
+      {
+        kind: 'instance.allocated',
+        data: { instanceId: instance.id, partitionId: partition.id, node: node.name, partition: partition.reference, resources: instance.needs },
+      },
       { actor, subject: instance.id },
     );
     return true;
@@ -108,6 +128,40 @@ function supplied(query: NodeQuery, softwareId: string): NodeQuery {
   );
 }
 
+/** Nodes that have at least `amount` of the resource `name` left over. */
+function withResource(query: NodeQuery, name: string, amount: number): NodeQuery {
+  if (amount === 0) return query;
+  return query.where((eb) =>
+    eb.exists(
+      eb
+        .selectFrom('node_resources')
+        .select('node_resources.node_id')
+        .whereRef('node_resources.node_id', '=', 'nodes.id')
+        .where('node_resources.name', '=', name)
+        .where((r) => r(r('node_resources.capacity', '-', r.ref('node_resources.used')), '>=', amount)),
+    ),
+  );
+}
+
+function withResources(query: NodeQuery, needs: Resources): NodeQuery {
+  for (const [name, amount] of Object.entries(needs)) query = withResource(query, name, amount);
+  return query;
+}
+
+/** "2048 MiB of memory": an amount in the unit its resource is counted in. */
+export function describeResource(name: string, amount: number): string {
+  switch (name) {
+    case 'cpu':
+      return `${amount} CPU ${amount === 1 ? 'core' : 'cores'}`;
+    case 'memory':
+      return `${amount} MiB of memory`;
+    case 'disk':
+      return `${amount} GiB of disk`;
+    default:
+      return `${amount} of ${name}`;
+  }
+}
+
 /** Nodes that called the master since `cutoff`. */
 function alive(query: NodeQuery, cutoff: string): NodeQuery {
   return query.where((eb) =>
@@ -135,7 +189,12 @@ async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, s
   nodes = supplied(nodes, instance.software_id);
   if ((await count(nodes)) === 0) return `no ${subject} has ${instance.software_id} supplied`;
   const withRelease = `${subject} that has ${instance.software_id} supplied`;
-  if ((await count(alive(nodes, cutoff))) === 0) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  nodes = alive(nodes, cutoff);
+  if ((await count(nodes)) === 0) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  for (const [name, amount] of Object.entries(instance.needs)) {
+    nodes = withResource(nodes, name, amount);
+    if ((await count(nodes)) === 0) return `no ${withRelease} has ${describeResource(name, amount)} free`;
+  }
   return `no ${withRelease} has a free partition`;
 }
 
@@ -150,12 +209,12 @@ export async function allocatePending(db: Kysely<Tables>): Promise<void> {
       // Read again inside the transaction: another master may have allocated it.
       const current = await trx
         .selectFrom('instances')
-        .select(['id', 'software_id', 'owner_id', 'sla', 'message'])
+        .select(['id', 'software_id', 'owner_id', 'sla', 'needs', 'message'])
         .where('id', '=', id)
         .where('partition_id', 'is', null)
         .where('state', '!=', 'destroyed')
         .executeTakeFirst();
-      if (current) await allocate(trx, current, 'master');
+      if (current) await allocate(trx, { ...current, needs: JSON.parse(current.needs) as Resources }, 'master');
     });
   }
 }

@@ -7,12 +7,13 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Ajv, type ValidateFunction } from 'ajv';
-import type { Kysely } from 'kysely';
-import type { InstanceRequest, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Sla } from '../protocol/api.js';
+import type { Kysely, Transaction } from 'kysely';
+import type { InstanceRequest, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Resources, Sla } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
-import { allocate } from './allocation.js';
+import { allocate, resourceNeeds } from './allocation.js';
+import { writeTransaction } from './db/group-commit.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 import { resolveSoftware, type SoftwareRow } from './software.js';
@@ -25,7 +26,8 @@ export async function requestInstance(
   /** Who asks: the owner, or the master itself (stopping for non-payment). */
   actor = `account:${owner.name}`,
 ): Promise<InstanceView> {
-  await db.transaction().execute(async (trx) => {
+  // Changes the instance as asked; its view is read in the same transaction.
+  const change = async (trx: Transaction<Tables>): Promise<void> => {
     const existing = await trx
       .selectFrom('instances')
       .selectAll()
@@ -38,7 +40,8 @@ export async function requestInstance(
     const parameters = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}));
     const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
     const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
-    if (existing?.partition_id && sla !== existing.sla && state !== 'destroyed') {
+    const resources = JSON.stringify(sortedKeys(request.resources ?? (existing ? (JSON.parse(existing.resources) as Resources) : {})));
+    if (existing?.partition_id && (sla !== existing.sla || resources !== existing.resources) && state !== 'destroyed') {
       throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
         hint: 'destroy it and request it again with the new SLA',
       });
@@ -53,16 +56,21 @@ export async function requestInstance(
       existing.software_type === softwareType &&
       existing.state === state &&
       existing.sla === sla &&
+      existing.resources === resources &&
       existing.parameters === JSON.stringify(parameters);
     if (unchanged) return;
 
     const instanceId = existing?.id ?? randomUUID();
     const serial = (existing?.serial ?? 0) + 1;
+    // An allocated instance keeps what it took on its node, whatever its release now says.
+    const needs: Resources = existing?.partition_id
+      ? (JSON.parse(existing.needs) as Resources)
+      : resourceNeeds(JSON.parse(software.definition) as SoftwareDefinition, softwareType, JSON.parse(resources) as Resources);
     await record(
       trx,
       {
         kind: 'instance.requested',
-        data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, sla: JSON.parse(sla) as Sla, state, serial },
+        data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, sla: JSON.parse(sla) as Sla, resources: JSON.parse(resources) as Resources, needs, state, serial },
       },
       { actor, subject: instanceId },
     );
@@ -75,14 +83,17 @@ export async function requestInstance(
         { actor: 'master', subject: instanceId },
       );
     } else if (state !== 'destroyed' && !partitioned) {
-      await allocate(trx, { id: instanceId, software_id: software.id, owner_id: owner.id, sla, message: null }, 'master');
+      await allocate(trx, { id: instanceId, software_id: software.id, owner_id: owner.id, sla, needs, message: null }, 'master');
     }
+  };
+  return writeTransaction(db, async (trx) => {
+    await change(trx);
+    return getInstance(trx, owner, title);
   });
-  return getInstance(db, owner, title);
 }
 
 /** The same object with its keys in order, so that two equal SLAs compare equal as JSON. */
-function sortedKeys(value: Record<string, string>): Record<string, string> {
+function sortedKeys<T>(value: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.entries(value).sort(([a], [b]) => a.localeCompare(b)));
 }
 
@@ -167,6 +178,7 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
     softwareType: row.software_type,
     parameters: JSON.parse(row.parameters) as Parameters,
     sla: JSON.parse(row.sla) as Sla,
+    resources: JSON.parse(row.needs) as Resources,
     state: row.state,
     status: row.status as InstanceView['status'],
     message: row.message,

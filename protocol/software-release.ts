@@ -14,7 +14,7 @@ import addFormatsImport from 'ajv-formats';
 import { Type, type Static } from 'typebox';
 import nunjucks from 'nunjucks';
 import { parseDocument } from 'yaml';
-import { SoftwareName, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
+import { Resources, SoftwareName, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
 import { PledgerError } from './errors.js';
 
 // ajv-formats is CommonJS: its default export arrives wrapped under ESM.
@@ -113,6 +113,8 @@ const SoftwareTypeDefinition = Type.Object(
     promises: Type.Optional(StrictRecord(Identifier, Promise_)),
     /** Connection parameters published to the requester; values are templates. */
     publish: Type.Optional(StrictRecord(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }), Type.String())),
+    /** What one instance needs of the resources nodes declare (`cpu` cores, `memory` MiB, `disk` GiB...). */
+    resources: Type.Optional(Resources),
   },
   { additionalProperties: false },
 );
