@@ -11,7 +11,7 @@
  * processes: the partition is taken with a conditional update, so two masters never
  * give the same partition twice.
  */
-import type { Kysely, SelectQueryBuilder, Transaction } from 'kysely';
+import { sql, type Kysely, type SelectQueryBuilder, type Transaction } from 'kysely';
 import type { Resources, Sla } from '../protocol/api.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { Tables } from './db/tables.js';
@@ -54,7 +54,10 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
   // be one more condition here and one more step there.)
   const node = await withResources(supplied(open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id), instance.software_id), instance.needs)
     .select(['nodes.id', 'nodes.name'])
-    .where('nodes.free_partitions', '>', 0)
+    // A literal, not a bound parameter: SQLite uses the partial index of nodes with a
+    // free partition only when it can see the query asks for exactly those. With a
+    // parameter it walks every node in name order, the full ones first.
+    .where('nodes.free_partitions', '>', sql.lit(0))
     .orderBy('nodes.name')
     .limit(1)
     .executeTakeFirst();
