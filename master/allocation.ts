@@ -11,7 +11,7 @@
  * processes: the partition is taken with a conditional update, so two masters never
  * give the same partition twice.
  */
-import { sql, type Kysely, type SelectQueryBuilder, type Transaction } from 'kysely';
+import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
 import type { Resources, Sla } from '../protocol/api.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { Tables } from './db/tables.js';
@@ -41,38 +41,37 @@ export function resourceNeeds(definition: SoftwareDefinition, softwareType: stri
   return Object.fromEntries(Object.entries(needs).sort(([a], [b]) => a.localeCompare(b)));
 }
 
-type NodeQuery = SelectQueryBuilder<Tables, 'nodes', object>;
+/**
+ * One condition on the `nodes` table, as SQL. Conditions are written as SQL fragments
+ * rather than with the query builder: allocation runs at every request, and building
+ * the query through the builder cost more than running it. Values are bound
+ * parameters, never spliced into the SQL.
+ */
+type NodeCondition = RawBuilder<unknown>;
 
 /** Allocates `instance` inside the caller's transaction, or records why it cannot. */
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
   const sla = JSON.parse(instance.sla) as Sla;
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
-  // The first fitting node by name, walking only nodes with a free partition (an
-  // index), then its first free partition.
-  // The conditions are the same as whyNothingFits narrows, in another order: the most
-  // selective first. (Anti-affinity, which keeps the instances of one tree apart, will
-  // be one more condition here and one more step there.)
-  const node = await withResources(supplied(open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id), instance.software_id), instance.needs)
-    .select(['nodes.id', 'nodes.name'])
-    // A literal, not a bound parameter: SQLite uses the partial index of nodes with a
-    // free partition only when it can see the query asks for exactly those. With a
-    // parameter it walks every node in name order, the full ones first.
-    .where('nodes.free_partitions', '>', sql.lit(0))
-    .orderBy('nodes.name')
-    .limit(1)
-    .executeTakeFirst();
+  // The first fitting node by name, walking only nodes with a free partition (a partial
+  // index: `> 0` is a literal, not a parameter, or SQLite cannot use it and walks every
+  // node, the full ones first), then its first free partition.
+  const conditions = [...matching(sla), open(instance.owner_id), supplied(instance.software_id), alive(cutoff), ...withResources(instance.needs)];
+  // Anti-affinity, which keeps the instances of one tree apart, will be one more
+  // condition here and one more step in whyNothingFits.
+  const { rows: nodes } = await sql<{ id: string; name: string }>`
+    select nodes.id, nodes.name from nodes
+    where ${sql.join(conditions, sql` and `)} and nodes.free_partitions > 0
+    order by nodes.name limit 1`.execute(trx);
+  const node = nodes[0];
   // A node has few partitions: reading them all by (node, reference) beats letting the
   // database pick the free ones through the instance index, which spans the fleet.
   const partition =
     node &&
     (
-      await trx
-        .selectFrom('partitions')
-        .select(['partitions.id', 'partitions.reference', 'partitions.instance_id'])
-        .where('partitions.node_id', '=', node.id)
-        .orderBy('partitions.reference')
-        .execute()
-    ).find((p) => p.instance_id === null);
+      await sql<{ id: string; reference: string; instance_id: string | null }>`
+        select id, reference, instance_id from partitions where node_id = ${node.id} order by reference`.execute(trx)
+    ).rows.find((p) => p.instance_id === null);
   if (partition) {
     await record(
       trx,
@@ -92,63 +91,39 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
 }
 
 /** Nodes that carry every label of the SLA, and the name it gives. */
-function matching(query: NodeQuery, sla: Sla): NodeQuery {
-  for (const [key, value] of Object.entries(sla)) {
-    if (key === 'node') {
-      query = query.where('nodes.name', '=', value);
-      continue;
-    }
-    query = query.where((eb) =>
-      eb.exists(
-        eb
-          .selectFrom('node_labels')
-          .select('node_labels.node_id')
-          .whereRef('node_labels.node_id', '=', 'nodes.id')
-          .where('node_labels.key', '=', key)
-          .where('node_labels.value', '=', value),
-      ),
-    );
-  }
-  return query;
+function matching(sla: Sla): NodeCondition[] {
+  return Object.entries(sla).map(([key, value]) =>
+    key === 'node'
+      ? sql`nodes.name = ${value}`
+      : sql`exists (select 1 from node_labels where node_labels.node_id = nodes.id and node_labels.key = ${key} and node_labels.value = ${value})`,
+  );
 }
 
 /** Nodes that take instances of `ownerId`. */
-function open(query: NodeQuery, ownerId: string): NodeQuery {
-  return query.where((eb) => eb.or([eb('nodes.scope', '=', 'open'), eb.and([eb('nodes.scope', '=', 'owner'), eb('nodes.owner_id', '=', ownerId)])]));
+function open(ownerId: string): NodeCondition {
+  return sql`(nodes.scope = 'open' or (nodes.scope = 'owner' and nodes.owner_id = ${ownerId}))`;
 }
 
 /** Nodes that have the release supplied. */
-function supplied(query: NodeQuery, softwareId: string): NodeQuery {
-  return query.where((eb) =>
-    eb.exists(
-      eb
-        .selectFrom('supplies')
-        .select('supplies.node_id')
-        .whereRef('supplies.node_id', '=', 'nodes.id')
-        .where('supplies.software_id', '=', softwareId)
-        .where('supplies.state', '=', 'available'),
-    ),
-  );
+function supplied(softwareId: string): NodeCondition {
+  return sql`exists (select 1 from supplies where supplies.node_id = nodes.id and supplies.software_id = ${softwareId} and supplies.state = 'available')`;
+}
+
+/** Nodes that called the master since `cutoff`. */
+function alive(cutoff: string): NodeCondition {
+  return sql`exists (select 1 from node_heartbeats where node_heartbeats.node_id = nodes.id and node_heartbeats.last_seen_at >= ${cutoff})`;
 }
 
 /** Nodes that have at least `amount` of the resource `name` left over. */
-function withResource(query: NodeQuery, name: string, amount: number): NodeQuery {
-  if (amount === 0) return query;
-  return query.where((eb) =>
-    eb.exists(
-      eb
-        .selectFrom('node_resources')
-        .select('node_resources.node_id')
-        .whereRef('node_resources.node_id', '=', 'nodes.id')
-        .where('node_resources.name', '=', name)
-        .where((r) => r(r('node_resources.capacity', '-', r.ref('node_resources.used')), '>=', amount)),
-    ),
-  );
+function withResource(name: string, amount: number): NodeCondition {
+  return sql`exists (select 1 from node_resources where node_resources.node_id = nodes.id and node_resources.name = ${name} and node_resources.capacity - node_resources.used >= ${amount})`;
 }
 
-function withResources(query: NodeQuery, needs: Resources): NodeQuery {
-  for (const [name, amount] of Object.entries(needs)) query = withResource(query, name, amount);
-  return query;
+/** One condition per resource the instance needs some of. */
+function withResources(needs: Resources): NodeCondition[] {
+  return Object.entries(needs)
+    .filter(([, amount]) => amount > 0)
+    .map(([name, amount]) => withResource(name, amount));
 }
 
 /** "2048 MiB of memory": an amount in the unit its resource is counted in. */
@@ -165,38 +140,26 @@ export function describeResource(name: string, amount: number): string {
   }
 }
 
-/** Nodes that called the master since `cutoff`. */
-function alive(query: NodeQuery, cutoff: string): NodeQuery {
-  return query.where((eb) =>
-    eb.exists(
-      eb
-        .selectFrom('node_heartbeats')
-        .select('node_heartbeats.node_id')
-        .whereRef('node_heartbeats.node_id', '=', 'nodes.id')
-        .where('node_heartbeats.last_seen_at', '>=', cutoff),
-    ),
-  );
-}
-
 /** Narrows the nodes one condition at a time and says at which step none is left. */
 async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, sla: Sla, cutoff: string): Promise<string> {
-  const count = async (query: NodeQuery) => Number((await query.select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+  const conditions: NodeCondition[] = [];
+  // Whether any node meets every condition so far, and `more`.
+  const someNodeMeets = async (...more: NodeCondition[]) => {
+    conditions.push(...more);
+    const where = conditions.length > 0 ? sql.join(conditions, sql` and `) : sql`1 = 1`;
+    return (await sql`select 1 from nodes where ${where} limit 1`.execute(trx)).rows.length > 0;
+  };
   const constraints = Object.entries(sla)
     .map(([key, value]) => `${key}=${value}`)
     .join(', ');
   const subject = constraints ? `node with ${constraints}` : 'node';
-  let nodes = matching(trx.selectFrom('nodes'), sla);
-  if ((await count(nodes)) === 0) return constraints ? `no node matches ${constraints}` : 'no node is registered';
-  nodes = open(nodes, instance.owner_id);
-  if ((await count(nodes)) === 0) return `no ${subject} is open to you`;
-  nodes = supplied(nodes, instance.software_id);
-  if ((await count(nodes)) === 0) return `no ${subject} has ${instance.software_id} supplied`;
+  if (!(await someNodeMeets(...matching(sla)))) return constraints ? `no node matches ${constraints}` : 'no node is registered';
+  if (!(await someNodeMeets(open(instance.owner_id)))) return `no ${subject} is open to you`;
+  if (!(await someNodeMeets(supplied(instance.software_id)))) return `no ${subject} has ${instance.software_id} supplied`;
   const withRelease = `${subject} that has ${instance.software_id} supplied`;
-  nodes = alive(nodes, cutoff);
-  if ((await count(nodes)) === 0) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  if (!(await someNodeMeets(alive(cutoff)))) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
   for (const [name, amount] of Object.entries(instance.needs)) {
-    nodes = withResource(nodes, name, amount);
-    if ((await count(nodes)) === 0) return `no ${withRelease} has ${describeResource(name, amount)} free`;
+    if (amount > 0 && !(await someNodeMeets(withResource(name, amount)))) return `no ${withRelease} has ${describeResource(name, amount)} free`;
   }
   return `no ${withRelease} has a free partition`;
 }

@@ -44,12 +44,17 @@ class GroupCommitter {
   run<T>(work: WriteWork<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ work, resolve: resolve as (value: unknown) => void, reject });
-      if (!this.writing) void this.writeGroups();
+      if (this.writing) return;
+      this.writing = true;
+      // The group starts after the event loop's current turn, not at once: the database
+      // calls are synchronous, so a group started now would run, fsync included, before
+      // the requests already received in this turn are even read, and each group would
+      // hold a single request.
+      setImmediate(() => void this.writeGroups());
     });
   }
 
   private async writeGroups(): Promise<void> {
-    this.writing = true;
     try {
       while (this.queue.length > 0) await this.writeGroup();
     } finally {

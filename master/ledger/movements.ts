@@ -7,7 +7,7 @@
  * (`rebuildProjections`).
  */
 import { randomUUID } from 'node:crypto';
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
 import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Resources, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
@@ -118,20 +118,13 @@ export interface MovementRecord {
  */
 export async function record(trx: Transaction<Tables>, movement: Movement, meta: MovementRecord): Promise<boolean> {
   const at = meta.at ?? new Date().toISOString();
-  const inserted = await trx
-    .insertInto('movements')
-    .values({
-      id: meta.id ?? randomUUID(),
-      at,
-      actor: meta.actor,
-      kind: movement.kind,
-      subject: meta.subject,
-      data: JSON.stringify(movement.data),
-    })
-    .onConflict((oc) => oc.column('id').doNothing())
-    .returning('seq')
-    .executeTakeFirst();
-  if (!inserted) return false;
+  // Plain SQL rather than the query builder: every write of the master passes here, and
+  // building this statement cost several times what running it does.
+  const { rows: inserted } = await sql<{ seq: number }>`
+    insert into movements (id, at, actor, kind, subject, data)
+    values (${meta.id ?? randomUUID()}, ${at}, ${meta.actor}, ${movement.kind}, ${meta.subject}, ${JSON.stringify(movement.data)})
+    on conflict (id) do nothing returning seq`.execute(trx);
+  if (inserted.length === 0) return false;
   await apply(trx, movement, at);
   return true;
 }
