@@ -47,13 +47,15 @@ export function openDatabase(url: string): Database {
   return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
 }
 
-/** Statements kept prepared: past this many, the least recently used is dropped. */
-const STATEMENT_CACHE_SIZE = 500;
+/** Statements kept prepared; past this many, the cache starts again empty. */
+const STATEMENT_CACHE_SIZE = 1000;
 
 /**
  * The SQLite connection as kysely sees it, keeping the statements it prepares: kysely
  * prepares each query again at every run, and on the request path compiling SQL costs
- * as much as running it. A statement still being iterated (a streamed query) is busy
+ * as much as running it. The master runs a bounded set of statements, so the cache
+ * rarely fills; a query built with a variable number of values could fill it, and then
+ * it is simply emptied. A statement still being iterated (a streamed query) is busy
  * and cannot run twice at once: a fresh one is prepared for that case.
  */
 function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqlite {
@@ -62,16 +64,11 @@ function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqlite {
     close: () => sqlite.close(),
     prepare(text: string) {
       const cached = statements.get(text);
-      if (cached && !cached.busy) {
-        // Moved to the end: the map's order is the order of last use.
-        statements.delete(text);
-        statements.set(text, cached);
-        return cached;
-      }
+      if (cached && !cached.busy) return cached;
       const statement = sqlite.prepare(text);
       if (!cached) {
+        if (statements.size >= STATEMENT_CACHE_SIZE) statements.clear();
         statements.set(text, statement);
-        if (statements.size > STATEMENT_CACHE_SIZE) statements.delete(statements.keys().next().value!);
       }
       return statement;
     },

@@ -243,21 +243,15 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     }
     case 'instance.allocated': {
       const { instanceId, partitionId, resources = {} } = movement.data;
+      // Plain SQL, like `record`: an allocation follows nearly every request.
       // Conditional, so that two master processes can never take the same partition.
-      const taken = await db
-        .updateTable('partitions')
-        .set({ instance_id: instanceId })
-        .where('id', '=', partitionId)
-        .where('instance_id', 'is', null)
-        .executeTakeFirst();
-      if (Number(taken.numUpdatedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
-      await db.updateTable('nodes').set((eb) => ({ free_partitions: eb('free_partitions', '-', 1) })).where('id', '=', nodeOf(partitionId)).execute();
+      const taken = await sql`update partitions set instance_id = ${instanceId} where id = ${partitionId} and instance_id is null`.execute(db);
+      if (Number(taken.numAffectedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
+      await sql`update nodes set free_partitions = free_partitions - 1 where id = ${nodeOf(partitionId)}`.execute(db);
       await takeResources(db, nodeOf(partitionId), resources, 1);
-      await db
-        .updateTable('instances')
-        .set({ partition_id: partitionId, last_partition_id: partitionId, status: 'allocated', message: null, updated_at: at })
-        .where('id', '=', instanceId)
-        .execute();
+      await sql`
+        update instances set partition_id = ${partitionId}, last_partition_id = ${partitionId}, status = 'allocated', message = null, updated_at = ${at}
+        where id = ${instanceId}`.execute(db);
       return;
     }
     case 'instance.unallocated': {
