@@ -5,23 +5,28 @@
  *   npm run bench:allocation                                  # 10,000 nodes of 10 partitions, 100,000 instances
  *   npm run bench:allocation -- --nodes 1000 --rate 50        # smaller
  *
- * First, requests arrive over HTTP at a steady rate (--rate per second, for --seconds)
- * and the latency of each is measured; then the rest are requested one after the
- * other in process, and the allocation throughput is measured. SQLite, as the
- * embedded default runs it.
+ * First, requests arrive over HTTP at a steady rate (--rate per second, for --seconds),
+ * sent by a load generator in a worker thread, and the latency of each is measured;
+ * then the rest are requested in process by --clients concurrent clients (default
+ * 256; each sends its next request once the previous one is answered), and the
+ * allocation throughput is measured. SQLite, as the embedded default runs it: WAL,
+ * synchronous FULL, requests committed in groups. The figures include the CPU time the
+ * process used: on a shared machine, wall time also counts the waits for others.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import { createAccount } from '../master/accounts.js';
 import { buildApp } from '../master/app.js';
 import { openDatabase } from '../master/db/database.js';
+import { groupCommitStats } from '../master/db/group-commit.js';
 import { migrate } from '../master/db/migrate.js';
 import { requestInstance } from '../master/instances.js';
 import { record } from '../master/ledger/movements.js';
-import type { InstanceView } from '../protocol/api.js';
+import type { LoadOptions, LoadResult } from './allocation-load.js';
 
 const { values: options } = parseArgs({
   options: {
@@ -29,16 +34,19 @@ const { values: options } = parseArgs({
     partitions: { type: 'string', default: '10' },
     rate: { type: 'string', default: '100' },
     seconds: { type: 'string', default: '10' },
+    clients: { type: 'string', default: '256' },
   },
 });
 const NODES = Number(options.nodes);
 const PARTITIONS = Number(options.partitions);
 const RATE = Number(options.rate);
 const SECONDS = Number(options.seconds);
+const CLIENTS = Number(options.clients);
 const REGIONS = ['eu', 'us', 'asia', 'africa'];
 const NETWORKS = ['lan', 'wan'];
 
 const dir = mkdtempSync(path.join(tmpdir(), 'pledger-bench-allocation-'));
+console.log(`disk: one fsync takes ${fsyncMilliseconds(dir)} ms (median of 20) where the database is`);
 const database = openDatabase(`sqlite:${path.join(dir, 'master.db')}`);
 await migrate(database);
 const { db } = database;
@@ -91,50 +99,81 @@ let next = 0;
 const app = buildApp({ database });
 await app.listen({ host: '127.0.0.1', port: 0 });
 const address = app.server.address() as { port: number };
-const latencies: number[] = [];
 const count = Math.min(RATE * SECONDS, total);
+const httpGroupsBefore = groupCommitStats(db)!;
+let cpuBefore = process.cpuUsage();
 started = performance.now();
-const pending: Promise<void>[] = [];
-for (let i = 0; i < count; i++) {
-  const due = started + (i * 1000) / RATE;
-  const wait = due - performance.now();
-  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-  const index = next++;
-  pending.push(
-    (async () => {
-      const sent = performance.now();
-      const response = await fetch(`http://127.0.0.1:${address.port}/api/v1/instances/i-${index}`, {
-        method: 'PUT',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ software: 'bench', sla: sla(index) }),
-      });
-      const view = (await response.json()) as InstanceView;
-      if (view.status !== 'allocated') throw new Error(`instance ${index} not allocated: ${JSON.stringify(view)}`);
-      latencies.push(performance.now() - sent);
-    })(),
-  );
-}
-await Promise.all(pending);
+const load = new Worker(new URL('./allocation-load.js', import.meta.url), {
+  workerData: {
+    url: `http://127.0.0.1:${address.port}`,
+    token,
+    rate: RATE,
+    requests: Array.from({ length: count }, () => ({ title: `i-${next}`, sla: sla(next++) })),
+  } satisfies LoadOptions,
+});
+const { latencies, failures } = await new Promise<LoadResult>((resolve, reject) => {
+  load.once('message', resolve);
+  load.once('error', reject);
+});
+if (failures.length > 0) throw new Error(`${failures.length} requests not allocated, first: ${failures[0]}`);
 await app.close();
 latencies.sort((a, b) => a - b);
 const percentile = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))]!.toFixed(1);
-console.log(`HTTP: ${count} requests at ${RATE}/s: latency p50 ${percentile(50)} ms, p99 ${percentile(99)} ms, max ${latencies.at(-1)!.toFixed(1)} ms`);
+const httpCommits = groupCommitStats(db)!.groups - httpGroupsBefore.groups;
+console.log(
+  `HTTP: ${count} requests at ${RATE}/s: latency p50 ${percentile(50)} ms, p99 ${percentile(99)} ms, max ${latencies.at(-1)!.toFixed(1)} ms; ` +
+    `${httpCommits} commits; ${cpuSeconds(cpuBefore)} s of CPU in this process (the master and the load thread) over ${seconds(started)} s`,
+);
 
-// The rest, one after the other: allocation throughput until the fleet is full.
+// The rest, by CLIENTS concurrent clients that each send their next request once the
+// previous one is answered: allocation throughput until the fleet is full.
+cpuBefore = process.cpuUsage();
 started = performance.now();
 const bulkFirst = next;
-for (; next < total; next++) {
-  const view = await requestInstance(db, owner, `i-${next}`, { software: 'bench', sla: sla(next) });
-  if (view.status !== 'allocated') throw new Error(`instance ${next} not allocated: ${view.message}`);
-}
+const groupsBefore = groupCommitStats(db)!;
+const client = async () => {
+  while (next < total) {
+    const index = next++;
+    const view = await requestInstance(db, owner, `i-${index}`, { software: 'bench', sla: sla(index) });
+    if (view.status !== 'allocated') throw new Error(`instance ${index} not allocated: ${view.message}`);
+  }
+};
+await Promise.all(Array.from({ length: CLIENTS }, client));
 const bulk = total - bulkFirst;
 const bulkSeconds = seconds(started);
-console.log(`in process: ${bulk} instances allocated in ${bulkSeconds} s (${Math.round(bulk / Number(bulkSeconds))}/s)`);
+const groups = groupCommitStats(db)!;
+const groupCount = groups.groups - groupsBefore.groups;
+console.log(
+  `in process, ${CLIENTS} concurrent clients: ${bulk} instances allocated in ${bulkSeconds} s (${Math.round(bulk / Number(bulkSeconds))}/s), ` +
+    `${groupCount} commits (${(bulk / groupCount).toFixed(1)} requests per commit on average, ${groups.largest} at most); ${cpuSeconds(cpuBefore)} s of CPU`,
+);
 const full = await requestInstance(db, owner, 'one-too-many', { software: 'bench', sla: sla(0) });
 console.log(`one more: ${full.status}, "${full.message}"`);
 
 await database.close();
 rmSync(dir, { recursive: true, force: true });
+
+/** How long the disk takes to flush one small write: the floor of a commit's latency. */
+function fsyncMilliseconds(where: string): string {
+  const file = path.join(where, 'fsync-probe');
+  const fd = openSync(file, 'w');
+  const times = [];
+  for (let i = 0; i < 20; i++) {
+    writeSync(fd, `${i}\n`);
+    const start = performance.now();
+    fsyncSync(fd);
+    times.push(performance.now() - start);
+  }
+  closeSync(fd);
+  rmSync(file);
+  return times.sort((a, b) => a - b)[10]!.toFixed(1);
+}
+
+/** CPU time this process used since `before`: on a busy machine, wall time says less. */
+function cpuSeconds(before: NodeJS.CpuUsage): string {
+  const used = process.cpuUsage(before);
+  return ((used.user + used.system) / 1e6).toFixed(1);
+}
 
 function seconds(since: number): string {
   return ((performance.now() - since) / 1000).toFixed(1);

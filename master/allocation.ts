@@ -5,13 +5,15 @@
  * A node fits when it carries every label of the SLA (and has the name the SLA's `node`
  * gives), takes the instance's owner (its scope is open, or owner and the owner is
  * the instance's), called the master in the last 10 minutes, has the release supplied,
- * and has a free partition. Among the fitting partitions the first by node name, then
- * by partition reference, wins: allocation is deterministic. It is safe with several
- * master processes: the partition is taken with a conditional update, so two masters
- * never give the same partition twice.
+ * has enough of each declared resource the instance needs left over, and has a free
+ * partition. Among the fitting partitions the first by node name, then by partition
+ * reference, wins: allocation is deterministic. It is safe with several master
+ * processes: the partition is taken with a conditional update, so two masters never
+ * give the same partition twice.
  */
-import type { Kysely, SelectQueryBuilder, Transaction } from 'kysely';
-import type { Sla } from '../protocol/api.js';
+import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
+import type { Resources, Sla } from '../protocol/api.js';
+import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 
@@ -24,39 +26,66 @@ interface Allocatable {
   owner_id: string;
   /** JSON of the instance's SLA. */
   sla: string;
+  /** What it takes of the resources nodes declare. */
+  needs: Resources;
   message: string | null;
+  /** The root of its tree, for anti-affinity. */
+  root_id: string | null;
 }
 
-type NodeQuery = SelectQueryBuilder<Tables, 'nodes', object>;
+/**
+ * The SLA key that keeps an instance away from the nodes of the rest of its tree:
+ * `anti-affinity: node` (another node), or a label key (`anti-affinity: network`: a
+ * node whose `network` differs from theirs). Every other key is a label to match.
+ */
+export const ANTI_AFFINITY = 'anti-affinity';
+
+/**
+ * What one instance of a software type takes of each declared resource: what the type
+ * needs, or more when the request asks for more.
+ */
+export function resourceNeeds(definition: SoftwareDefinition, softwareType: string, asked: Resources): Resources {
+  const needs: Resources = { ...definition['software-types'][softwareType]?.resources };
+  for (const [name, amount] of Object.entries(asked)) needs[name] = Math.max(needs[name] ?? 0, amount);
+  return Object.fromEntries(Object.entries(needs).sort(([a], [b]) => a.localeCompare(b)));
+}
+
+/**
+ * One condition on the `nodes` table, as SQL. Conditions are written as SQL fragments
+ * rather than with the query builder: allocation runs at every request, and building
+ * the query through the builder cost more than running it. Values are bound
+ * parameters, never spliced into the SQL.
+ */
+type NodeCondition = RawBuilder<unknown>;
 
 /** Allocates `instance` inside the caller's transaction, or records why it cannot. */
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
   const sla = JSON.parse(instance.sla) as Sla;
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
-  // The first fitting node by name, walking only nodes with a free partition (an
-  // index), then its first free partition.
-  const node = await supplied(open(alive(matching(trx.selectFrom('nodes'), sla), cutoff), instance.owner_id), instance.software_id)
-    .select(['nodes.id', 'nodes.name'])
-    .where('nodes.free_partitions', '>', 0)
-    .orderBy('nodes.name')
-    .limit(1)
-    .executeTakeFirst();
+  // The first fitting node by name, walking only nodes with a free partition (a partial
+  // index: `> 0` is a literal, not a parameter, or SQLite cannot use it and walks every
+  // node, the full ones first), then its first free partition.
+  const conditions = [...matching(sla), open(instance.owner_id), supplied(instance.software_id), alive(cutoff), ...apart(instance, sla), ...withResources(instance.needs)];
+  const { rows: nodes } = await sql<{ id: string; name: string }>`
+    select nodes.id, nodes.name from nodes
+    where ${sql.join(conditions, sql` and `)} and nodes.free_partitions > 0
+    order by nodes.name limit 1`.execute(trx);
+  const node = nodes[0];
   // A node has few partitions: reading them all by (node, reference) beats letting the
   // database pick the free ones through the instance index, which spans the fleet.
   const partition =
     node &&
     (
-      await trx
-        .selectFrom('partitions')
-        .select(['partitions.id', 'partitions.reference', 'partitions.instance_id'])
-        .where('partitions.node_id', '=', node.id)
-        .orderBy('partitions.reference')
-        .execute()
-    ).find((p) => p.instance_id === null);
+      await sql<{ id: string; reference: string; instance_id: string | null }>`
+        select id, reference, instance_id from partitions where node_id = ${node.id} order by reference`.execute(trx)
+    ).rows.find((p) => p.instance_id === null);
   if (partition) {
     await record(
       trx,
-      { kind: 'instance.allocated', data: { instanceId: instance.id, partitionId: partition.id, node: node.name, partition: partition.reference } },
+      {
+        kind: 'instance.allocated',
+        data: { instanceId: instance.id, partitionId: partition.id, node: node.name, partition: partition.reference, resources: instance.needs },
+      },
       { actor, subject: instance.id },
     );
     return true;
@@ -69,73 +98,104 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
 }
 
 /** Nodes that carry every label of the SLA, and the name it gives. */
-function matching(query: NodeQuery, sla: Sla): NodeQuery {
-  for (const [key, value] of Object.entries(sla)) {
-    if (key === 'node') {
-      query = query.where('nodes.name', '=', value);
-      continue;
-    }
-    query = query.where((eb) =>
-      eb.exists(
-        eb
-          .selectFrom('node_labels')
-          .select('node_labels.node_id')
-          .whereRef('node_labels.node_id', '=', 'nodes.id')
-          .where('node_labels.key', '=', key)
-          .where('node_labels.value', '=', value),
-      ),
-    );
-  }
-  return query;
+function matching(sla: Sla): NodeCondition[] {
+  return placement(sla).map(([key, value]) =>
+    key === 'node'
+      ? sql`nodes.name = ${value}`
+      : sql`exists (select 1 from node_labels where node_labels.node_id = nodes.id and node_labels.key = ${key} and node_labels.value = ${value})`,
+  );
+}
+
+/** The SLA's node name and labels: every key but anti-affinity. */
+function placement(sla: Sla): [string, string][] {
+  return Object.entries(sla).filter(([key]) => key !== ANTI_AFFINITY);
+}
+
+/**
+ * Nodes apart from those of the other instances of its tree, as the SLA's anti-affinity
+ * asks: another node, or a node whose label differs from all of theirs (and that
+ * carries the label: a node that does not say its network is in no known network).
+ */
+function apart(instance: Allocatable, sla: Sla): NodeCondition[] {
+  const by = sla[ANTI_AFFINITY];
+  if (by === undefined) return [];
+  const rootId = instance.root_id ?? instance.id;
+  const treeNodes = sql`select partitions.node_id from instances join partitions on partitions.id = instances.partition_id
+    where instances.root_id = ${rootId} and instances.id != ${instance.id}`;
+  if (by === 'node') return [sql`nodes.id not in (${treeNodes})`];
+  return [
+    sql`exists (select 1 from node_labels where node_labels.node_id = nodes.id and node_labels.key = ${by})`,
+    sql`not exists (select 1 from node_labels mine where mine.node_id = nodes.id and mine.key = ${by} and mine.value in (
+      select node_labels.value from node_labels where node_labels.key = ${by} and node_labels.node_id in (${treeNodes})))`,
+  ];
 }
 
 /** Nodes that take instances of `ownerId`. */
-function open(query: NodeQuery, ownerId: string): NodeQuery {
-  return query.where((eb) => eb.or([eb('nodes.scope', '=', 'open'), eb.and([eb('nodes.scope', '=', 'owner'), eb('nodes.owner_id', '=', ownerId)])]));
+function open(ownerId: string): NodeCondition {
+  return sql`(nodes.scope = 'open' or (nodes.scope = 'owner' and nodes.owner_id = ${ownerId}))`;
 }
 
 /** Nodes that have the release supplied. */
-function supplied(query: NodeQuery, softwareId: string): NodeQuery {
-  return query.where((eb) =>
-    eb.exists(
-      eb
-        .selectFrom('supplies')
-        .select('supplies.node_id')
-        .whereRef('supplies.node_id', '=', 'nodes.id')
-        .where('supplies.software_id', '=', softwareId)
-        .where('supplies.state', '=', 'available'),
-    ),
-  );
+function supplied(softwareId: string): NodeCondition {
+  return sql`exists (select 1 from supplies where supplies.node_id = nodes.id and supplies.software_id = ${softwareId} and supplies.state = 'available')`;
 }
 
 /** Nodes that called the master since `cutoff`. */
-function alive(query: NodeQuery, cutoff: string): NodeQuery {
-  return query.where((eb) =>
-    eb.exists(
-      eb
-        .selectFrom('node_heartbeats')
-        .select('node_heartbeats.node_id')
-        .whereRef('node_heartbeats.node_id', '=', 'nodes.id')
-        .where('node_heartbeats.last_seen_at', '>=', cutoff),
-    ),
-  );
+function alive(cutoff: string): NodeCondition {
+  return sql`exists (select 1 from node_heartbeats where node_heartbeats.node_id = nodes.id and node_heartbeats.last_seen_at >= ${cutoff})`;
+}
+
+/** Nodes that have at least `amount` of the resource `name` left over. */
+function withResource(name: string, amount: number): NodeCondition {
+  return sql`exists (select 1 from node_resources where node_resources.node_id = nodes.id and node_resources.name = ${name} and node_resources.capacity - node_resources.used >= ${amount})`;
+}
+
+/** One condition per resource the instance needs some of. */
+function withResources(needs: Resources): NodeCondition[] {
+  return Object.entries(needs)
+    .filter(([, amount]) => amount > 0)
+    .map(([name, amount]) => withResource(name, amount));
+}
+
+/** "2048 MiB of memory": an amount in the unit its resource is counted in. */
+export function describeResource(name: string, amount: number): string {
+  switch (name) {
+    case 'cpu':
+      return `${amount} CPU ${amount === 1 ? 'core' : 'cores'}`;
+    case 'memory':
+      return `${amount} MiB of memory`;
+    case 'disk':
+      return `${amount} GiB of disk`;
+    default:
+      return `${amount} of ${name}`;
+  }
 }
 
 /** Narrows the nodes one condition at a time and says at which step none is left. */
 async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, sla: Sla, cutoff: string): Promise<string> {
-  const count = async (query: NodeQuery) => Number((await query.select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
-  const constraints = Object.entries(sla)
+  const conditions: NodeCondition[] = [];
+  // Whether any node meets every condition so far, and `more`.
+  const someNodeMeets = async (...more: NodeCondition[]) => {
+    conditions.push(...more);
+    const where = conditions.length > 0 ? sql.join(conditions, sql` and `) : sql`1 = 1`;
+    return (await sql`select 1 from nodes where ${where} limit 1`.execute(trx)).rows.length > 0;
+  };
+  const constraints = placement(sla)
     .map(([key, value]) => `${key}=${value}`)
     .join(', ');
   const subject = constraints ? `node with ${constraints}` : 'node';
-  let nodes = matching(trx.selectFrom('nodes'), sla);
-  if ((await count(nodes)) === 0) return constraints ? `no node matches ${constraints}` : 'no node is registered';
-  nodes = open(nodes, instance.owner_id);
-  if ((await count(nodes)) === 0) return `no ${subject} is open to you`;
-  nodes = supplied(nodes, instance.software_id);
-  if ((await count(nodes)) === 0) return `no ${subject} has ${instance.software_id} supplied`;
+  if (!(await someNodeMeets(...matching(sla)))) return constraints ? `no node matches ${constraints}` : 'no node is registered';
+  if (!(await someNodeMeets(open(instance.owner_id)))) return `no ${subject} is open to you`;
+  if (!(await someNodeMeets(supplied(instance.software_id)))) return `no ${subject} has ${instance.software_id} supplied`;
   const withRelease = `${subject} that has ${instance.software_id} supplied`;
-  if ((await count(alive(nodes, cutoff))) === 0) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  if (!(await someNodeMeets(alive(cutoff)))) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;
+  if (!(await someNodeMeets(...apart(instance, sla)))) {
+    const by = sla[ANTI_AFFINITY]!;
+    return `no ${withRelease} is apart from the rest of its tree (${by === 'node' ? 'another node' : `another ${by}`})`;
+  }
+  for (const [name, amount] of Object.entries(instance.needs)) {
+    if (amount > 0 && !(await someNodeMeets(withResource(name, amount)))) return `no ${withRelease} has ${describeResource(name, amount)} free`;
+  }
   return `no ${withRelease} has a free partition`;
 }
 
@@ -144,18 +204,26 @@ async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, s
  * supplies or node settings change, a partition is freed, or a silent node is back.
  */
 export async function allocatePending(db: Kysely<Tables>): Promise<void> {
-  const waiting = await db.selectFrom('instances').select('id').where('partition_id', 'is', null).where('state', '!=', 'destroyed').orderBy('created_at').execute();
+  // Shared instances wait for a host, not a partition (master/trees.ts).
+  const waiting = await db
+    .selectFrom('instances')
+    .select('id')
+    .where('partition_id', 'is', null)
+    .where('state', '!=', 'destroyed')
+    .where('shared', '=', 0)
+    .orderBy('created_at')
+    .execute();
   for (const { id } of waiting) {
     await db.transaction().execute(async (trx) => {
       // Read again inside the transaction: another master may have allocated it.
       const current = await trx
         .selectFrom('instances')
-        .select(['id', 'software_id', 'owner_id', 'sla', 'message'])
+        .select(['id', 'software_id', 'owner_id', 'sla', 'needs', 'message', 'root_id'])
         .where('id', '=', id)
         .where('partition_id', 'is', null)
         .where('state', '!=', 'destroyed')
         .executeTakeFirst();
-      if (current) await allocate(trx, current, 'master');
+      if (current) await allocate(trx, { ...current, needs: JSON.parse(current.needs) as Resources }, 'master');
     });
   }
 }

@@ -8,11 +8,12 @@
 import { randomUUID } from 'node:crypto';
 import { Ajv, type ValidateFunction } from 'ajv';
 import type { Kysely, Transaction } from 'kysely';
-import type { InstanceRequest, InstanceTreeView, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Sla } from '../protocol/api.js';
+import type { InstanceRequest, InstanceTreeView, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Resources, Sla } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { sharedSchemaKey, type SoftwareDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
-import { allocate } from './allocation.js';
+import { allocate, resourceNeeds } from './allocation.js';
+import { writeTransaction } from './db/group-commit.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 import { resolveSoftware, type SoftwareRow } from './software.js';
@@ -34,8 +35,11 @@ export async function requestInstance(
       });
     }
   }
-  await db.transaction().execute((trx) => applyRequest(trx, owner, title, request, { actor }));
-  return getInstance(db, owner, title);
+  // Changes the instance as asked; its view is read in the same transaction.
+  return writeTransaction(db, async (trx) => {
+    await applyRequest(trx, owner, title, request, { actor });
+    return getInstance(trx, owner, title);
+  });
 }
 
 export interface RequestOrigin {
@@ -47,7 +51,8 @@ export interface RequestOrigin {
 /**
  * Records a request inside the caller's transaction and answers the instance's id:
  * creates or changes the instance, allocates it (a partition, or a host for a shared
- * instance), and carries a stop, start or destroy down its tree.
+ * instance), and carries a stop, start or destroy down its tree. Uses only `trx`: it
+ * may run inside a group commit.
  */
 export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, title: string, request: InstanceRequest, origin: RequestOrigin): Promise<string> {
   const { actor, parent } = origin;
@@ -76,7 +81,8 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
   });
   const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
   const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
-  if ((existing?.partition_id || existing?.host_id) && sla !== existing.sla && state !== 'destroyed') {
+  const resources = JSON.stringify(sortedKeys(request.resources ?? (existing ? (JSON.parse(existing.resources) as Resources) : {})));
+  if ((existing?.partition_id || existing?.host_id) && (sla !== existing.sla || resources !== existing.resources) && state !== 'destroyed') {
     throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
       hint: 'destroy it and request it again with the new SLA',
     });
@@ -91,17 +97,38 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
     existing.software_type === softwareType &&
     existing.state === state &&
     existing.sla === sla &&
+    existing.resources === resources &&
     existing.parameters === JSON.stringify(parameters);
   if (unchanged) return existing.id;
 
   const instanceId = existing?.id ?? randomUUID();
   const serial = (existing?.serial ?? 0) + 1;
   const tree = existing ? {} : { parentId: parent?.id ?? null, rootId: parent?.rootId ?? instanceId, shared };
+  // An allocated instance keeps what it took on its node, whatever its release now says;
+  // a shared instance takes nothing of a node.
+  const needs: Resources = existing?.partition_id
+    ? (JSON.parse(existing.needs) as Resources)
+    : shared
+      ? {}
+      : resourceNeeds(JSON.parse(software.definition) as SoftwareDefinition, softwareType, JSON.parse(resources) as Resources);
   await record(
     trx,
     {
       kind: 'instance.requested',
-      data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, sla: JSON.parse(sla) as Sla, state, serial, ...tree },
+      data: {
+        instanceId,
+        ownerId: owner.id,
+        title,
+        softwareId: software.id,
+        softwareType,
+        parameters,
+        sla: JSON.parse(sla) as Sla,
+        resources: JSON.parse(resources) as Resources,
+        needs,
+        state,
+        serial,
+        ...tree,
+      },
     },
     { actor, subject: instanceId },
   );
@@ -117,7 +144,11 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
         { actor: 'master', subject: instanceId },
       );
     } else if (state !== 'destroyed' && !partitioned) {
-      await allocate(trx, { id: instanceId, software_id: software.id, owner_id: owner.id, sla, message: existing?.message ?? null }, 'master');
+      await allocate(
+        trx,
+        { id: instanceId, software_id: software.id, owner_id: owner.id, sla, needs, message: existing?.message ?? null, root_id: tree.rootId ?? existing?.root_id ?? instanceId },
+        'master',
+      );
     }
     await hostsChanged(trx, { id: instanceId, state, wasStarted: existing?.state === 'started', hostsShared });
   }
@@ -126,7 +157,7 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
 }
 
 /** The same object with its keys in order, so that two equal SLAs compare equal as JSON. */
-function sortedKeys(value: Record<string, string>): Record<string, string> {
+function sortedKeys<T>(value: Record<string, T>): Record<string, T> {
   return Object.fromEntries(Object.entries(value).sort(([a], [b]) => a.localeCompare(b)));
 }
 
@@ -234,6 +265,7 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
     softwareType: row.software_type,
     parameters: JSON.parse(row.parameters) as Parameters,
     sla: JSON.parse(row.sla) as Sla,
+    resources: JSON.parse(row.needs) as Resources,
     state: row.state,
     status: row.status as InstanceView['status'],
     message: row.message,

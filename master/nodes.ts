@@ -4,7 +4,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
-import type { DesiredState, EventsReceipt, Labels, NodeCredential, NodeEvent, NodeRegister, NodeUpdate, NodeView, PartitionDefinition, Parameters } from '../protocol/api.js';
+import type { DesiredState, EventsReceipt, Labels, NodeCredential, NodeEvent, NodeRegister, NodeUpdate, NodeView, PartitionDefinition, Parameters, Resources } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { AccountRow } from './accounts.js';
 import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
@@ -29,21 +29,22 @@ export async function registerNode(db: Kysely<Tables>, request: NodeRegister, re
     const nodeId = randomUUID();
     await record(
       trx,
-      { kind: 'node.registered', data: { nodeId, name, credentialHash: hashSecret(credential), scope: request.scope ?? 'open', ownerId, labels: request.labels ?? {} } },
+      { kind: 'node.registered', data: { nodeId, name, credentialHash: hashSecret(credential), scope: request.scope ?? 'open', ownerId, labels: request.labels ?? {}, resources: request.resources ?? {} } },
       { actor: `account:${registrar.name}`, subject: nodeId },
     );
   });
   return { name, credential };
 }
 
-/** Changes a node's labels (the whole set), scope or owner; instances waiting for a partition are tried again. */
+/** Changes a node's labels or resources (each the whole set), scope or owner; instances waiting for a partition are tried again. */
 export async function updateNode(db: Kysely<Tables>, name: string, update: NodeUpdate, actor: string): Promise<NodeView> {
   await db.transaction().execute(async (trx) => {
     const node = await trx.selectFrom('nodes').selectAll().where('name', '=', name).executeTakeFirst();
     if (!node) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
     const labels = update.labels ?? (await labelsOf(trx, [node.id])).get(node.id) ?? {};
     const ownerId = update.owner === undefined ? node.owner_id : update.owner === null ? null : await accountId(trx, update.owner);
-    await record(trx, { kind: 'node.updated', data: { nodeId: node.id, scope: update.scope ?? node.scope, ownerId, labels } }, { actor, subject: node.id });
+    const resources = update.resources ?? declaredResources((await resourcesOf(trx, [node.id])).get(node.id));
+    await record(trx, { kind: 'node.updated', data: { nodeId: node.id, scope: update.scope ?? node.scope, ownerId, labels, resources } }, { actor, subject: node.id });
   });
   await allocatePending(db);
   return (await listNodes(db)).find((n) => n.name === name)!;
@@ -61,6 +62,21 @@ async function labelsOf(db: Kysely<Tables>, nodeIds: string[]): Promise<Map<stri
   const rows = await db.selectFrom('node_labels').selectAll().where('node_id', 'in', nodeIds).orderBy('key').execute();
   for (const r of rows) byNode.set(r.node_id, { ...byNode.get(r.node_id), [r.key]: r.value });
   return byNode;
+}
+
+type ResourceUse = NodeView['resources'];
+
+/** The resources each node declares, with what its instances take of them. */
+async function resourcesOf(db: Kysely<Tables>, nodeIds: string[]): Promise<Map<string, ResourceUse>> {
+  const byNode = new Map<string, ResourceUse>();
+  if (nodeIds.length === 0) return byNode;
+  const rows = await db.selectFrom('node_resources').selectAll().where('node_id', 'in', nodeIds).where('capacity', 'is not', null).orderBy('name').execute();
+  for (const r of rows) byNode.set(r.node_id, { ...byNode.get(r.node_id), [r.name]: { capacity: Number(r.capacity), used: Number(r.used) } });
+  return byNode;
+}
+
+function declaredResources(use: ResourceUse | undefined): Resources {
+  return Object.fromEntries(Object.entries(use ?? {}).map(([name, { capacity }]) => [name, capacity]));
 }
 
 export async function nodeByCredential(db: Kysely<Tables>, credential: string): Promise<NodeRow | undefined> {
@@ -97,6 +113,7 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
     .orderBy('nodes.name')
     .execute();
   const labels = await labelsOf(db, nodes.map((n) => n.id));
+  const resources = await resourcesOf(db, nodes.map((n) => n.id));
   const partitions = await db.selectFrom('partitions').select(['node_id', 'instance_id']).execute();
   const supplies = await db
     .selectFrom('supplies')
@@ -115,6 +132,7 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
       lastSeenAt: n.last_seen_at,
       partitions: own.length,
       freePartitions: own.filter((p) => p.instance_id === null).length,
+      resources: resources.get(n.id) ?? {},
       software: supplies
         .filter((s) => s.node_id === n.id)
         .map((s) => ({ name: s.name, version: s.version, hash: s.hash, state: s.state, status: s.status, message: s.message })),

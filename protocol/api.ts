@@ -89,18 +89,32 @@ export const Labels = StrictRecord(
   { maxProperties: 32 },
 );
 export type Labels = Static<typeof Labels>;
+/**
+ * Amounts of declared resources, in whole units: `cpu` in cores, `memory` in MiB, `disk`
+ * in GiB, or any other name an operator counts in (`gpu`). A node declares what it
+ * offers; a software type, or an instance request, what one instance needs.
+ */
+export const Resources = StrictRecord(Type.String({ pattern: '^[a-z][a-z0-9_-]{0,31}$' }), Type.Integer({ minimum: 0, maximum: 1_000_000_000 }), {
+  maxProperties: 16,
+});
+export type Resources = Static<typeof Resources>;
 /** Whose instances a node takes: anyone's, its owner's only, or nothing new. */
 export const NodeScope = Type.Union([Type.Literal('open'), Type.Literal('owner'), Type.Literal('closed')]);
 export type NodeScope = Static<typeof NodeScope>;
 
 export const NodeRegister = Type.Object(
-  { name: Name, labels: Type.Optional(Labels), scope: Type.Optional(NodeScope), owner: Type.Optional(Name) },
+  { name: Name, labels: Type.Optional(Labels), scope: Type.Optional(NodeScope), owner: Type.Optional(Name), resources: Type.Optional(Resources) },
   { additionalProperties: false },
 );
 export type NodeRegister = Static<typeof NodeRegister>;
-/** Changes a node's allocation settings; `labels` replaces the whole set. */
+/** Changes a node's allocation settings; `labels` and `resources` replace the whole set. */
 export const NodeUpdate = Type.Object(
-  { labels: Type.Optional(Labels), scope: Type.Optional(NodeScope), owner: Type.Optional(Type.Union([Name, Type.Null()])) },
+  {
+    labels: Type.Optional(Labels),
+    scope: Type.Optional(NodeScope),
+    owner: Type.Optional(Type.Union([Name, Type.Null()])),
+    resources: Type.Optional(Resources),
+  },
   { additionalProperties: false, minProperties: 1 },
 );
 export type NodeUpdate = Static<typeof NodeUpdate>;
@@ -113,6 +127,8 @@ export const NodeView = Type.Object({
   lastSeenAt: Type.Union([Timestamp, Type.Null()]),
   partitions: Type.Integer(),
   freePartitions: Type.Integer(),
+  /** Each declared resource: how much the node offers, and how much its instances take. */
+  resources: Type.Record(Type.String(), Type.Object({ capacity: Type.Integer(), used: Type.Integer() })),
   /** Releases supplied to the node; `message` says why a build failed, with the end of its log. */
   software: Type.Array(
     Type.Object({
@@ -165,6 +181,8 @@ export const InstanceRequest = Type.Object(
   {
     software: SoftwareRef,
     sla: Type.Optional(Sla),
+    /** More of a resource than the software type needs (never less): part of the SLA. */
+    resources: Type.Optional(Resources),
     softwareType: Type.Optional(SoftwareType),
     parameters: Type.Optional(Parameters),
     state: Type.Optional(RequestedState),
@@ -195,6 +213,8 @@ export const InstanceView = Type.Object({
   softwareType: SoftwareType,
   parameters: Parameters,
   sla: Sla,
+  /** What the instance takes on its node: its software type's needs, raised by its request. */
+  resources: Resources,
   state: RequestedState,
   status: InstanceStatus,
   /** Why the instance is unallocated or in error; null otherwise. */

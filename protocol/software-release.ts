@@ -14,7 +14,7 @@ import addFormatsImport from 'ajv-formats';
 import { Type, type Static } from 'typebox';
 import nunjucks from 'nunjucks';
 import { parseDocument } from 'yaml';
-import { SoftwareName, SoftwareRef, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
+import { Resources, SoftwareName, SoftwareRef, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
 import { PledgerError } from './errors.js';
 
 // ajv-formats is CommonJS: its default export arrives wrapped under ESM.
@@ -149,6 +149,8 @@ const SoftwareTypeDefinition = Type.Object(
     requests: Type.Optional(StrictRecord(Identifier, ChildRequestDefinition, { maxProperties: 64 })),
     /** This type hosts shared instances (`pledger request --shared`); its templates see `shared_instances`. */
     shared: Type.Optional(SharedHosting),
+    /** What one instance needs of the resources nodes declare (`cpu` cores, `memory` MiB, `disk` GiB...). */
+    resources: Type.Optional(Resources),
   },
   { additionalProperties: false },
 );

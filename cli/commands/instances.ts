@@ -7,7 +7,7 @@ import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
 import { userClient } from '../settings.js';
 import { globals, type GlobalOptions } from './globals.js';
-import { parsePairs } from './operator.js';
+import { parseAmounts, parsePairs } from './operator.js';
 
 const path = (title: string) => `/api/v1/instances/${encodeURIComponent(title)}`;
 
@@ -87,6 +87,7 @@ export function describeInstance(view: InstanceView): string {
   if (view.shared) lines.push(['shared', 'yes: hosted by an instance of its release']);
   lines.push(['node', view.node ? `${view.node}${view.partition ? ` / ${view.partition}` : ''}` : null], ['serial', view.serial], ['parameters', view.parameters]);
   if (Object.keys(view.sla).length > 0) lines.push(['sla', Object.entries(view.sla).map(([k, v]) => `${k}=${v}`).join(', ')]);
+  if (Object.keys(view.resources).length > 0) lines.push(['resources', Object.entries(view.resources).map(([k, v]) => `${k}=${v}`).join(', ')]);
   for (const [name, value] of Object.entries(view.connection)) lines.push([`connection.${name}`, value]);
   for (const p of view.promises) lines.push([`promise.${p.name}`, `${p.status} since ${p.since}${p.message ? `: ${p.message}` : ''}`]);
   return fields(lines);
@@ -102,8 +103,9 @@ export function registerInstanceCommands(program: Command): void {
     .option('--parameters <pairs...>', 'parameters as KEY=VALUE (a string) or KEY:=JSON')
     .option('--parameters-file <file>', 'parameters as a JSON object in a file')
     .option('--state <state>', 'started, stopped or destroyed')
-    .option('--sla <pairs...>', 'where it may run, as KEY=VALUE: node=NAME, or a label of the node (region=eu)')
+    .option('--sla <pairs...>', 'where it may run, as KEY=VALUE: node=NAME, a label of the node (region=eu), anti-affinity=node|LABEL')
     .option('--shared', 'a shared instance: hosted by a started instance of the release (host=TITLE in --sla picks one)')
+    .option('--resource <pairs...>', 'more than its software type needs, as NAME=AMOUNT: cpu (cores), memory (MiB), disk (GiB)')
     .option('--wait', 'wait until the node has reached the requested state')
     .option('--timeout <seconds>', 'how long --wait waits', '300')
     .action(async (title, software, options, command) => {
@@ -117,6 +119,7 @@ export function registerInstanceCommands(program: Command): void {
       if (options.state) body.state = options.state as RequestedState;
       if (options.shared) body.shared = true;
       if (options.sla) body.sla = parsePairs(options.sla, '--sla');
+      if (options.resource) body.resources = parseAmounts(options.resource, '--resource');
       if (options.parameters || options.parametersFile) {
         const base = options.parametersFile ? await readParametersFile(options.parametersFile) : {};
         body.parameters = parseParameterPairs(options.parameters ?? [], base);

@@ -113,10 +113,12 @@ export function registerNodeAdminCommands(node: Command): void {
     .option('--label <pairs...>', 'labels that SLAs match, as KEY=VALUE (region=eu network=lan)')
     .option('--scope <scope>', 'whose instances it takes: open (anyone, default), owner, closed')
     .option('--owner <account>', 'the account that owns it (default: you)')
+    .option('--resource <pairs...>', 'what it offers, as NAME=AMOUNT: cpu (cores), memory (MiB), disk (GiB) or any name (cpu=8 memory=16384)')
     .action(async (name, options, command) => {
       const g = globals(command);
       const body: NodeRegister = { name };
       if (options.label) body.labels = parsePairs(options.label, '--label');
+      if (options.resource) body.resources = parseAmounts(options.resource, '--resource');
       if (options.scope) body.scope = parseScope(options.scope);
       if (options.owner) body.owner = options.owner;
       const credential = await (await userClient(g)).call<NodeCredential>('POST', '/api/v1/nodes', body);
@@ -124,10 +126,12 @@ export function registerNodeAdminCommands(node: Command): void {
     });
   node
     .command('set')
-    .description("change a node's labels, scope or owner (operators)")
+    .description("change a node's labels, resources, scope or owner (operators)")
     .argument('<name>')
     .option('--label <pairs...>', 'add or change labels, as KEY=VALUE')
     .option('--unlabel <keys...>', 'remove labels')
+    .option('--resource <pairs...>', 'declare or change resources, as NAME=AMOUNT (memory=32768)')
+    .option('--remove-resource <names...>', 'declare a resource no more: nothing that needs it goes there any longer')
     .option('--scope <scope>', 'open, owner or closed')
     .option('--owner <account>', 'the account that owns it')
     .option('--no-owner', 'no owner')
@@ -135,19 +139,28 @@ export function registerNodeAdminCommands(node: Command): void {
       const g = globals(command);
       const client = await userClient(g);
       const update: NodeUpdate = {};
+      const current = async () => {
+        const view = (await client.call<NodeView[]>('GET', '/api/v1/nodes')).find((n) => n.name === name);
+        if (!view) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
+        return view;
+      };
       if (options.label || options.unlabel) {
-        const current = (await client.call<NodeView[]>('GET', '/api/v1/nodes')).find((n) => n.name === name);
-        if (!current) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
-        const labels = { ...current.labels, ...parsePairs(options.label ?? [], '--label') };
+        const labels = { ...(await current()).labels, ...parsePairs(options.label ?? [], '--label') };
         for (const key of options.unlabel ?? []) delete labels[key];
         update.labels = labels;
+      }
+      if (options.resource || options.removeResource) {
+        const declared = Object.fromEntries(Object.entries((await current()).resources).map(([resource, { capacity }]) => [resource, capacity]));
+        const resources = { ...declared, ...parseAmounts(options.resource ?? [], '--resource') };
+        for (const resource of options.removeResource ?? []) delete resources[resource];
+        update.resources = resources;
       }
       if (options.scope) update.scope = parseScope(options.scope);
       if (options.owner === false) update.owner = null;
       else if (typeof options.owner === 'string') update.owner = options.owner;
-      if (Object.keys(update).length === 0) throw new PledgerError('BAD_REQUEST', 'nothing to change: give --label, --unlabel, --scope, --owner or --no-owner');
+      if (Object.keys(update).length === 0) throw new PledgerError('BAD_REQUEST', 'nothing to change: give --label, --unlabel, --resource, --remove-resource, --scope, --owner or --no-owner');
       const view = await client.call<NodeView>('PATCH', `/api/v1/nodes/${encodeURIComponent(name)}`, update);
-      print(g, view, (n) => fields([['node', n.name], ['scope', n.scope], ['owner', n.owner], ['labels', labelText(n.labels)]]));
+      print(g, view, (n) => fields([['node', n.name], ['scope', n.scope], ['owner', n.owner], ['labels', labelText(n.labels)], ['resources', resourceText(n.resources)]]));
     });
   node
     .command('list')
@@ -158,11 +171,12 @@ export function registerNodeAdminCommands(node: Command): void {
       print(g, list, (l) => {
         if (l.length === 0) return 'no nodes';
         const nodes = table(
-          ['NAME', 'SCOPE', 'LABELS', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
+          ['NAME', 'SCOPE', 'LABELS', 'RESOURCES (USED/DECLARED)', 'PARTITIONS', 'FREE', 'LAST SEEN', 'SOFTWARE'],
           l.map((n) => [
             n.name,
             n.scope,
             labelText(n.labels),
+            resourceText(n.resources),
             n.partitions,
             n.freePartitions,
             n.lastSeenAt,
@@ -185,6 +199,22 @@ export function parsePairs(pairs: string[], flag: string): Record<string, string
     parsed[match[1]!] = match[2]!;
   }
   return parsed;
+}
+
+/** `NAME=AMOUNT` pairs of declared resources: whole numbers. */
+export function parseAmounts(pairs: string[], flag: string): Record<string, number> {
+  const amounts: Record<string, number> = {};
+  for (const [name, amount] of Object.entries(parsePairs(pairs, flag))) {
+    if (!/^\d{1,10}$/.test(amount)) throw new PledgerError('BAD_REQUEST', `${flag} ${name}=${amount}: expected NAME=AMOUNT, a whole number`);
+    amounts[name] = Number(amount);
+  }
+  return amounts;
+}
+
+function resourceText(resources: NodeView['resources']): string {
+  return Object.entries(resources)
+    .map(([name, { capacity, used }]) => `${name}=${used}/${capacity}`)
+    .join(',');
 }
 
 function parseScope(scope: string): NodeScope {

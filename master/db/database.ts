@@ -8,8 +8,9 @@
  *   const database = openDatabase('postgres://pledger@127.0.0.1/pledger');
  */
 import SqliteDatabase from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import { Kysely, PostgresDialect, SqliteDialect, type SqliteDatabase as KyselySqlite } from 'kysely';
 import pg from 'pg';
+import { enableGroupCommit } from './group-commit.js';
 import type { Tables } from './tables.js';
 
 export type Engine = 'sqlite' | 'postgres';
@@ -41,8 +42,37 @@ export function openDatabase(url: string): Database {
   // over their B-trees: with SQLite's default 2 MB page cache, a large ledger spends
   // its time re-reading pages. 64 MB keeps the hot part of them in memory.
   sqlite.pragma('cache_size = -65536');
-  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
+  enableGroupCommit(db);
   return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
+}
+
+/** Statements kept prepared; past this many, the cache starts again empty. */
+const STATEMENT_CACHE_SIZE = 1000;
+
+/**
+ * The SQLite connection as kysely sees it, keeping the statements it prepares: kysely
+ * prepares each query again at every run, and on the request path compiling SQL costs
+ * as much as running it. The master runs a bounded set of statements, so the cache
+ * rarely fills; a query built with a variable number of values could fill it, and then
+ * it is simply emptied. A statement still being iterated (a streamed query) is busy
+ * and cannot run twice at once: a fresh one is prepared for that case.
+ */
+function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqlite {
+  const statements = new Map<string, SqliteDatabase.Statement>();
+  return {
+    close: () => sqlite.close(),
+    prepare(text: string) {
+      const cached = statements.get(text);
+      if (cached && !cached.busy) return cached;
+      const statement = sqlite.prepare(text);
+      if (!cached) {
+        if (statements.size >= STATEMENT_CACHE_SIZE) statements.clear();
+        statements.set(text, statement);
+      }
+      return statement;
+    },
+  };
 }
 
 /** True when `error` is a unique-constraint violation, on either engine. */

@@ -56,6 +56,18 @@ export interface NodeLabelsTable {
   value: string;
 }
 
+/**
+ * The resources a node declares (`cpu`, `memory`...), and how much of each its allocated
+ * instances take. A resource the operator no longer declares keeps its row with a null
+ * capacity, so that what its instances still take is counted if it is declared again.
+ */
+export interface NodeResourcesTable {
+  node_id: string;
+  name: string;
+  capacity: number | null;
+  used: number;
+}
+
 /** When each node last called: operational telemetry, not part of the ledger. */
 export interface NodeHeartbeatsTable {
   node_id: string;
@@ -112,6 +124,10 @@ export interface InstancesTable {
   partition_id: string | null;
   /** JSON object: `node` names a node, every other key a label the node must carry. */
   sla: string;
+  /** JSON object: the resources its request asks for, on top of its software type's needs. */
+  resources: string;
+  /** JSON object: what it takes on its node, fixed while it is allocated. */
+  needs: string;
   /** The partition it was last allocated to, kept once freed. */
   last_partition_id: string | null;
   connection: string;
@@ -156,6 +172,7 @@ export interface Tables {
   tokens: TokensTable;
   nodes: NodesTable;
   node_labels: NodeLabelsTable;
+  node_resources: NodeResourcesTable;
   node_heartbeats: NodeHeartbeatsTable;
   partitions: PartitionsTable;
   software: SoftwareTable;

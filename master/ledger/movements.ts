@@ -7,8 +7,8 @@
  * (`rebuildProjections`).
  */
 import { randomUUID } from 'node:crypto';
-import type { Kysely, Transaction } from 'kysely';
-import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Sla } from '../../protocol/api.js';
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Resources, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 import { applyBilling, applyIssuedInvoices, BILLING_PROJECTIONS, isBillingMovement, type BillingMovement, type InvoiceData } from '../billing/journal.js';
@@ -24,9 +24,10 @@ export type Movement =
   | {
       kind: 'node.registered';
       // Settings added later: a movement recorded before them means an open node without labels.
-      data: { nodeId: string; name: string; credentialHash: string; scope?: NodeScope; ownerId?: string | null; labels?: Labels };
+      data: { nodeId: string; name: string; credentialHash: string; scope?: NodeScope; ownerId?: string | null; labels?: Labels; resources?: Resources };
     }
-  | { kind: 'node.updated'; data: { nodeId: string; scope: NodeScope; ownerId: string | null; labels: Labels } }
+  // `resources` absent: recorded before nodes declared resources, which stay as they were.
+  | { kind: 'node.updated'; data: { nodeId: string; scope: NodeScope; ownerId: string | null; labels: Labels; resources?: Resources } }
   | { kind: 'node.formatted'; data: { nodeId: string; partitions: PartitionDefinition[] } }
   | {
       kind: 'software.published';
@@ -53,6 +54,9 @@ export type Movement =
         parameters: Parameters;
         /** Absent in movements recorded before SLAs existed: no constraint. */
         sla?: Sla;
+        /** Absent in movements recorded before declared resources: none asked, none needed. */
+        resources?: Resources;
+        needs?: Resources;
         state: RequestedState;
         serial: number;
         /** Set on a sub-instance's first request: the instance that requested it and its tree's root. */
@@ -62,7 +66,11 @@ export type Movement =
         shared?: boolean;
       };
     }
-  | { kind: 'instance.allocated'; data: { instanceId: string; partitionId: string; node: string; partition: string } }
+  | {
+      kind: 'instance.allocated';
+      /** `resources`: what the instance takes on the node (absent before declared resources). */
+      data: { instanceId: string; partitionId: string; node: string; partition: string; resources?: Resources };
+    }
   | { kind: 'instance.unallocated'; data: { instanceId: string; reason: string } }
   /** A shared instance attached to the instance that hosts it. */
   | { kind: 'instance.hosted'; data: { instanceId: string; hostId: string } }
@@ -119,20 +127,13 @@ export interface MovementRecord {
  */
 export async function record(trx: Transaction<Tables>, movement: Movement, meta: MovementRecord): Promise<boolean> {
   const at = meta.at ?? new Date().toISOString();
-  const inserted = await trx
-    .insertInto('movements')
-    .values({
-      id: meta.id ?? randomUUID(),
-      at,
-      actor: meta.actor,
-      kind: movement.kind,
-      subject: meta.subject,
-      data: JSON.stringify(movement.data),
-    })
-    .onConflict((oc) => oc.column('id').doNothing())
-    .returning('seq')
-    .executeTakeFirst();
-  if (!inserted) return false;
+  // Plain SQL rather than the query builder: every write of the master passes here, and
+  // building this statement cost several times what running it does.
+  const { rows: inserted } = await sql<{ seq: number }>`
+    insert into movements (id, at, actor, kind, subject, data)
+    values (${meta.id ?? randomUUID()}, ${at}, ${meta.actor}, ${movement.kind}, ${meta.subject}, ${JSON.stringify(movement.data)})
+    on conflict (id) do nothing returning seq`.execute(trx);
+  if (inserted.length === 0) return false;
   await apply(trx, movement, at);
   return true;
 }
@@ -152,15 +153,17 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
     case 'node.registered': {
-      const { nodeId, name, credentialHash, scope = 'open', ownerId = null, labels = {} } = movement.data;
+      const { nodeId, name, credentialHash, scope = 'open', ownerId = null, labels = {}, resources = {} } = movement.data;
       await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at, scope, owner_id: ownerId, free_partitions: 0 }).execute();
       await setLabels(db, nodeId, labels);
+      await setResources(db, nodeId, resources);
       return;
     }
     case 'node.updated': {
-      const { nodeId, scope, ownerId, labels } = movement.data;
+      const { nodeId, scope, ownerId, labels, resources } = movement.data;
       await db.updateTable('nodes').set({ scope, owner_id: ownerId }).where('id', '=', nodeId).execute();
       await setLabels(db, nodeId, labels);
+      if (resources) await setResources(db, nodeId, resources);
       return;
     }
     case 'node.formatted': {
@@ -229,6 +232,8 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
         software_type: d.softwareType,
         parameters: JSON.stringify(d.parameters),
         sla: JSON.stringify(d.sla ?? {}),
+        resources: JSON.stringify(d.resources ?? {}),
+        needs: JSON.stringify(d.needs ?? {}),
         state: d.state,
         serial: d.serial,
         status: existing?.partition_id ? 'allocated' : 'unallocated',
@@ -269,21 +274,16 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
     case 'instance.allocated': {
-      const { instanceId, partitionId } = movement.data;
+      const { instanceId, partitionId, resources = {} } = movement.data;
+      // Plain SQL, like `record`: an allocation follows nearly every request.
       // Conditional, so that two master processes can never take the same partition.
-      const taken = await db
-        .updateTable('partitions')
-        .set({ instance_id: instanceId })
-        .where('id', '=', partitionId)
-        .where('instance_id', 'is', null)
-        .executeTakeFirst();
-      if (Number(taken.numUpdatedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
-      await db.updateTable('nodes').set((eb) => ({ free_partitions: eb('free_partitions', '-', 1) })).where('id', '=', nodeOf(partitionId)).execute();
-      await db
-        .updateTable('instances')
-        .set({ partition_id: partitionId, last_partition_id: partitionId, status: 'allocated', message: null, updated_at: at })
-        .where('id', '=', instanceId)
-        .execute();
+      const taken = await sql`update partitions set instance_id = ${instanceId} where id = ${partitionId} and instance_id is null`.execute(db);
+      if (Number(taken.numAffectedRows) !== 1) throw new PledgerError('CONFLICT', `partition ${partitionId} was taken meanwhile: try again`);
+      await sql`update nodes set free_partitions = free_partitions - 1 where id = ${nodeOf(partitionId)}`.execute(db);
+      await takeResources(db, nodeOf(partitionId), resources, 1);
+      await sql`
+        update instances set partition_id = ${partitionId}, last_partition_id = ${partitionId}, status = 'allocated', message = null, updated_at = ${at}
+        where id = ${instanceId}`.execute(db);
       return;
     }
     case 'instance.unallocated': {
@@ -326,12 +326,15 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     case 'instance.waiting': {
       const { instanceId, serial, message, connection } = movement.data;
       const status = movement.kind.slice('instance.'.length) as ReportedStatus;
-      const current = await db.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirstOrThrow();
+      const current = await db.selectFrom('instances').select(['serial', 'state', 'needs']).where('id', '=', instanceId).executeTakeFirstOrThrow();
       if (status === 'destroyed' && current.state === 'destroyed') {
-        // The partition is free again: the node wiped it.
+        // The partition is free again, and what the instance took: the node wiped it.
         const freed = await db.selectFrom('partitions').select('node_id').where('instance_id', '=', instanceId).executeTakeFirst();
         await db.updateTable('partitions').set({ instance_id: null }).where('instance_id', '=', instanceId).execute();
-        if (freed) await countFreePartitions(db, freed.node_id);
+        if (freed) {
+          await countFreePartitions(db, freed.node_id);
+          await takeResources(db, freed.node_id, JSON.parse(current.needs) as Resources, -1);
+        }
         await db.updateTable('instances').set({ partition_id: null, host_id: null }).where('id', '=', instanceId).execute();
       }
       // A report about an older request is history, not the current status.
@@ -431,15 +434,43 @@ async function setLabels(db: Db, nodeId: string, labels: Labels): Promise<void> 
   if (rows.length > 0) await db.insertInto('node_labels').values(rows).execute();
 }
 
+/**
+ * Declares a node's resources (the whole set). Rows of resources no longer declared keep
+ * what instances take of them, with no capacity: nothing new goes there for them.
+ */
+async function setResources(db: Db, nodeId: string, resources: Resources): Promise<void> {
+  await db.updateTable('node_resources').set({ capacity: null }).where('node_id', '=', nodeId).execute();
+  for (const [name, capacity] of Object.entries(resources)) {
+    await db
+      .insertInto('node_resources')
+      .values({ node_id: nodeId, name, capacity, used: 0 })
+      .onConflict((oc) => oc.columns(['node_id', 'name']).doUpdateSet({ capacity }))
+      .execute();
+  }
+}
+
+/** Adds (`sign` 1) or gives back (`sign` -1) what an instance takes of a node's resources. */
+async function takeResources(db: Db, nodeId: string, resources: Resources, sign: 1 | -1): Promise<void> {
+  for (const [name, amount] of Object.entries(resources)) {
+    if (amount === 0) continue;
+    await db
+      .insertInto('node_resources')
+      .values({ node_id: nodeId, name, capacity: null, used: sign * amount })
+      .onConflict((oc) => oc.columns(['node_id', 'name']).doUpdateSet((eb) => ({ used: eb('node_resources.used', '+', sign * amount) })))
+      .execute();
+  }
+}
+
 async function countFreePartitions(db: Db, nodeId: string): Promise<void> {
   await db
     .updateTable('nodes')
     .set((eb) => ({
+      // Counted over the node's own partitions: with `instance_id is null` in the WHERE
+      // clause, SQLite walks the free partitions of the whole fleet instead.
       free_partitions: eb
         .selectFrom('partitions')
-        .select((sub) => sub.fn.countAll<number>().as('n'))
-        .where('partitions.node_id', '=', nodeId)
-        .where('partitions.instance_id', 'is', null),
+        .select((sub) => sub.fn.coalesce(sub.fn.sum<number>(sub.case().when('partitions.instance_id', 'is', null).then(1).else(0).end()), sub.lit(0)).as('n'))
+        .where('partitions.node_id', '=', nodeId),
     }))
     .where('id', '=', nodeId)
     .execute();
@@ -454,7 +485,7 @@ export function partitionId(nodeId: string, reference: string): string {
   return `${nodeId}:${reference}`;
 }
 
-const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'node_labels', 'nodes', 'accounts'] as const;
+const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'node_labels', 'node_resources', 'nodes', 'accounts'] as const;
 
 /**
  * Empties the projections and replays every movement in order. The result equals the
