@@ -62,6 +62,7 @@ export async function requestChildren(db: Kysely<Tables>, node: NodeRow, referen
       .selectFrom('instances')
       .innerJoin('software', 'software.id', 'instances.software_id')
       .select(['instances.id', 'instances.title', 'instances.owner_id', 'instances.serial', 'instances.state', 'instances.partition_id', 'instances.root_id'])
+      .select(['instances.software_type', 'software.definition', 'software.id as software_id'])
       .where('instances.id', '=', body.instance)
       .executeTakeFirst();
     if (!parent || parent.partition_id !== partitionId(node.id, reference)) {
@@ -70,10 +71,22 @@ export async function requestChildren(db: Kysely<Tables>, node: NodeRow, referen
     if (body.serial !== parent.serial || parent.state !== 'started') {
       throw new PledgerError('CONFLICT', `instance ${parent.title} has moved on from serial ${body.serial}: deploy its latest request`);
     }
+    // A node renders the requests, but only those its release declares: it cannot order
+    // anything else on the owner's account.
+    const declared = (JSON.parse(parent.definition) as SoftwareDefinition)['software-types'][parent.software_type]?.requests ?? {};
     const names = new Set<string>();
     for (const child of body.requests) {
       if (names.has(child.name)) throw new PledgerError('BAD_REQUEST', `the sub-instance "${child.name}" is requested twice`);
       names.add(child.name);
+      const expected = Object.hasOwn(declared, child.name) ? declared[child.name] : undefined;
+      const matches =
+        expected &&
+        expected.software === child.software &&
+        (expected['software-type'] ?? 'default') === (child.softwareType ?? 'default') &&
+        (expected.shared ?? false) === (child.shared ?? false);
+      if (!matches) {
+        throw new PledgerError('FORBIDDEN', `${parent.software_id} ${parent.software_type} declares no request "${child.name}" of ${child.software}${child.shared ? ' (shared)' : ''}`);
+      }
     }
     const ancestors = await lineage(trx, parent.id);
     for (const child of body.requests) {

@@ -32,6 +32,12 @@ const releases: Record<string, string>[] = [
       '        parameters:',
       '          size: "{{ parameters.size }}"',
       '          password: "{{ secrets.key }}"',
+      '      replica:',
+      '        software: store',
+      '        sla: { anti-affinity: node }',
+      '      far:',
+      '        software: store',
+      '        sla: { anti-affinity: network }',
       '    publish:',
       '      url: "{{ requests.db.connection.url }}"',
       '',
@@ -192,6 +198,16 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
     expect(await movements()).toBe(before + 3); // looping: requested, allocated, then destroyed on request
   });
 
+  it('refuses a request the release does not declare, changing nothing', async () => {
+    const before = await movements();
+    const undeclared = await requestChildren('shop', [{ name: 'db', software: 'store', parameters: { size: '3' } }, { name: 'extra', software: 'store', parameters: { size: '1' } }]);
+    expect(undeclared.status).toBe(403);
+    expect(undeclared.body.error.message).toMatch(/declares no request "extra" of store/);
+    const otherSoftware = await requestChildren('shop', [{ name: 'db', software: 'app', parameters: {} }]);
+    expect(otherSoftware.status).toBe(403);
+    expect(await movements()).toBe(before);
+  });
+
   it('refuses a node asking for an instance it does not host', async () => {
     const other = await call(admin, 'POST', '/api/v1/nodes', { name: 'node-z' });
     const shop = (await hosted('shop'))!;
@@ -280,6 +296,30 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
       await call(admin, 'PUT', '/api/v1/instances/edge-2', { software: 'proxy' });
       await call(admin, 'DELETE', '/api/v1/instances/edge');
       expect((await hosted('edge-2'))!.instance.shared!.map((s) => s.parameters.backend)).toEqual(['http://127.0.0.8:80/']);
+    });
+  });
+
+  it('keeps a child off the nodes of the rest of its tree, or off their network, as its SLA asks', async () => {
+    expect((await call(admin, 'PATCH', '/api/v1/nodes/node-a', { labels: { network: 'lan1' } })).status).toBe(200);
+    for (const [name, network, ip] of [['node-b', 'lan2', '127.43.1.1'], ['node-c', 'lan1', '127.43.2.1']] as const) {
+      const credential = (await call(admin, 'POST', '/api/v1/nodes', { name, labels: { network } })).body.credential as string;
+      await call(admin, 'POST', '/api/v1/supplies', { software: 'store', node: name });
+      expect((await call(credential, 'PUT', '/api/v1/node/partitions', { partitions: [{ reference: 'p0', ip, ports: { first: 32000, last: 32009 } }] })).status).toBe(200);
+      expect((await call(credential, 'GET', '/api/v1/node/desired-state')).status).toBe(200);
+    }
+    await call(alice, 'PUT', '/api/v1/instances/spread', { software: 'app', sla: { node: 'node-a' } });
+    const answer = await requestChildren('spread', [
+      { name: 'replica', software: 'store', parameters: { size: '1' }, sla: { 'anti-affinity': 'node' } },
+      { name: 'far', software: 'store', parameters: { size: '1' }, sla: { 'anti-affinity': 'network' } },
+    ]);
+    expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+    // node-a holds the parent: the first other node by name takes the replica.
+    expect(await view(alice, 'spread/replica')).toMatchObject({ node: 'node-b', status: 'allocated' });
+    // lan1 (node-a) and lan2 (node-b) are taken by the tree: node-c is on lan1.
+    expect(await view(alice, 'spread/far')).toMatchObject({
+      status: 'unallocated',
+      node: null,
+      message: 'no node that has store@1.0.0 supplied is apart from the rest of its tree (another network)',
     });
   });
 
