@@ -79,7 +79,7 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   type Body = Record<string, any>;
-  const call = async (token: string, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown, headers: Record<string, string> = {}) => {
+  const call = async (token: string, method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', url: string, payload?: unknown, headers: Record<string, string> = {}) => {
     const response = await app.inject({ method, url, payload: payload as string | object | Buffer | undefined, headers: { authorization: `Bearer ${token}`, ...headers } });
     return { status: response.statusCode, body: response.body ? (JSON.parse(response.body) as Body) : {} };
   };
