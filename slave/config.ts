@@ -6,6 +6,7 @@
 import { chmod, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Type } from 'typebox';
+import { PUBLIC_KEY_PATTERN } from '../protocol/binary-cache.js';
 import { PledgerError } from '../protocol/errors.js';
 import { writeFileAtomic } from './files.js';
 export { defaultNodeConfigPath } from './paths.js';
@@ -32,6 +33,20 @@ export interface NodeConfig {
   outbox?: Partial<OutboxSettings>;
   /** How often promises are summarized to the master when nothing changes. */
   promiseSummarySeconds?: number;
+  /** Whether built parts are taken from and given to the master's binary cache; off when absent. */
+  binaryCache?: BinaryCacheSettings;
+}
+
+/**
+ * The binary cache, per node: `download` takes parts others built instead of building
+ * them, `upload` gives the master the parts this node built. Separate switches, so
+ * that a fleet can let only the nodes it trusts as builders fill the cache. Entries
+ * are verified with `publicKey`, the master's key as `pledger node register` printed it.
+ */
+export interface BinaryCacheSettings {
+  download: boolean;
+  upload: boolean;
+  publicKey: string;
 }
 
 export { SUPERVISOR_DEFAULTS, type SupervisorSettings } from './supervisor-settings.js';
@@ -126,6 +141,12 @@ const NodeConfigFile = Type.Object(
       ),
     ),
     promiseSummarySeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400 })),
+    binaryCache: Type.Optional(
+      Type.Object(
+        { download: Type.Boolean(), upload: Type.Boolean(), publicKey: Type.String({ pattern: PUBLIC_KEY_PATTERN }) },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
