@@ -15,11 +15,12 @@
  * hold the node's root is filed for that root only, one that holds none for any root.
  */
 import { createHash } from 'node:crypto';
-import { readlinkSync } from 'node:fs';
+import { createWriteStream, readlinkSync } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
-import { gzip } from 'node:zlib';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
 import { create } from 'tar';
 import { API_PREFIX } from '../../protocol/api.js';
 import {
@@ -38,11 +39,6 @@ import { BUILT_MARKER } from '../paths.js';
 import { checkSchema } from '../validate.js';
 import { PART_MANIFEST, partPath, partsRoot } from './paths.js';
 import { unpackSource } from './source.js';
-
-const gzipAsync = promisify(gzip);
-
-/** Parts are packed in memory: one that is bigger than this unpacked is not worth a round trip. */
-const MAX_PACKED_BYTES = 4 * MAX_BINARY_ARCHIVE_BYTES;
 
 export interface BinaryCacheContext {
   root: string;
@@ -157,6 +153,7 @@ async function takeEntry(
 export async function uploadBuiltPart(context: BinaryCacheContext, part: { name: string; hash: string }): Promise<void> {
   const { master, settings, log } = context;
   if (!master || !settings?.upload) return;
+  const file = path.join(partsRoot(context.root), `.build-${part.hash}-${randomToken(6)}.upload`);
   try {
     const platform = await nodePlatform();
     const present = await master.raw('GET', `${API_PREFIX}/node/binaries/${part.hash}?${keyQuery(platform, context.root)}`).then(
@@ -167,38 +164,36 @@ export async function uploadBuiltPart(context: BinaryCacheContext, part: { name:
       },
     );
     if (present) return;
-    const packed = await packPart(partPath(context.root, part.hash));
+    const packed = await packPart(partPath(context.root, part.hash), context.root, file);
     if (typeof packed === 'string') {
       log.info('part not filed in the binary cache', { part: part.name, hash: part.hash, reason: packed });
       return;
     }
     // A part that holds its node's root anywhere (a prefix, a wrapper, a link) only
     // works under that root: filed for it. One that holds none works under any root.
-    const prefix = packed.tar.includes(Buffer.from(context.root)) ? context.root : '';
-    const archive = await gzipAsync(packed.tar);
-    if (archive.length > MAX_BINARY_ARCHIVE_BYTES) {
-      log.info('part not filed in the binary cache', { part: part.name, hash: part.hash, reason: `its archive is larger than ${MAX_BINARY_ARCHIVE_BYTES} bytes` });
-      return;
-    }
-    const sha256 = createHash('sha256').update(archive).digest('hex');
-    await master.raw('PUT', `${API_PREFIX}/node/binaries/${part.hash}?${keyQuery(platform, prefix, { sha256 })}`, {
-      body: archive,
+    const prefix = packed.holdsRoot ? context.root : '';
+    await master.raw('PUT', `${API_PREFIX}/node/binaries/${part.hash}?${keyQuery(platform, prefix, { sha256: packed.sha256 })}`, {
+      body: await readFile(file),
       headers: { 'content-type': 'application/gzip' },
     });
-    log.info('part filed in the binary cache', { part: part.name, hash: part.hash, platform, relocatable: prefix === '', bytes: archive.length });
+    log.info('part filed in the binary cache', { part: part.name, hash: part.hash, platform, relocatable: prefix === '', bytes: packed.size });
   } catch (error) {
     log.error('part not filed in the binary cache', { part: part.name, hash: part.hash, reason: errorMessage(error) });
+  } finally {
+    await removeTree(file);
   }
 }
 
 /**
- * The part as an uncompressed tar, without its marker (the receiver writes its own,
- * last). Returns why not instead when the part cannot travel: a link that leads out of
- * it (the receiver would refuse it), or a size not worth sending.
+ * Packs the part into `file` as a gzipped tar, without its marker (the receiver writes
+ * its own, last), streaming: the part is read once, looked through for `root` on the
+ * way, and never held in memory. Returns why not instead when the part cannot travel:
+ * a link that leads out of it (the receiver would refuse it), or an archive bigger
+ * than the master takes.
  */
-async function packPart(dir: string): Promise<{ tar: Buffer } | string> {
+async function packPart(dir: string, root: string, file: string): Promise<{ sha256: string; size: number; holdsRoot: boolean } | string> {
   let refusal: string | undefined;
-  const stream = create(
+  const tar = create(
     {
       cwd: dir,
       portable: true,
@@ -215,12 +210,36 @@ async function packPart(dir: string): Promise<{ tar: Buffer } | string> {
     },
     ['.'],
   );
-  const chunks: Buffer[] = [];
+  // The root may straddle two chunks: each look starts with the end of the last chunk.
+  const needle = Buffer.from(root);
+  let carried = Buffer.alloc(0);
+  let holdsRoot = false;
+  const scan = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      if (!holdsRoot) {
+        const window = Buffer.concat([carried, chunk]);
+        holdsRoot = window.includes(needle);
+        carried = window.subarray(Math.max(0, window.length - needle.length + 1));
+      }
+      done(null, chunk);
+    },
+  });
+  const hash = createHash('sha256');
   let size = 0;
-  for await (const chunk of stream) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_PACKED_BYTES) return `it is larger than ${MAX_PACKED_BYTES} bytes`;
-    chunks.push(chunk as Buffer);
+  const meter = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      size += chunk.length;
+      if (size > MAX_BINARY_ARCHIVE_BYTES) return done(new Refused(`its archive is larger than ${MAX_BINARY_ARCHIVE_BYTES} bytes`));
+      hash.update(chunk);
+      done(null, chunk);
+    },
+  });
+  try {
+    // tar's stream is not a Node stream; its async iterator is the common ground.
+    await pipeline(tar as AsyncIterable<Buffer>, scan, createGzip(), meter, createWriteStream(file, { mode: 0o600 }));
+  } catch (error) {
+    if (error instanceof Refused) return error.message;
+    throw error;
   }
-  return refusal ?? { tar: Buffer.concat(chunks) };
+  return refusal ?? { sha256: hash.digest('hex'), size, holdsRoot };
 }
