@@ -8,7 +8,7 @@
  * and the part is built instead. A node that was not told to use the cache neither
  * takes from it nor gives to it.
  */
-import { createHash, sign } from 'node:crypto';
+import { createHash, generateKeyPairSync, sign } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readlinkSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -16,7 +16,7 @@ import Sqlite from 'better-sqlite3';
 import pg from 'pg';
 import { create } from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { binaryEntryMessage } from '../protocol/binary-cache.js';
+import { binaryEntryMessage, encodePublicKey } from '../protocol/binary-cache.js';
 import { freshDatabase, testEngines, type TestDatabase, type TestEngine } from './helpers/databases.js';
 import { agentUser, pledger, portBase, processesMentioning, startMaster, type AgentUser, type RunningMaster, type RunResult } from './helpers/processes.js';
 import { writeTree } from './helpers/tree.js';
@@ -87,7 +87,7 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
   let agent: AgentUser;
   let asAdmin: Record<string, string>;
   let evidence: string;
-  let cacheKey: string;
+  let cacheKey: string | undefined;
   const nodes: Record<string, { root: string; config: string; credential: string }> = {};
 
   /** Registers a node with the CLI and configures it, as its agent's user, with `cacheArgs`. */
@@ -96,7 +96,9 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     expect(registered.exitCode, registered.stderr).toBe(0);
     const { credential, binaryCacheKey } = registered.json<{ credential: string; binaryCacheKey: string }>();
     expect(binaryCacheKey).toMatch(/^ed25519:[A-Za-z0-9_-]{43}$/);
-    cacheKey = binaryCacheKey;
+    cacheKey ??= binaryCacheKey;
+    // Every registration prints the same key: the master's.
+    expect(binaryCacheKey).toBe(cacheKey);
     const root = path.join(agent.home, `root-${name}`);
     const config = path.join(agent.home, `${name}.json`);
     const configured = await pledger(
@@ -198,7 +200,7 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     const noKey = await pledger([...base, '--binary-cache', 'download'], { user: agent });
     expect(noKey.exitCode).not.toBe(0);
     expect(noKey.stderr).toContain('--binary-cache download needs --binary-cache-key');
-    const badMode = await pledger([...base, '--binary-cache', 'sometimes', '--binary-cache-key', cacheKey], { user: agent });
+    const badMode = await pledger([...base, '--binary-cache', 'sometimes', '--binary-cache-key', cacheKey!], { user: agent });
     expect(badMode.stderr).toContain('expected off, download, upload or both');
     const badKey = await pledger([...base, '--binary-cache', 'both', '--binary-cache-key', 'ed25519:short'], { user: agent });
     expect(badKey.exitCode).not.toBe(0);
@@ -243,27 +245,48 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     expect((await rows(path.basename(rootedB))).map((r) => r.prefix)).toEqual([nodes.builder!.root]);
   });
 
-  it('refuses an archive changed in the master storage (checksum) and builds the part', async () => {
-    await publish('tampered', ['builder', 'taker']);
-    expect((await runSoftware('builder')).exitCode).toBe(0);
-    await rememberHash('builder', 'tampered');
-    const portableA = partDir('builder', 'tampered', 'portable');
-    const [row] = await rows(path.basename(portableA));
-    const [stored] = await storage.query<{ content: Buffer }>('select content from binary_cache where part_hash = ? and prefix = ?', [row!.part_hash, '']);
-    const changed = Buffer.from(stored!.content);
-    changed[changed.length - 5]! ^= 0xff;
-    await storage.query('update binary_cache set content = ? where part_hash = ? and prefix = ?', [changed, row!.part_hash, '']);
+  it('refuses an archive changed or truncated in the master storage (checksum) and builds the part', async () => {
+    const damage = {
+      changed: (bytes: Buffer) => {
+        const changed = Buffer.from(bytes);
+        changed[changed.length - 5]! ^= 0xff;
+        return changed;
+      },
+      truncated: (bytes: Buffer) => bytes.subarray(0, Math.floor(bytes.length / 2)),
+    };
+    for (const [kind, spoil] of Object.entries(damage)) {
+      const release = `tampered-${kind}`;
+      await publish(release, ['builder', 'taker']);
+      expect((await runSoftware('builder')).exitCode).toBe(0);
+      await rememberHash('builder', release);
+      const portableA = partDir('builder', release, 'portable');
+      const partHash = path.basename(portableA);
+      const [stored] = await storage.query<{ content: Buffer }>('select content from binary_cache where part_hash = ? and prefix = ?', [partHash, '']);
+      await storage.query('update binary_cache set content = ? where part_hash = ? and prefix = ?', [spoil(Buffer.from(stored!.content)), partHash, '']);
 
+      const before = builds().length;
+      const run = await runSoftware('taker');
+      expect(run.exitCode, run.stderr).toBe(0);
+      expect(run.stderr).toContain('binary cache entry refused: building the part instead');
+      expect(run.stderr).toContain('checksum mismatch');
+      await rememberHash('taker', release);
+      const portableB = partDir('taker', release, 'portable');
+      expect(builds().slice(before)).toContain(portableB);
+      expect(stamp(portableB)).not.toBe(stamp(portableA));
+      expect(readFileSync(path.join(portableB, 'what'), 'utf8')).toBe(`${release}\n`);
+    }
+  });
+
+  it('refuses every entry to a node configured with another key, and builds', async () => {
+    const otherKey = encodePublicKey(generateKeyPairSync('ed25519').publicKey);
+    await addNode('stranger', () => ['--binary-cache', 'download', '--binary-cache-key', otherKey]);
+    expect((await pledger(['supply', 'shared-build', 'stranger'], { env: asAdmin })).exitCode).toBe(0);
     const before = builds().length;
-    const run = await runSoftware('taker');
+    const run = await runSoftware('stranger');
     expect(run.exitCode, run.stderr).toBe(0);
-    expect(run.stderr).toContain('binary cache entry refused: building the part instead');
-    expect(run.stderr).toContain('checksum mismatch');
-    await rememberHash('taker', 'tampered');
-    const portableB = partDir('taker', 'tampered', 'portable');
-    expect(builds().slice(before)).toContain(portableB);
-    expect(stamp(portableB)).not.toBe(stamp(portableA));
-    expect(readFileSync(path.join(portableB, 'what'), 'utf8')).toBe('tampered\n');
+    expect(run.stderr).toContain('signature does not check against the configured binary cache key');
+    await rememberHash('stranger', 'shared-build');
+    expect(builds().slice(before)).toEqual([partDir('stranger', 'shared-build', 'portable'), partDir('stranger', 'shared-build', 'rooted')]);
   });
 
   it('refuses an archive whose checksum was changed with it, as the signature no longer covers it', async () => {
