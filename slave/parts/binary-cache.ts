@@ -89,7 +89,7 @@ export async function fetchBuiltPart(context: BinaryCacheContext, part: { name: 
     entry = checkSchema<BinaryEntryType>(BinaryEntry, answer, 'binary cache entry');
   } catch (error) {
     if (!(error instanceof PledgerError && error.code === 'NOT_FOUND')) {
-      log.error('binary cache not reachable: building the part', { part: part.name, hash: part.hash, reason: errorMessage(error) });
+      log.error('binary cache lookup failed: building the part', { part: part.name, hash: part.hash, reason: errorMessage(error) });
     }
     return false;
   }
