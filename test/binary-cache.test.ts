@@ -187,7 +187,9 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     const stored = await storage.query<{ public_key: string; private_key: string }>('select public_key, private_key from signing_keys');
     expect(stored).toHaveLength(1);
     expect(stored[0]!.public_key).toBe(cacheKey);
-    expect(again.stdout).not.toContain('PRIVATE');
+    const served = await fetch(`${master.url}/api/v1/binary-cache/key`, { headers: { authorization: `Bearer ${master.adminToken}` } });
+    expect(await served.json()).toEqual({ publicKey: cacheKey });
+    expect((await fetch(`${master.url}/api/v1/binary-cache/key`)).status).toBe(401);
     // Written in the node's configuration as given, nothing else.
     const config = JSON.parse(readFileSync(nodes.taker!.config, 'utf8')) as { binaryCache: unknown };
     expect(config.binaryCache).toEqual({ download: true, upload: false, publicKey: cacheKey });
