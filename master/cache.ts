@@ -182,6 +182,8 @@ export async function storeBinary(db: Kysely<CacheTables>, nodeId: string, partH
   if (content.length > MAX_BINARY_ARCHIVE_BYTES) throw new PledgerError('PAYLOAD_TOO_LARGE', `a built part archive may hold at most ${MAX_BINARY_ARCHIVE_BYTES} bytes`);
   const actual = createHash('sha256').update(content).digest('hex');
   if (actual !== upload.sha256) throw new PledgerError('BAD_REQUEST', `refused: the content has the sha256 ${actual}, not ${upload.sha256}`);
+  // Nodes check what they unpack; this only spares storing what is plainly not an archive.
+  if (content[0] !== 0x1f || content[1] !== 0x8b) throw new PledgerError('BAD_REQUEST', 'refused: a built part archive is a gzipped tar');
   const existing = () =>
     db
       .selectFrom('binary_cache')

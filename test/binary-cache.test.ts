@@ -386,7 +386,7 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     const archive = gzipSync(Buffer.from('an archive'));
     const count = async () => Number((await storage.query<{ n: number | string }>('select count(*) as n from binary_cache'))[0]!.n);
 
-    it('takes them from nodes only, and refuses a wrong checksum, a bad key or a body too large, storing nothing', async () => {
+    it('takes them from nodes only, and refuses a wrong checksum, a bad key, a body not gzipped or too large, storing nothing', async () => {
       const before = await count();
       const good = { platform: 'debian-12/x64', prefix: '', sha256: sha256(archive) };
       expect((await put(master.adminToken, partHash, good, archive)).status).toBe(401);
@@ -394,6 +394,8 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
       expect(wrongSum.status).toBe(400);
       expect(((await wrongSum.json()) as { error: { message: string } }).error.message).toContain(`has the sha256 ${sha256(archive)}`);
       expect((await put(nodes.builder!.credential, partHash, { ...good, platform: 'Debian 12' }, archive)).status).toBe(400);
+      const plain = Buffer.from('not gzipped');
+      expect((await put(nodes.builder!.credential, partHash, { ...good, sha256: sha256(plain) }, plain)).status).toBe(400);
       expect((await put(nodes.builder!.credential, partHash, { ...good, prefix: 'relative/path' }, archive)).status).toBe(400);
       expect((await put(nodes.builder!.credential, 'not-a-hash', good, archive)).status).toBe(400);
       expect((await put(nodes.builder!.credential, partHash, { ...good, extra: 'x' }, archive)).status).toBe(400);
