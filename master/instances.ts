@@ -7,15 +7,16 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Ajv, type ValidateFunction } from 'ajv';
-import type { Kysely } from 'kysely';
-import type { InstanceRequest, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Sla } from '../protocol/api.js';
+import type { Kysely, Transaction } from 'kysely';
+import type { InstanceRequest, InstanceTreeView, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Sla } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
-import type { SoftwareDefinition } from '../protocol/software-release.js';
+import { sharedSchemaKey, type SoftwareDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
 import { allocate } from './allocation.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 import { resolveSoftware, type SoftwareRow } from './software.js';
+import { cascadeState, hostsChanged, placeShared } from './trees.js';
 
 export async function requestInstance(
   db: Kysely<Tables>,
@@ -25,47 +26,88 @@ export async function requestInstance(
   /** Who asks: the owner, or the master itself (stopping for non-payment). */
   actor = `account:${owner.name}`,
 ): Promise<InstanceView> {
-  await db.transaction().execute(async (trx) => {
-    const existing = await trx
-      .selectFrom('instances')
-      .selectAll()
-      .where('owner_id', '=', owner.id)
-      .where('title', '=', title)
-      .executeTakeFirst();
-
-    const software = await chooseSoftware(trx, request.software, existing?.software_id);
-    const softwareType = request.softwareType ?? existing?.software_type ?? 'default';
-    const parameters = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}));
-    const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
-    const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
-    if (existing?.partition_id && sla !== existing.sla && state !== 'destroyed') {
-      throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
-        hint: 'destroy it and request it again with the new SLA',
+  if (actor.startsWith('account:') && title.includes('/')) {
+    const existing = await db.selectFrom('instances').select('parent_id').where('owner_id', '=', owner.id).where('title', '=', title).executeTakeFirst();
+    if (!existing?.parent_id) {
+      throw new PledgerError('BAD_REQUEST', `"${title}": a title with a / names a sub-instance, which only its parent requests`, {
+        hint: 'choose a title without /',
       });
     }
+  }
+  await db.transaction().execute((trx) => applyRequest(trx, owner, title, request, { actor }));
+  return getInstance(db, owner, title);
+}
 
-    if (!existing && state === 'destroyed') {
-      throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
-    }
-    const unchanged =
-      existing &&
-      existing.software_id === software.id &&
-      existing.software_type === softwareType &&
-      existing.state === state &&
-      existing.sla === sla &&
-      existing.parameters === JSON.stringify(parameters);
-    if (unchanged) return;
+export interface RequestOrigin {
+  actor: string;
+  /** Set when an instance's deployment requests this one: its parent and tree. */
+  parent?: { id: string; rootId: string; title: string };
+}
 
-    const instanceId = existing?.id ?? randomUUID();
-    const serial = (existing?.serial ?? 0) + 1;
-    await record(
-      trx,
-      {
-        kind: 'instance.requested',
-        data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, sla: JSON.parse(sla) as Sla, state, serial },
-      },
-      { actor, subject: instanceId },
-    );
+/**
+ * Records a request inside the caller's transaction and answers the instance's id:
+ * creates or changes the instance, allocates it (a partition, or a host for a shared
+ * instance), and carries a stop, start or destroy down its tree.
+ */
+export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, title: string, request: InstanceRequest, origin: RequestOrigin): Promise<string> {
+  const { actor, parent } = origin;
+  const existing = await trx.selectFrom('instances').selectAll().where('owner_id', '=', owner.id).where('title', '=', title).executeTakeFirst();
+  if (existing?.parent_id && !parent && actor.startsWith('account:')) {
+    const parentRow = await trx.selectFrom('instances').select('title').where('id', '=', existing.parent_id).executeTakeFirst();
+    throw new PledgerError('CONFLICT', `"${title}" is a sub-instance of "${parentRow?.title ?? '?'}": it follows its parent`, {
+      hint: `change or destroy "${parentRow?.title ?? '?'}" instead`,
+    });
+  }
+  if (existing && parent && existing.parent_id !== parent.id) {
+    throw new PledgerError('CONFLICT', `"${title}" already exists outside the tree of "${parent.title}"`);
+  }
+
+  const software = await chooseSoftware(trx, request.software, existing?.software_id);
+  const softwareType = request.softwareType ?? existing?.software_type ?? 'default';
+  const shared = request.shared ?? (existing ? existing.shared === 1 : false);
+  if (existing && shared !== (existing.shared === 1)) {
+    throw new PledgerError('CONFLICT', `"${title}" is ${existing.shared ? '' : 'not '}a shared instance: that cannot change`, {
+      hint: 'destroy it first, or choose another title',
+    });
+  }
+  const { parameters, hostsShared } = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}), {
+    shared,
+    coerce: parent !== undefined,
+  });
+  const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
+  const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
+  if ((existing?.partition_id || existing?.host_id) && sla !== existing.sla && state !== 'destroyed') {
+    throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
+      hint: 'destroy it and request it again with the new SLA',
+    });
+  }
+
+  if (!existing && state === 'destroyed') {
+    throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
+  }
+  const unchanged =
+    existing &&
+    existing.software_id === software.id &&
+    existing.software_type === softwareType &&
+    existing.state === state &&
+    existing.sla === sla &&
+    existing.parameters === JSON.stringify(parameters);
+  if (unchanged) return existing.id;
+
+  const instanceId = existing?.id ?? randomUUID();
+  const serial = (existing?.serial ?? 0) + 1;
+  const tree = existing ? {} : { parentId: parent?.id ?? null, rootId: parent?.rootId ?? instanceId, shared };
+  await record(
+    trx,
+    {
+      kind: 'instance.requested',
+      data: { instanceId, ownerId: owner.id, title, softwareId: software.id, softwareType, parameters, sla: JSON.parse(sla) as Sla, state, serial, ...tree },
+    },
+    { actor, subject: instanceId },
+  );
+  if (shared) {
+    await placeShared(trx, { id: instanceId, serial, state, hostId: existing?.host_id ?? null, message: existing?.message ?? null });
+  } else {
     const partitioned = existing?.partition_id != null;
     if (state === 'destroyed' && !partitioned) {
       // Nothing runs anywhere: destroyed at once.
@@ -75,10 +117,12 @@ export async function requestInstance(
         { actor: 'master', subject: instanceId },
       );
     } else if (state !== 'destroyed' && !partitioned) {
-      await allocate(trx, { id: instanceId, software_id: software.id, owner_id: owner.id, sla, message: null }, 'master');
+      await allocate(trx, { id: instanceId, software_id: software.id, owner_id: owner.id, sla, message: existing?.message ?? null }, 'master');
     }
-  });
-  return getInstance(db, owner, title);
+    await hostsChanged(trx, { id: instanceId, state, wasStarted: existing?.state === 'started', hostsShared });
+  }
+  if (existing && existing.state !== state) await cascadeState(trx, owner, existing.id, title, existing.root_id ?? existing.id, state);
+  return instanceId;
 }
 
 /** The same object with its keys in order, so that two equal SLAs compare equal as JSON. */
@@ -105,20 +149,35 @@ async function chooseSoftware(db: Kysely<Tables>, ref: string, currentId: string
 }
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+/** For sub-instances: their parameters are rendered from templates, strings that the child's schema types. */
+const coercingAjv = new Ajv({ allErrors: true, useDefaults: true, strict: false, coerceTypes: true });
 const validators = new Map<string, ValidateFunction>();
 
-/** Checks parameters against the software type's schema, filling in its defaults. */
-function validateParameters(software: SoftwareRow, softwareType: string, parameters: Parameters): Parameters {
+/**
+ * Checks parameters against the software type's schema (a shared instance's against
+ * the schema its host type declares for them), filling in its defaults.
+ */
+function validateParameters(
+  software: SoftwareRow,
+  softwareType: string,
+  parameters: Parameters,
+  options: { shared: boolean; coerce: boolean },
+): { parameters: Parameters; hostsShared: boolean } {
   const definition = JSON.parse(software.definition) as SoftwareDefinition;
-  if (!Object.hasOwn(definition['software-types'], softwareType)) {
+  const type = definition['software-types'][softwareType];
+  if (!type || !Object.hasOwn(definition['software-types'], softwareType)) {
     const known = Object.keys(definition['software-types']).join(', ');
     throw new PledgerError('BAD_REQUEST', `${software.id} has no software type "${softwareType}" (it has: ${known})`);
   }
-  const key = `${software.hash}:${softwareType}`;
+  if (options.shared && !type.shared) {
+    throw new PledgerError('BAD_REQUEST', `${software.id} ${softwareType} does not host shared instances`, { hint: 'request it without --shared' });
+  }
+  const schemaKey = options.shared ? sharedSchemaKey(softwareType) : softwareType;
+  const key = `${software.hash}:${schemaKey}:${options.coerce}`;
   let validate = validators.get(key);
   if (!validate) {
     const schemas = JSON.parse(software.parameter_schemas) as Record<string, object>;
-    validate = ajv.compile(schemas[softwareType] ?? {});
+    validate = (options.coerce ? coercingAjv : ajv).compile(schemas[schemaKey] ?? {});
     validators.set(key, validate);
   }
   const copy = structuredClone(parameters);
@@ -128,11 +187,12 @@ function validateParameters(software: SoftwareRow, softwareType: string, paramet
       const extra = e.keyword === 'additionalProperties' ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : '';
       return `${where} ${e.message ?? 'is invalid'}${extra}`;
     });
-    throw new PledgerError('INVALID_PARAMETERS', `invalid parameters for ${software.id} ${softwareType}: ${problems.join('; ')}`, {
+    const what = options.shared ? `shared ${softwareType}` : softwareType;
+    throw new PledgerError('INVALID_PARAMETERS', `invalid parameters for ${software.id} ${what}: ${problems.join('; ')}`, {
       details: validate.errors,
     });
   }
-  return copy;
+  return { parameters: copy, hostsShared: type.shared !== undefined };
 }
 
 function instancesQuery(db: Kysely<Tables>) {
@@ -141,9 +201,16 @@ function instancesQuery(db: Kysely<Tables>) {
     .innerJoin('software', 'software.id', 'instances.software_id')
     .leftJoin('partitions', 'partitions.id', 'instances.partition_id')
     .leftJoin('nodes', 'nodes.id', 'partitions.node_id')
+    .leftJoin('instances as parent', 'parent.id', 'instances.parent_id')
+    .leftJoin('instances as root', 'root.id', 'instances.root_id')
+    // A shared instance runs on its host's node.
+    .leftJoin('instances as host', 'host.id', 'instances.host_id')
+    .leftJoin('partitions as host_partition', 'host_partition.id', 'host.partition_id')
+    .leftJoin('nodes as host_node', 'host_node.id', 'host_partition.node_id')
     .selectAll('instances')
     .select(['software.name as software_name', 'software.version as software_version', 'software.hash as software_hash'])
-    .select(['partitions.reference as partition_reference', 'nodes.name as node_name']);
+    .select(['partitions.reference as partition_reference', 'nodes.name as node_name', 'host_node.name as host_node_name'])
+    .select(['parent.title as parent_title', 'root.title as root_title']);
 }
 
 type InstanceRow = Awaited<ReturnType<ReturnType<typeof instancesQuery>['executeTakeFirstOrThrow']>>;
@@ -172,10 +239,13 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
     message: row.message,
     ready: row.status === row.state,
     serial: row.serial,
-    node: row.node_name,
+    node: row.node_name ?? row.host_node_name,
     partition: row.partition_reference,
     connection: JSON.parse(row.connection) as Record<string, string>,
     promises,
+    parent: row.parent_title,
+    root: row.root_id && row.root_id !== row.id ? row.root_title : null,
+    shared: row.shared === 1,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };
@@ -206,4 +276,24 @@ export async function instanceHistory(db: Kysely<Tables>, owner: AccountRow, tit
   if (!instance) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
   const rows = await db.selectFrom('movements').selectAll().where('subject', '=', instance.id).orderBy('seq').execute();
   return rows.map((r) => ({ seq: Number(r.seq), at: r.at, kind: r.kind, actor: r.actor, data: JSON.parse(r.data) as unknown }));
+}
+
+/** An instance and its sub-instances, recursively (depth first, by title), without those destroyed. */
+export async function instanceTree(db: Kysely<Tables>, owner: AccountRow, title: string): Promise<InstanceTreeView> {
+  const top = await instancesQuery(db).where('instances.owner_id', '=', owner.id).where('instances.title', '=', title).executeTakeFirst();
+  if (!top) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
+  const rows = await instancesQuery(db)
+    .where('instances.owner_id', '=', owner.id)
+    .where('instances.root_id', '=', top.root_id ?? top.id)
+    .where('instances.status', '!=', 'destroyed')
+    .orderBy('instances.title')
+    .execute();
+  const promises = await promisesOf(db, [top.id, ...rows.map((r) => r.id)]);
+  const instances: InstanceTreeView['instances'] = [];
+  const visit = (row: InstanceRow, depth: number) => {
+    instances.push({ depth, instance: instanceView(row, promises.get(row.id)) });
+    for (const child of rows.filter((r) => r.parent_id === row.id)) visit(child, depth + 1);
+  };
+  visit(top, 0);
+  return { instances };
 }

@@ -11,6 +11,7 @@ import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
 import type { NodesTable, Tables } from './db/tables.js';
 import { partitionId, record, type Movement, type MovementRecord } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
+import { afterNodeEvent, sharedOf } from './trees.js';
 
 export type NodeRow = NodesTable;
 
@@ -169,6 +170,7 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
     .where('partitions.node_id', '=', node.id)
     .orderBy('partitions.reference')
     .execute();
+  const shared = await sharedOf(db, rows.flatMap((r) => (r.id === null ? [] : [r.id])));
   const state: DesiredState = {
     node: node.name,
     software,
@@ -187,6 +189,7 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
               parameters: JSON.parse(r.parameters!) as Parameters,
               state: r.state!,
               serial: r.serial!,
+              ...(shared.has(r.id) ? { shared: shared.get(r.id) } : {}),
             },
     })),
   };
@@ -206,8 +209,11 @@ export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: Nod
     const planned: { event: NodeEvent; movement: Movement; meta: MovementRecord }[] = [];
     for (const event of events) planned.push({ event, ...(await planEvent(trx, node, event)) });
     for (const { event, movement, meta } of planned) {
+      // What the instance had published before this event: a parent redeploys only when it changes.
+      const before = event.type === 'instance.started' ? await trx.selectFrom('instances').select('connection').where('id', '=', event.instance).executeTakeFirst() : undefined;
       const applied = await record(trx, movement, meta);
       if (applied && movement.kind === 'instance.destroyed') freed = true;
+      if (applied) await afterNodeEvent(trx, node, event, movement, before);
       (applied ? receipt.applied : receipt.duplicates).push(event.id);
     }
   });

@@ -41,13 +41,15 @@ export type RequestedState = Static<typeof RequestedState>;
 /**
  * What the master knows of an instance:
  * - `unallocated`: no partition fits yet (the message says why);
- * - `allocated`: a partition is reserved, the node has not reported yet;
+ * - `allocated`: a partition is reserved (or, for a shared instance, a host chosen), the node has not reported yet;
+ * - `waiting`: the node waits for sub-instances to publish what the instance needs (the message says which);
  * - `deployed`: the node rendered its files and started its services;
  * - `started`, `stopped`, `destroyed`: the node reached the requested state;
  * - `error`: the node could not reach it (the message says why).
  */
 export const InstanceStatus = Type.Union([
   Type.Literal('unallocated'),
+  Type.Literal('waiting'),
   Type.Literal('allocated'),
   Type.Literal('deployed'),
   Type.Literal('started'),
@@ -166,6 +168,8 @@ export const InstanceRequest = Type.Object(
     softwareType: Type.Optional(SoftwareType),
     parameters: Type.Optional(Parameters),
     state: Type.Optional(RequestedState),
+    /** A shared instance: hosted by a started instance of the release instead of a partition of its own. */
+    shared: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
@@ -203,10 +207,21 @@ export const InstanceView = Type.Object({
   connection: ConnectionParameters,
   /** What the node last reported of each promise. */
   promises: Type.Array(PromiseState),
+  /** The instance that requested this one (a sub-instance), and the root of its tree; null for a root. */
+  parent: Type.Union([Title, Type.Null()]),
+  root: Type.Union([Title, Type.Null()]),
+  /** A shared instance lives inside a host instance, on the host's node, without a partition. */
+  shared: Type.Boolean(),
   createdAt: Timestamp,
   updatedAt: Timestamp,
 });
 export type InstanceView = Static<typeof InstanceView>;
+
+/** An instance and every instance it requested, recursively, depth first. */
+export const InstanceTreeView = Type.Object({
+  instances: Type.Array(Type.Object({ depth: Type.Integer({ minimum: 0 }), instance: InstanceView })),
+});
+export type InstanceTreeView = Static<typeof InstanceTreeView>;
 
 export const MovementView = Type.Object({
   seq: Type.Integer(),
@@ -238,6 +253,11 @@ export const PartitionsReport = Type.Object(
 );
 export type PartitionsReport = Static<typeof PartitionsReport>;
 
+/** A shared instance as its host sees it: an opaque reference, its parameters and serial, nothing of its owner. */
+export const SharedReference = Type.String({ pattern: '^[0-9a-f-]{36}$' });
+export const SharedInstance = Type.Object({ reference: SharedReference, parameters: Parameters, serial: Type.Integer() });
+export type SharedInstance = Static<typeof SharedInstance>;
+
 export const DesiredInstance = Type.Object({
   id: Type.String(),
   title: Title,
@@ -247,6 +267,8 @@ export const DesiredInstance = Type.Object({
   state: RequestedState,
   /** Grows by one at every change the node must apply: the node's only change detector. */
   serial: Type.Integer(),
+  /** For a host of shared instances: the started ones it hosts, by reference. */
+  shared: Type.Optional(Type.Array(SharedInstance)),
 });
 export type DesiredInstance = Static<typeof DesiredInstance>;
 
@@ -275,12 +297,19 @@ export const InstanceEvent = Type.Object(
       Type.Literal('instance.stopped'),
       Type.Literal('instance.destroyed'),
       Type.Literal('instance.error'),
+      Type.Literal('instance.waiting'),
     ]),
     partition: PartitionReference,
     instance: Type.String({ minLength: 1, maxLength: 64 }),
     serial: Type.Integer({ minimum: 0 }),
     message: Type.Optional(Type.String({ maxLength: 16384 })),
     connection: Type.Optional(ConnectionParameters),
+    /** A host's connection parameters for each shared instance it deployed, with the serial it deployed. */
+    shared: Type.Optional(
+      StrictRecord(SharedReference, Type.Object({ serial: Type.Integer({ minimum: 0 }), connection: ConnectionParameters }, { additionalProperties: false }), {
+        maxProperties: 10000,
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -353,6 +382,44 @@ export type UsageEvent = Static<typeof UsageEvent>;
 
 export const NodeEvent = Type.Union([InstanceEvent, SoftwareEvent, PromisesEvent, BangEvent, UsageEvent]);
 export type NodeEvent = Static<typeof NodeEvent>;
+
+/**
+ * The sub-instances an instance's deployment requests, rendered by its node. The master
+ * creates or updates each child, destroys those no longer listed, and answers with what
+ * each child published so far.
+ */
+export const ChildRequest = Type.Object(
+  {
+    name: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,62}$' }),
+    software: SoftwareRef,
+    softwareType: Type.Optional(SoftwareType),
+    parameters: Parameters,
+    sla: Type.Optional(Sla),
+    shared: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ChildRequest = Static<typeof ChildRequest>;
+export const ChildrenRequest = Type.Object(
+  {
+    instance: Type.String({ minLength: 1, maxLength: 64 }),
+    serial: Type.Integer({ minimum: 0 }),
+    requests: Type.Array(ChildRequest, { maxItems: 64 }),
+  },
+  { additionalProperties: false },
+);
+export type ChildrenRequest = Static<typeof ChildrenRequest>;
+export const ChildState = Type.Object({
+  title: Title,
+  status: InstanceStatus,
+  /** The child reached its requested state for its latest request and published its connection parameters. */
+  ready: Type.Boolean(),
+  message: Type.Union([Type.String(), Type.Null()]),
+  connection: ConnectionParameters,
+});
+export type ChildState = Static<typeof ChildState>;
+export const ChildrenState = Type.Object({ children: Type.Record(Type.String(), ChildState) });
+export type ChildrenState = Static<typeof ChildrenState>;
 
 export const EventsReport = Type.Object(
   { events: Type.Array(NodeEvent, { minItems: 1, maxItems: 500 }) },

@@ -14,7 +14,7 @@ import addFormatsImport from 'ajv-formats';
 import { Type, type Static } from 'typebox';
 import nunjucks from 'nunjucks';
 import { parseDocument } from 'yaml';
-import { SoftwareName, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
+import { SoftwareName, SoftwareRef, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
 import { PledgerError } from './errors.js';
 
 // ajv-formats is CommonJS: its default export arrives wrapped under ESM.
@@ -98,6 +98,38 @@ const Promise_ = Type.Union([
   Type.Object({ command: Command, ...promiseTiming }, { additionalProperties: false }),
 ]);
 
+const PublishedValues = StrictRecord(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }), Type.String());
+
+/**
+ * A sub-instance the software type requests when it is deployed. Its string values are
+ * templates rendered with the instance's context (parameters, secrets, ports...).
+ */
+const ChildRequestDefinition = Type.Object(
+  {
+    software: SoftwareRef,
+    'software-type': Type.Optional(SoftwareType),
+    /** String values are templates; the master converts them to the types the child's schema declares. */
+    parameters: Type.Optional(StrictRecord(Type.String({ minLength: 1, maxLength: 128 }), Type.Unknown())),
+    /** Where the child may go; values are templates. `anti-affinity: node` keeps it off the nodes of its tree. */
+    sla: Type.Optional(StrictRecord(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), Type.String())),
+    /** A shared instance on a host of that release, instead of a partition of its own. */
+    shared: Type.Optional(Type.Boolean()),
+    /** A template: the child is requested unless it renders to "", "false", "no" or "0". */
+    when: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+
+/** A software type that hosts shared instances: the schema of their parameters and what it publishes for each. */
+const SharedHosting = Type.Object(
+  {
+    parameters: Type.Optional(RelativePath),
+    /** Rendered once per shared instance, with `shared` ({ reference, parameters }) in the context. */
+    publish: Type.Optional(PublishedValues),
+  },
+  { additionalProperties: false },
+);
+
 const SoftwareTypeDefinition = Type.Object(
   {
     /** Path of the JSON Schema of this type's parameters, in the release folder. */
@@ -111,8 +143,12 @@ const SoftwareTypeDefinition = Type.Object(
     /** Long-running processes: argv lists whose items are templates. */
     services: Type.Optional(StrictRecord(Identifier, Command)),
     promises: Type.Optional(StrictRecord(Identifier, Promise_)),
-    /** Connection parameters published to the requester; values are templates. */
-    publish: Type.Optional(StrictRecord(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,128}$' }), Type.String())),
+    /** Connection parameters published to the requester; values are templates, an empty result is left out. */
+    publish: Type.Optional(PublishedValues),
+    /** Sub-instances, by the name templates use for them: `requests.NAME.connection.KEY`. */
+    requests: Type.Optional(StrictRecord(Identifier, ChildRequestDefinition, { maxProperties: 64 })),
+    /** This type hosts shared instances (`pledger request --shared`); its templates see `shared_instances`. */
+    shared: Type.Optional(SharedHosting),
   },
   { additionalProperties: false },
 );
@@ -131,13 +167,20 @@ export type SoftwareDefinition = Static<typeof SoftwareDefinition>;
 export type SoftwareTypeDefinition = Static<typeof SoftwareTypeDefinition>;
 export type PartDefinition = Static<typeof Part>;
 export type PromiseDefinition = Static<typeof Promise_>;
+export type ChildRequestDefinition = Static<typeof ChildRequestDefinition>;
+
+/** Where the schema of a type's shared instances' parameters is kept beside the types' own: no type name has a colon. */
+export const sharedSchemaKey = (softwareType: string) => `shared:${softwareType}`;
 
 /** A release read from a folder and checked. */
 export interface LoadedSoftware {
   definition: SoftwareDefinition;
   /** sha256 of the folder's content: names the release everywhere. */
   hash: string;
-  /** The JSON Schema of each software type's parameters (an empty object schema when none is given). */
+  /**
+   * The JSON Schema of each software type's parameters (an empty object schema when
+   * none is given), and under `sharedSchemaKey(type)` that of its shared instances'.
+   */
   parameterSchemas: Record<string, object>;
 }
 
@@ -206,17 +249,21 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
     }
     const ports = new Set(type.ports ?? []);
     if (ports.size !== (type.ports ?? []).length) problems.push({ where: `${where}.ports`, message: 'a port is named twice' });
-    if (!type.parameters) {
-      parameterSchemas[typeName] = { type: 'object', additionalProperties: false };
-      continue;
-    }
-    try {
-      const schema = JSON.parse(await readFile(path.join(dir, type.parameters), 'utf8')) as object;
-      ajv.compile(schema);
-      parameterSchemas[typeName] = schema;
-    } catch (error) {
-      problems.push({ where: `${where}.parameters`, message: `${type.parameters}: ${(error as Error).message}` });
-    }
+    const readSchema = async (file: string | undefined, key: string, place: string) => {
+      if (!file) {
+        parameterSchemas[key] = { type: 'object', additionalProperties: false };
+        return;
+      }
+      try {
+        const schema = JSON.parse(await readFile(path.join(dir, file), 'utf8')) as object;
+        ajv.compile(schema);
+        parameterSchemas[key] = schema;
+      } catch (error) {
+        problems.push({ where: place, message: `${file}: ${(error as Error).message}` });
+      }
+    };
+    await readSchema(type.parameters, typeName, `${where}.parameters`);
+    if (type.shared) await readSchema(type.shared.parameters, sharedSchemaKey(typeName), `${where}.shared.parameters`);
   }
   if (problems.length > 0) throw invalid(problems);
   return { definition, hash: options.knownHash ?? (await hashDirectory(dir)), parameterSchemas };
@@ -313,12 +360,25 @@ async function checkTemplateSyntax(dir: string, definition: SoftwareDefinition):
       }
     }
     for (const [name, value] of Object.entries(type.publish ?? {})) check(`${where}.publish.${name}`, value);
+    for (const [name, value] of Object.entries(type.shared?.publish ?? {})) check(`${where}.shared.publish.${name}`, value);
+    for (const [name, child] of Object.entries(type.requests ?? {})) {
+      const strings = [child.when ?? '', ...Object.values(child.sla ?? {}), ...templateStrings(child.parameters ?? {})];
+      for (const value of strings) check(`${where}.requests.${name}`, value);
+    }
     for (const template of Object.values(type.files ?? {})) {
       const source = await readFile(path.join(dir, template), 'utf8').catch(() => null);
       if (source !== null) check(template, source);
     }
   }
   return problems;
+}
+
+/** Every string inside a JSON value, at any depth: the templates of a child's parameters. */
+export function templateStrings(value: unknown): string[] {
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value)) return value.flatMap(templateStrings);
+  if (value !== null && typeof value === 'object') return Object.values(value).flatMap(templateStrings);
+  return [];
 }
 
 function describeSchemaError(error: ErrorObject): SoftwareProblem {

@@ -7,7 +7,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type nunjucks from 'nunjucks';
-import type { DesiredInstance, DesiredState } from '../protocol/api.js';
+import type { ChildRequest, ChildState, ConnectionParameters, DesiredInstance, DesiredState } from '../protocol/api.js';
 import { loadSoftware, type PromiseDefinition, type SoftwareTypeDefinition } from '../protocol/software-release.js';
 import { randomToken, writeFileAtomic } from './files.js';
 import { PARTITION_PRIVATE_DIR, partitionPath, softwarePath } from './paths.js';
@@ -24,6 +24,12 @@ export interface InstanceContext {
   software: { name: string; version: string; hash: string; path: string };
   secrets: Record<string, string>;
   instance: { title: string; softwareType: string; serial: number };
+  /** The node the instance runs on: `sla: {node: "{{ node.name }}"}` keeps a child beside its parent. */
+  node: { name: string };
+  /** What each requested sub-instance published, by request name: `requests.db.connection.url`. */
+  requests: Record<string, ChildState>;
+  /** For a host of shared instances: each one's opaque reference and parameters, by reference. */
+  shared_instances: { reference: string; parameters: Record<string, unknown> }[];
 }
 
 export interface Deployment {
@@ -32,6 +38,8 @@ export interface Deployment {
   type: SoftwareTypeDefinition;
   context: InstanceContext;
   env: nunjucks.Environment;
+  /** The shared instances a host deploys, with their serials. */
+  shared: NonNullable<DesiredInstance['shared']>;
 }
 
 export interface RenderedDeployment {
@@ -39,12 +47,14 @@ export interface RenderedDeployment {
   services: Record<string, string[]>;
   promises: Record<string, PromiseDefinition>;
   publish: Record<string, string>;
+  /** A host's published values for each shared instance, with the serial deployed. */
+  sharedPublish: Record<string, { serial: number; connection: ConnectionParameters }>;
 }
 
 const SECRETS_FILE = 'secrets.json';
 
 /** Gathers the release, secrets, ports and context of an instance whose software is built. */
-export async function prepareDeployment(root: string, partition: DesiredPartition, instance: DesiredInstance): Promise<Deployment> {
+export async function prepareDeployment(root: string, nodeName: string, partition: DesiredPartition, instance: DesiredInstance): Promise<Deployment> {
   const releaseDir = softwarePath(root, instance.software.hash);
   const partitionDir = partitionPath(root, partition.reference);
   const release = await loadSoftware(releaseDir, { knownHash: instance.software.hash });
@@ -59,8 +69,11 @@ export async function prepareDeployment(root: string, partition: DesiredPartitio
     software: { name: definition.name, version: definition.version, hash: instance.software.hash, path: releaseDir },
     secrets: await ensureSecrets(partitionDir, type.secrets ?? []),
     instance: { title: instance.title, softwareType: instance.softwareType, serial: instance.serial },
+    node: { name: nodeName },
+    requests: {},
+    shared_instances: (instance.shared ?? []).map((s) => ({ reference: s.reference, parameters: s.parameters })),
   };
-  return { releaseDir, partitionDir, type, context, env: createTemplateEnvironment(releaseDir) };
+  return { releaseDir, partitionDir, type, context, env: createTemplateEnvironment(releaseDir), shared: type.shared ? (instance.shared ?? []) : [] };
 }
 
 /** Renders everything of the software type; the first error stops it with a message naming the culprit. */
@@ -73,8 +86,54 @@ export function renderDeployment(deployment: Deployment): RenderedDeployment {
   const promises = Object.fromEntries(
     Object.entries(type.promises ?? {}).map(([name, promise]): [string, PromiseDefinition] => [name, renderPromise(promise, `promises.${name}`, render)]),
   );
-  const publish = Object.fromEntries(Object.entries(type.publish ?? {}).map(([key, value]) => [key, render(value, `publish.${key}`)]));
-  return { files: renderFiles(env, releaseDir, type.files ?? {}, context), services, promises, publish };
+  const publish = renderPublished(type.publish ?? {}, (value, where) => render(value, `publish.${where}`));
+  const sharedPublish: RenderedDeployment['sharedPublish'] = {};
+  for (const shared of deployment.shared) {
+    const sharedContext = { ...context, shared: { reference: shared.reference, parameters: shared.parameters } };
+    const connection = renderPublished(type.shared?.publish ?? {}, (value, where) =>
+      renderString(env, value, sharedContext, `shared.publish.${where} (shared instance ${shared.reference})`),
+    );
+    sharedPublish[shared.reference] = { serial: shared.serial, connection };
+  }
+  return { files: renderFiles(env, releaseDir, type.files ?? {}, context), services, promises, publish, sharedPublish };
+}
+
+/** Published values rendered; one that renders to the empty string is left out. */
+function renderPublished(values: Record<string, string>, render: (source: string, key: string) => string): Record<string, string> {
+  return Object.fromEntries(Object.entries(values).flatMap(([key, value]) => {
+    const rendered = render(value, key);
+    return rendered === '' ? [] : [[key, rendered]];
+  }));
+}
+
+/**
+ * The sub-instances the software type requests, rendered: string values of their
+ * parameters and SLA are templates of the instance's context; `when` leaves a child
+ * out when it renders to "", "false", "no" or "0".
+ */
+export function renderChildRequests(deployment: Deployment): ChildRequest[] {
+  const { env, context, type } = deployment;
+  const requests: ChildRequest[] = [];
+  for (const [name, child] of Object.entries(type.requests ?? {})) {
+    const where = `requests.${name}`;
+    const render = (source: string, at: string) => renderString(env, source, context, `${where}.${at}`);
+    if (child.when !== undefined && ['', 'false', 'no', '0'].includes(render(child.when, 'when').trim().toLowerCase())) continue;
+    const renderValue = (value: unknown, at: string): unknown => {
+      if (typeof value === 'string') return render(value, at);
+      if (Array.isArray(value)) return value.map((item, i) => renderValue(item, `${at}[${i}]`));
+      if (value !== null && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, renderValue(v, `${at}.${k}`)]));
+      return value;
+    };
+    requests.push({
+      name,
+      software: child.software,
+      ...(child['software-type'] ? { softwareType: child['software-type'] } : {}),
+      parameters: renderValue(child.parameters ?? {}, 'parameters') as Record<string, unknown>,
+      ...(child.sla ? { sla: Object.fromEntries(Object.entries(child.sla).map(([k, v]) => [k, render(v, `sla.${k}`)])) } : {}),
+      ...(child.shared ? { shared: true } : {}),
+    });
+  }
+  return requests;
 }
 
 /** Every template string of a promise rendered; the other keys as they are. */

@@ -13,7 +13,9 @@
 import { mkdir } from 'node:fs/promises';
 import type { DesiredInstance, InstanceEvent } from '../protocol/api.js';
 import type { NodeConfig } from './config.js';
-import { prepareDeployment, renderDeployment, type DesiredPartition, type RenderedDeployment } from './deploy.js';
+import type { MasterClient } from '../protocol/client.js';
+import { resolveChildren, WaitingError } from './children.js';
+import { prepareDeployment, renderChildRequests, renderDeployment, type DesiredPartition, type RenderedDeployment } from './deploy.js';
 import { emptyDirectory, errorMessage } from './files.js';
 import type { Logger } from './log.js';
 import { connectMaster, pullDesiredState } from './master.js';
@@ -34,6 +36,9 @@ export type { ItemResult, RunReport } from './result.js';
 
 interface Run {
   config: NodeConfig;
+  /** The node's name, as the master knows it. */
+  node: string;
+  master: MasterClient;
   outbox: Outbox;
   log: Logger;
   /**
@@ -69,7 +74,7 @@ async function processAll(config: NodeConfig, log: Logger): Promise<RunReport> {
     const client = await connectSupervisor(config, log);
     return { client, supervised: await client.status() };
   };
-  const run: Run = { config, outbox: openOutbox(config), log, supervision: () => (supervision ??= connect()) };
+  const run: Run = { config, node: pulled.state.node, master, outbox: openOutbox(config), log, supervision: () => (supervision ??= connect()) };
   try {
     const results: ItemResult[] = [];
     for (const partition of pulled.state.partitions) {
@@ -151,9 +156,10 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
   let rendered: RenderedDeployment;
   let partitionDir: string;
   try {
-    ({ rendered, partitionDir } = await render(root, partition, instance));
+    ({ rendered, partitionDir } = await render(run, partition, instance, true));
     await writePartitionFiles(partitionDir, rendered.files);
   } catch (error) {
+    if (error instanceof WaitingError) return failure(run, partition, instance, previous, 'waiting', oldServices, error.message);
     return fail(`cannot deploy: ${errorMessage(error)}`);
   }
 
@@ -191,7 +197,7 @@ async function repair(run: Run, partition: DesiredPartition, instance: DesiredIn
   let rendered: RenderedDeployment;
   let partitionDir: string;
   try {
-    ({ rendered, partitionDir } = await render(root, partition, instance));
+    ({ rendered, partitionDir } = await render(run, partition, instance, false));
   } catch (error) {
     return fail(`cannot restart: ${errorMessage(error)}`);
   }
@@ -234,13 +240,15 @@ async function keepPromises(
   await writePartitionState(run.config.root, partition.reference, { ...state, status: 'started', message: undefined });
   if (wasStarted) return { item: itemName(partition, instance), status: 'unchanged' };
   run.log.info('instance started', { partition: partition.reference, instance: instance.title, serial: instance.serial });
-  await report(run, partition, instance.id, instance.serial, 'instance.started', { connection: rendered.publish });
+  const shared = Object.keys(rendered.sharedPublish).length > 0 ? { shared: rendered.sharedPublish } : {};
+  await report(run, partition, instance.id, instance.serial, 'instance.started', { connection: rendered.publish, ...shared });
   return { item: itemName(partition, instance), status: 'done' };
 }
 
 /**
- * Records a failure and reports it, unless the same message was already reported for
- * this serial: a release that is not built yet must not produce an event every minute.
+ * Records a failure (or a wait for sub-instances) and reports it, unless the same
+ * message was already reported for this serial: a release that is not built yet must
+ * not produce an event every minute.
  */
 async function failure(
   run: Run,
@@ -255,11 +263,14 @@ async function failure(
   // The promises of this serial stay: the promise cycle keeps checking an instance in error.
   const promises = previous?.instanceId === instance.id && previous.serial === instance.serial ? previous.promises : undefined;
   await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status, services, message, promises });
-  if (!known) {
+  if (!known && status === 'waiting') {
+    run.log.info('instance waiting', { partition: partition.reference, instance: instance.title, reason: message });
+    await report(run, partition, instance.id, instance.serial, 'instance.waiting', { message });
+  } else if (!known) {
     run.log.error('instance failed', { partition: partition.reference, instance: instance.title, reason: message });
     await report(run, partition, instance.id, instance.serial, 'instance.error', { message });
   }
-  return { item: itemName(partition, instance), status: 'failed', message };
+  return { item: itemName(partition, instance), status: status === 'waiting' ? 'waiting' : 'failed', message };
 }
 
 async function stopInstance(run: Run, partition: DesiredPartition, instance: DesiredInstance, local: PartitionState | undefined): Promise<ItemResult> {
@@ -310,17 +321,26 @@ async function report(
   instanceId: string,
   serial: number,
   type: InstanceEventType,
-  extra: { message?: string; connection?: Record<string, string> } = {},
+  extra: Pick<InstanceEvent, 'message' | 'connection' | 'shared'> = {},
 ): Promise<void> {
   await run.outbox.add(newEvent({ type, partition: partition.reference, instance: instanceId, serial, ...extra }));
 }
 
-/** The instance's files, services, promises and published values, rendered for its partition. */
+/**
+ * The instance's files, services, promises and published values, rendered for its
+ * partition, once its sub-instances have published what it needs. `fresh` (a new
+ * deployment) asks the master about them; a repair reuses what it answered last.
+ */
 async function render(
-  root: string,
+  run: Run,
   partition: DesiredPartition,
   instance: DesiredInstance,
+  fresh: boolean,
 ): Promise<{ rendered: RenderedDeployment; partitionDir: string }> {
-  const deployment = await prepareDeployment(root, partition, instance);
+  const deployment = await prepareDeployment(run.config.root, run.node, partition, instance);
+  if (deployment.type.requests) {
+    const target = { partition: partition.reference, partitionDir: deployment.partitionDir, instance };
+    deployment.context.requests = await resolveChildren(run.master, run.log, target, renderChildRequests(deployment), fresh);
+  }
   return { rendered: renderDeployment(deployment), partitionDir: deployment.partitionDir };
 }

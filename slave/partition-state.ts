@@ -18,7 +18,7 @@ import type { ServiceRecord } from './processes.js';
  * - `destroyed`: a tombstone: the partition was wiped and the master told, which must
  *   not happen again at every run while the master still lists the destroyed instance.
  */
-export type LocalStatus = 'deployed' | 'started' | 'error' | 'stopped' | 'destroyed';
+export type LocalStatus = 'deployed' | 'started' | 'error' | 'stopped' | 'destroyed' | 'waiting';
 
 export interface PartitionState {
   instanceId: string;

@@ -1,7 +1,8 @@
 /** What one run did to one item (a software release or a partition), for the CLI to print. */
 export interface ItemResult {
   item: string;
-  status: 'unchanged' | 'done' | 'failed';
+  /** `waiting`: an instance waits for its sub-instances to publish; not a failure. */
+  status: 'unchanged' | 'done' | 'failed' | 'waiting';
   message?: string;
   /** Set on a failure that is a promise not kept (the CLI exits 2 when every failure is one). */
   promiseFailure?: true;

@@ -11,21 +11,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView, NodeView } from '../protocol/api.js';
 import type { RunReport } from '../slave/result.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { agentUser, pledger, portBase, processesMentioning, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+import { pledger, processesMentioning, startMaster, startNode, type RunningMaster, type TestNode } from './helpers/processes.js';
 
 describe('redis from Debian packages, from supply to SET and GET with the published password', () => {
   let db: TestDatabase;
   let master: RunningMaster;
-  let agent: AgentUser;
-  let nodeConfig: string;
-  let root: string;
+  let edge: TestNode;
   let asAlice: Record<string, string>;
   let asAdmin: Record<string, string>;
 
-  const node = (command: string) => pledger(['node', command, '--config', nodeConfig, '--json'], { user: agent, timeoutMs: 600_000 });
+  const node = (command: string) => edge.run(command);
   const info = async () => (await pledger(['info', 'cache', '--json'], { env: asAlice })).json<InstanceView>();
   const redisCli = async (args: string[], password?: string) => {
-    const cli = path.join(root, 'software', releaseHash, 'parts', 'redis', 'pledger', 'bin', 'redis-cli');
+    const cli = path.join(edge.root, 'software', releaseHash, 'parts', 'redis', 'pledger', 'bin', 'redis-cli');
     const result = await execa(cli, args, { reject: false, timeout: 10_000, env: password ? { REDISCLI_AUTH: password } : {}, extendEnv: false });
     return { exitCode: result.exitCode, stdout: String(result.stdout).trim(), stderr: String(result.stderr).trim() };
   };
@@ -37,27 +35,17 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
     const alice = await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin });
     asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: alice.json<{ token: string }>().token };
-    agent = agentUser();
-    root = path.join(agent.home, 'root');
-    nodeConfig = path.join(agent.home, 'node.json');
-    const registered = await pledger(['node', 'register', 'edge-redis', '--json'], { env: asAdmin });
-    const configure = await pledger(
-      ['node', 'configure', '--master', master.url, '--credential', registered.json<{ credential: string }>().credential, '--root', root, '--config', nodeConfig,
-        '--partitions', '1', '--ip-base', '127.44.0.1', '--port-base', String(portBase())],
-      { user: agent },
-    );
-    expect(configure.exitCode).toBe(0);
-    expect((await node('format')).exitCode).toBe(0);
+    edge = await startNode(master, 'edge-redis', { partitions: 1, ipBase: '127.44.0.1' });
   }, 60_000);
 
   afterAll(async () => {
-    if (root) for (const p of processesMentioning(root)) process.kill(p.pid, 'SIGKILL');
+    if (edge) for (const p of processesMentioning(edge.root)) process.kill(p.pid, 'SIGKILL');
     await master?.stop();
     await db?.drop();
   });
 
   it('builds redis from Debian packages as an ordinary user, into a shared part', async () => {
-    expect(agent.uid === 0).toBe(false);
+    expect(edge.agent.uid === 0).toBe(false);
     expect((await pledger(['supply', 'redis', 'edge-redis'], { env: asAdmin })).exitCode).toBe(0);
     const run = await node('software');
     expect(run.stderr).not.toMatch(/"level":"error"/);
@@ -75,9 +63,9 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     expect(supplied.status).toBe('built');
     releaseHash = supplied.hash;
     // The release links its part; the part lives in the node's content-addressed store.
-    const link = readlinkSync(path.join(root, 'software', releaseHash, 'parts', 'redis'));
-    expect(path.dirname(link)).toBe(path.join(root, 'parts'));
-    expect(realpathSync(path.join(root, 'software', releaseHash, 'parts', 'redis', 'usr', 'bin', 'redis-server'))).toContain(link);
+    const link = readlinkSync(path.join(edge.root, 'software', releaseHash, 'parts', 'redis'));
+    expect(path.dirname(link)).toBe(path.join(edge.root, 'parts'));
+    expect(realpathSync(path.join(edge.root, 'software', releaseHash, 'parts', 'redis', 'usr', 'bin', 'redis-server'))).toContain(link);
   }, 600_000);
 
   it('keeps the supplied release and its part at prune', async () => {
@@ -110,8 +98,8 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
   });
 
   it('runs redis as the node user, from the part', () => {
-    const servers = processesMentioning('redis-server').filter((p) => p.cmdline.includes(root));
+    const servers = processesMentioning('redis-server').filter((p) => p.cmdline.includes(edge.root));
     expect(servers.length).toBeGreaterThan(0);
-    for (const p of servers) expect(p.uid).toBe(agent.uid);
+    for (const p of servers) expect(p.uid).toBe(edge.agent.uid);
   });
 });

@@ -1,7 +1,7 @@
 /** The ordering flow: request, list, info, destroy. */
 import { readFile } from 'node:fs/promises';
 import type { Command } from '@commander-js/extra-typings';
-import type { InstanceRequest, InstanceView, MovementView, Parameters, RequestedState } from '../../protocol/api.js';
+import type { InstanceRequest, InstanceTreeView, InstanceView, MovementView, Parameters, RequestedState } from '../../protocol/api.js';
 import type { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
@@ -68,6 +68,13 @@ export async function waitUntilReady(client: MasterClient, title: string, timeou
   }
 }
 
+/** "2 ok, 1 critical", or "-" when nothing was reported. */
+function promiseSummary(view: InstanceView): string {
+  const counts = new Map<string, number>();
+  for (const p of view.promises) counts.set(p.status, (counts.get(p.status) ?? 0) + 1);
+  return counts.size === 0 ? '-' : [...counts].map(([status, n]) => `${n} ${status}`).join(', ');
+}
+
 export function describeInstance(view: InstanceView): string {
   const lines: [string, unknown][] = [
     ['title', view.title],
@@ -76,7 +83,9 @@ export function describeInstance(view: InstanceView): string {
     ['status', view.ready ? `${view.status} (ready)` : view.status],
   ];
   if (view.message) lines.push(['message', view.message]);
-  lines.push(['node', view.node ? `${view.node} / ${view.partition}` : null], ['serial', view.serial], ['parameters', view.parameters]);
+  if (view.parent) lines.push(['parent', view.parent], ['tree', view.root ?? view.parent]);
+  if (view.shared) lines.push(['shared', 'yes: hosted by an instance of its release']);
+  lines.push(['node', view.node ? `${view.node}${view.partition ? ` / ${view.partition}` : ''}` : null], ['serial', view.serial], ['parameters', view.parameters]);
   if (Object.keys(view.sla).length > 0) lines.push(['sla', Object.entries(view.sla).map(([k, v]) => `${k}=${v}`).join(', ')]);
   for (const [name, value] of Object.entries(view.connection)) lines.push([`connection.${name}`, value]);
   for (const p of view.promises) lines.push([`promise.${p.name}`, `${p.status} since ${p.since}${p.message ? `: ${p.message}` : ''}`]);
@@ -94,6 +103,7 @@ export function registerInstanceCommands(program: Command): void {
     .option('--parameters-file <file>', 'parameters as a JSON object in a file')
     .option('--state <state>', 'started, stopped or destroyed')
     .option('--sla <pairs...>', 'where it may run, as KEY=VALUE: node=NAME, or a label of the node (region=eu)')
+    .option('--shared', 'a shared instance: hosted by a started instance of the release (host=TITLE in --sla picks one)')
     .option('--wait', 'wait until the node has reached the requested state')
     .option('--timeout <seconds>', 'how long --wait waits', '300')
     .action(async (title, software, options, command) => {
@@ -105,6 +115,7 @@ export function registerInstanceCommands(program: Command): void {
       const body: InstanceRequest = { software };
       if (options.type) body.softwareType = options.type;
       if (options.state) body.state = options.state as RequestedState;
+      if (options.shared) body.shared = true;
       if (options.sla) body.sla = parsePairs(options.sla, '--sla');
       if (options.parameters || options.parametersFile) {
         const base = options.parametersFile ? await readParametersFile(options.parametersFile) : {};
@@ -138,10 +149,26 @@ export function registerInstanceCommands(program: Command): void {
     .description('show one of your instances')
     .argument('<title>')
     .option('--history', 'show every movement of the instance in the ledger')
+    .option('--tree', 'show the instance and every sub-instance it requested, recursively')
     .action(async (title, options, command) => {
       const g = globals(command);
       const client = await userClient(g);
-      if (options.history) {
+      if (options.tree) {
+        const tree = await client.call<InstanceTreeView>('GET', `${path(title)}/tree`);
+        print(g, tree, (t) =>
+          table(
+            ['TITLE', 'SOFTWARE', 'STATE', 'STATUS', 'NODE', 'PROMISES'],
+            t.instances.map(({ depth, instance: v }) => [
+              `${'  '.repeat(depth)}${v.title}${v.shared ? ' (shared)' : ''}`,
+              `${v.software.name}@${v.software.version}`,
+              v.state,
+              v.ready ? `${v.status} (ready)` : v.message ? `${v.status}: ${v.message}` : v.status,
+              v.node,
+              promiseSummary(v),
+            ]),
+          ),
+        );
+      } else if (options.history) {
         const history = await client.call<MovementView[]>('GET', `${path(title)}/history`);
         print(g, history, (list) => table(['AT', 'MOVEMENT', 'BY', 'DETAIL'], list.map((m) => [m.at, m.kind, m.actor, movementDetail(m)])));
       } else {

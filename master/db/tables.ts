@@ -117,6 +117,13 @@ export interface InstancesTable {
   connection: string;
   created_at: string;
   updated_at: string;
+  /** The root of its tree (itself for a root; null in rows older than trees: a root too). */
+  root_id: string | null;
+  /** The instance whose deployment requested it; null for what a user requested. */
+  parent_id: string | null;
+  /** 1 for a shared instance, which lives in `host_id`'s instance instead of a partition. */
+  shared: number;
+  host_id: string | null;
 }
 
 export interface InstancePromisesTable {

@@ -15,7 +15,7 @@ import { applyBilling, applyIssuedInvoices, BILLING_PROJECTIONS, isBillingMoveme
 
 type Db = Kysely<Tables> | Transaction<Tables>;
 
-export type ReportedStatus = 'deployed' | 'started' | 'stopped' | 'destroyed' | 'error';
+export type ReportedStatus = 'deployed' | 'started' | 'stopped' | 'destroyed' | 'error' | 'waiting';
 
 /** Every kind of movement and the data it carries. */
 export type Movement =
@@ -55,10 +55,19 @@ export type Movement =
         sla?: Sla;
         state: RequestedState;
         serial: number;
+        /** Set on a sub-instance's first request: the instance that requested it and its tree's root. */
+        parentId?: string | null;
+        rootId?: string;
+        /** A shared instance: it gets a host instance instead of a partition. */
+        shared?: boolean;
       };
     }
   | { kind: 'instance.allocated'; data: { instanceId: string; partitionId: string; node: string; partition: string } }
   | { kind: 'instance.unallocated'; data: { instanceId: string; reason: string } }
+  /** A shared instance attached to the instance that hosts it. */
+  | { kind: 'instance.hosted'; data: { instanceId: string; hostId: string } }
+  /** The node must deploy the instance again (new serial) because something it depends on changed. */
+  | { kind: 'instance.redeploy'; data: { instanceId: string; serial: number; reason: string } }
   | { kind: 'instance.promises'; data: { instanceId: string; serial: number; reportedAt: string; promises: PromiseState[] } }
   | {
       kind: 'instance.banged';
@@ -231,9 +240,32 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       } else {
         await db
           .insertInto('instances')
-          .values({ id: d.instanceId, owner_id: d.ownerId, title: d.title, partition_id: null, last_partition_id: null, connection: '{}', created_at: at, ...values })
+          .values({
+            id: d.instanceId,
+            owner_id: d.ownerId,
+            title: d.title,
+            partition_id: null,
+            last_partition_id: null,
+            connection: '{}',
+            created_at: at,
+            root_id: d.rootId ?? d.instanceId,
+            parent_id: d.parentId ?? null,
+            shared: d.shared ? 1 : 0,
+            host_id: null,
+            ...values,
+          })
           .execute();
       }
+      return;
+    }
+    case 'instance.hosted': {
+      const { instanceId, hostId } = movement.data;
+      await db.updateTable('instances').set({ host_id: hostId, status: 'allocated', message: null, updated_at: at }).where('id', '=', instanceId).execute();
+      return;
+    }
+    case 'instance.redeploy': {
+      const { instanceId, serial } = movement.data;
+      await db.updateTable('instances').set({ serial, status: 'allocated', message: null, updated_at: at }).where('id', '=', instanceId).execute();
       return;
     }
     case 'instance.allocated': {
@@ -256,7 +288,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     }
     case 'instance.unallocated': {
       const { instanceId, reason } = movement.data;
-      await db.updateTable('instances').set({ status: 'unallocated', message: reason, updated_at: at }).where('id', '=', instanceId).execute();
+      await db.updateTable('instances').set({ status: 'unallocated', message: reason, host_id: null, updated_at: at }).where('id', '=', instanceId).execute();
       return;
     }
     case 'instance.promises': {
@@ -290,7 +322,8 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     case 'instance.started':
     case 'instance.stopped':
     case 'instance.destroyed':
-    case 'instance.error': {
+    case 'instance.error':
+    case 'instance.waiting': {
       const { instanceId, serial, message, connection } = movement.data;
       const status = movement.kind.slice('instance.'.length) as ReportedStatus;
       const current = await db.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirstOrThrow();
@@ -299,7 +332,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
         const freed = await db.selectFrom('partitions').select('node_id').where('instance_id', '=', instanceId).executeTakeFirst();
         await db.updateTable('partitions').set({ instance_id: null }).where('instance_id', '=', instanceId).execute();
         if (freed) await countFreePartitions(db, freed.node_id);
-        await db.updateTable('instances').set({ partition_id: null }).where('id', '=', instanceId).execute();
+        await db.updateTable('instances').set({ partition_id: null, host_id: null }).where('id', '=', instanceId).execute();
       }
       // A report about an older request is history, not the current status.
       if (serial !== current.serial) return;
@@ -307,7 +340,7 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
         .updateTable('instances')
         .set({
           status,
-          message: status === 'error' ? message : null,
+          message: status === 'error' || status === 'waiting' ? message : null,
           ...(connection ? { connection: JSON.stringify(connection) } : {}),
           updated_at: at,
         })

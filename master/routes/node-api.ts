@@ -5,11 +5,12 @@
 import type { FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
-import { DesiredState, EventsReceipt, EventsReport, PartitionsReport, Sha256 } from '../../protocol/api.js';
+import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, Sha256 } from '../../protocol/api.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
 import { applyEvents, desiredState, formatPartitions } from '../nodes.js';
 import { archiveForNode } from '../software.js';
+import { requestChildren } from '../trees.js';
 
 export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   app.get('/desired-state', { schema: { response: { 200: DesiredState } } }, async (request, reply) => {
@@ -27,6 +28,12 @@ export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
       await formatPartitions(db, request.node, request.body.partitions);
       return { partitions: request.body.partitions.length };
     },
+  );
+
+  app.post(
+    '/partitions/:reference/requests',
+    { schema: { params: Type.Object({ reference: PartitionReference }), body: ChildrenRequest, response: { 200: ChildrenState } } },
+    async (request) => requestChildren(db, request.node, request.params.reference, request.body),
   );
 
   app.post('/events', { schema: { body: EventsReport, response: { 200: EventsReceipt } } }, async (request) =>

@@ -11,6 +11,7 @@ import {
   AccountCreate,
   AccountWithToken,
   InstanceRequest,
+  InstanceTreeView,
   InstanceView,
   MovementView,
   Name,
@@ -28,7 +29,7 @@ import { PledgerError } from '../../protocol/errors.js';
 import { createAccount, listAccounts } from '../accounts.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
-import { getInstance, instanceHistory, listInstances, requestInstance } from '../instances.js';
+import { getInstance, instanceHistory, instanceTree, listInstances, requestInstance } from '../instances.js';
 import { listNodes, registerNode, updateNode } from '../nodes.js';
 import { listSoftware, publishSoftware, resolveSoftware, softwareView, supply } from '../software.js';
 
@@ -108,6 +109,11 @@ export async function userRoutes(app: App, db: Kysely<Tables>): Promise<void> {
     '/instances/:title',
     { schema: { params: TitleParams, response: { 200: InstanceView } } },
     async (request) => getInstance(db, request.account, request.params.title),
+  );
+  app.get(
+    '/instances/:title/tree',
+    { schema: { params: TitleParams, response: { 200: InstanceTreeView } } },
+    async (request) => instanceTree(db, request.account, request.params.title),
   );
   app.get(
     '/instances/:title/history',

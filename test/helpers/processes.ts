@@ -162,3 +162,35 @@ export function processesMentioning(needle: string): { pid: number; uid: number;
 export function portBase(): number {
   return 20000 + Math.floor(Math.random() * 3000) * 10;
 }
+
+export interface TestNode {
+  name: string;
+  agent: AgentUser;
+  /** The node's root folder and configuration file, in the agent user's home. */
+  root: string;
+  config: string;
+  /** Runs `pledger node COMMAND --json` as the agent user. */
+  run(command: string, timeoutMs?: number): Promise<RunResult>;
+}
+
+/**
+ * Registers a node on `master`, configures it as the agent user with `partitions`
+ * partitions from `ipBase`, and formats them.
+ */
+export async function startNode(master: RunningMaster, name: string, options: { partitions: number; ipBase: string }): Promise<TestNode> {
+  const agent = agentUser();
+  const root = path.join(agent.home, 'root');
+  const config = path.join(agent.home, 'node.json');
+  const registered = await pledger(['node', 'register', name, '--json'], { env: { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken } });
+  if (registered.exitCode !== 0) throw new Error(`node register ${name} failed: ${registered.stderr}`);
+  const configure = await pledger(
+    ['node', 'configure', '--master', master.url, '--credential', registered.json<{ credential: string }>().credential, '--root', root, '--config', config,
+      '--partitions', String(options.partitions), '--ip-base', options.ipBase, '--port-base', String(portBase())],
+    { user: agent },
+  );
+  if (configure.exitCode !== 0) throw new Error(`node configure failed: ${configure.stderr}`);
+  const run = (command: string, timeoutMs = 600_000) => pledger(['node', command, '--config', config, '--json'], { user: agent, timeoutMs });
+  const formatted = await run('format');
+  if (formatted.exitCode !== 0) throw new Error(`node format failed: ${formatted.stderr}`);
+  return { name, agent, root, config, run };
+}

@@ -10,6 +10,7 @@ import { nodeReports } from './0002-node-reports.js';
 import { billing } from './0003-billing.js';
 import { softwareCache } from './0004-software-cache.js';
 import { allocation } from './0005-allocation.js';
+import { instanceTrees } from './0006-instance-trees.js';
 import { binaryCache } from './0007-binary-cache.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
@@ -19,6 +20,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0003-billing': billing(engine),
     '0004-software-cache': softwareCache(engine),
     '0005-allocation': allocation(engine),
+    '0006-instance-trees': instanceTrees(engine),
     '0007-binary-cache': binaryCache(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };

@@ -1,0 +1,335 @@
+/**
+ * Instance trees: sub-instances requested by an instance's deployment, shared
+ * instances hosted inside another instance, and what keeps a tree consistent as a whole.
+ *
+ * - A node deploying an instance sends the sub-instances its software type requests
+ *   (`requestChildren`); the master creates or updates each child, named
+ *   `PARENT/NAME` in the parent's tree, destroys the children no longer requested, and
+ *   answers with what each has published. When a child publishes new connection
+ *   parameters (or the parent waits for it), the parent is deployed again.
+ * - Stopping, starting or destroying an instance carries down its tree (`cascadeState`);
+ *   a bang from any instance of a tree redeploys every started instance of it.
+ * - A shared instance gets a host (a started instance of the same release whose type
+ *   declares `shared`) instead of a partition; any change of it redeploys its host,
+ *   whose report carries the connection parameters it published for each.
+ */
+import type { Kysely, Transaction } from 'kysely';
+import type { ChildrenRequest, ChildrenState, ChildState, ConnectionParameters, NodeEvent, RequestedState, Sla } from '../protocol/api.js';
+import { PledgerError } from '../protocol/errors.js';
+import type { SoftwareDefinition } from '../protocol/software-release.js';
+import type { AccountRow } from './accounts.js';
+import type { Tables } from './db/tables.js';
+import { applyRequest } from './instances.js';
+import { partitionId, record, type Movement } from './ledger/movements.js';
+import type { NodeRow } from './nodes.js';
+
+/** How deep a tree may grow: a release that requests itself through others stops here at the latest. */
+const MAX_DEPTH = 8;
+
+/** Records a new serial for a started instance, so that its node deploys it again. */
+export async function redeploy(trx: Transaction<Tables>, instanceId: string, reason: string): Promise<void> {
+  const row = await trx.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirst();
+  if (!row || row.state !== 'started') return;
+  await record(trx, { kind: 'instance.redeploy', data: { instanceId, serial: row.serial + 1, reason } }, { actor: 'master', subject: instanceId });
+}
+
+/** Carries an instance's new requested state to its sub-instances, and theirs. */
+export async function cascadeState(trx: Transaction<Tables>, owner: AccountRow, instanceId: string, title: string, rootId: string, state: RequestedState): Promise<void> {
+  const children = await trx
+    .selectFrom('instances')
+    .select(['title', 'software_id', 'state'])
+    .where('parent_id', '=', instanceId)
+    .where('state', '!=', 'destroyed')
+    .orderBy('title')
+    .execute();
+  for (const child of children) {
+    if (child.state === state) continue;
+    await applyRequest(trx, owner, child.title, { software: child.software_id, state }, { actor: 'master', parent: { id: instanceId, rootId, title } });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sub-instances
+
+/**
+ * Applies the requests of an instance's deployment, as its node rendered them, and
+ * answers with each child's state. Only the node hosting the instance may ask, and only
+ * for the serial it was told to deploy: a stale deployment changes nothing.
+ */
+export async function requestChildren(db: Kysely<Tables>, node: NodeRow, reference: string, body: ChildrenRequest): Promise<ChildrenState> {
+  return db.transaction().execute(async (trx) => {
+    const parent = await trx
+      .selectFrom('instances')
+      .innerJoin('software', 'software.id', 'instances.software_id')
+      .select(['instances.id', 'instances.title', 'instances.owner_id', 'instances.serial', 'instances.state', 'instances.partition_id', 'instances.root_id'])
+      .where('instances.id', '=', body.instance)
+      .executeTakeFirst();
+    if (!parent || parent.partition_id !== partitionId(node.id, reference)) {
+      throw new PledgerError('FORBIDDEN', `instance ${body.instance} is not allocated to partition ${reference} of node ${node.name}`);
+    }
+    if (body.serial !== parent.serial || parent.state !== 'started') {
+      throw new PledgerError('CONFLICT', `instance ${parent.title} has moved on from serial ${body.serial}: deploy its latest request`);
+    }
+    const names = new Set<string>();
+    for (const child of body.requests) {
+      if (names.has(child.name)) throw new PledgerError('BAD_REQUEST', `the sub-instance "${child.name}" is requested twice`);
+      names.add(child.name);
+    }
+    const ancestors = await lineage(trx, parent.id);
+    for (const child of body.requests) {
+      const wanted = `${child.software.split('@')[0]} ${child.softwareType ?? 'default'}`;
+      const repeated = ancestors.find((a) => `${a.name} ${a.type}` === wanted);
+      if (repeated) {
+        throw new PledgerError('BAD_REQUEST', `cycle: "${parent.title}" requests ${wanted} (as ${child.name}), which "${repeated.title}" already is in its tree`);
+      }
+    }
+    if (body.requests.length > 0 && ancestors.length >= MAX_DEPTH) {
+      throw new PledgerError('BAD_REQUEST', `"${parent.title}" is ${ancestors.length} levels deep: a tree has at most ${MAX_DEPTH}`);
+    }
+
+    const owner = await trx.selectFrom('accounts').selectAll().where('id', '=', parent.owner_id).executeTakeFirstOrThrow();
+    const origin = { actor: `node:${node.name}`, parent: { id: parent.id, rootId: parent.root_id ?? parent.id, title: parent.title } };
+    const childIds = new Map<string, string>();
+    for (const child of body.requests) {
+      const request = {
+        software: child.software,
+        parameters: child.parameters,
+        state: 'started' as const,
+        sla: child.sla ?? {},
+        shared: child.shared ?? false,
+        ...(child.softwareType ? { softwareType: child.softwareType } : {}),
+      };
+      childIds.set(child.name, await applyRequest(trx, owner, `${parent.title}/${child.name}`, request, origin));
+    }
+    // What the latest deployment no longer requests goes.
+    const gone = await trx
+      .selectFrom('instances')
+      .select(['id', 'title', 'software_id'])
+      .where('parent_id', '=', parent.id)
+      .where('state', '!=', 'destroyed')
+      .execute();
+    for (const child of gone.filter((c) => ![...childIds.values()].includes(c.id))) {
+      await applyRequest(trx, owner, child.title, { software: child.software_id, state: 'destroyed' }, origin);
+    }
+
+    const children: Record<string, ChildState> = {};
+    for (const [name, id] of childIds) {
+      const row = await trx.selectFrom('instances').select(['title', 'status', 'state', 'message', 'connection']).where('id', '=', id).executeTakeFirstOrThrow();
+      children[name] = {
+        title: row.title,
+        status: row.status as ChildState['status'],
+        ready: row.status === row.state,
+        message: row.message,
+        connection: JSON.parse(row.connection) as ConnectionParameters,
+      };
+    }
+    return { children };
+  });
+}
+
+/** The instance and its ancestors up to the root: the release and type of each. */
+async function lineage(trx: Transaction<Tables>, instanceId: string): Promise<{ title: string; name: string; type: string }[]> {
+  const chain = [];
+  let id: string | null = instanceId;
+  while (id && chain.length <= MAX_DEPTH) {
+    const row = await trx
+      .selectFrom('instances')
+      .innerJoin('software', 'software.id', 'instances.software_id')
+      .select(['instances.title', 'instances.parent_id', 'instances.software_type', 'software.name'])
+      .where('instances.id', '=', id)
+      .executeTakeFirst();
+    if (!row) break;
+    chain.push({ title: row.title, name: row.name, type: row.software_type });
+    id = row.parent_id;
+  }
+  return chain;
+}
+
+// ---------------------------------------------------------------------------
+// Shared instances
+
+interface SharedPlacement {
+  id: string;
+  serial: number;
+  state: RequestedState;
+  hostId: string | null;
+  message: string | null;
+}
+
+/**
+ * Gives a requested shared instance what its state asks for: nothing runs of it but a
+ * part of its host's configuration, so stopping and destroying take effect at once on
+ * the master, and any change redeploys the host.
+ */
+export async function placeShared(trx: Transaction<Tables>, shared: SharedPlacement): Promise<void> {
+  const { id, serial, state, hostId } = shared;
+  if (state !== 'started') {
+    await record(trx, { kind: `instance.${state}`, data: { instanceId: id, serial, partitionId: null, message: null } }, { actor: 'master', subject: id });
+    if (hostId) await redeploy(trx, hostId, `shared instance ${id} ${state}`);
+    return;
+  }
+  if (hostId) {
+    await redeploy(trx, hostId, `shared instance ${id} changed`);
+    return;
+  }
+  await attachShared(trx, id, shared.message);
+}
+
+/** Finds a host for a shared instance and attaches it, or records why none fits. */
+async function attachShared(trx: Transaction<Tables>, sharedId: string, previousMessage: string | null): Promise<boolean> {
+  const shared = await trx
+    .selectFrom('instances')
+    .innerJoin('software', 'software.id', 'instances.software_id')
+    .select(['instances.owner_id', 'instances.software_type', 'instances.sla', 'software.name'])
+    .where('instances.id', '=', sharedId)
+    .executeTakeFirstOrThrow();
+  const sla = JSON.parse(shared.sla) as Sla;
+  const candidates = await trx
+    .selectFrom('instances as host')
+    .innerJoin('software', 'software.id', 'host.software_id')
+    .innerJoin('accounts', 'accounts.id', 'host.owner_id')
+    .innerJoin('partitions', 'partitions.id', 'host.partition_id')
+    .innerJoin('nodes', 'nodes.id', 'partitions.node_id')
+    .select(['host.id', 'host.title', 'software.definition', 'nodes.id as node_id', 'nodes.name as node_name'])
+    .where('software.name', '=', shared.name)
+    .where('host.software_type', '=', shared.software_type)
+    .where('host.state', '=', 'started')
+    .where('host.shared', '=', 0)
+    // A user's shared instance goes to a host of theirs or of an operator: never to another customer's.
+    .where((eb) => eb.or([eb('host.owner_id', '=', shared.owner_id), eb('accounts.role', '=', 'admin')]))
+    .orderBy('host.created_at')
+    .orderBy('host.id')
+    .execute();
+  const labels = new Map<string, Record<string, string>>();
+  if (candidates.length > 0) {
+    const rows = await trx.selectFrom('node_labels').selectAll().where('node_id', 'in', candidates.map((c) => c.node_id)).execute();
+    for (const r of rows) labels.set(r.node_id, { ...labels.get(r.node_id), [r.key]: r.value });
+  }
+  const host = candidates.find((c) => {
+    const definition = JSON.parse(c.definition) as SoftwareDefinition;
+    if (!definition['software-types'][shared.software_type]?.shared) return false;
+    return Object.entries(sla).every(([key, value]) => {
+      if (key === 'host') return c.title === value;
+      if (key === 'node') return c.node_name === value;
+      return labels.get(c.node_id)?.[key] === value;
+    });
+  });
+  if (host) {
+    await record(trx, { kind: 'instance.hosted', data: { instanceId: sharedId, hostId: host.id } }, { actor: 'master', subject: sharedId });
+    await redeploy(trx, host.id, `shared instance ${sharedId} attached`);
+    return true;
+  }
+  const filters = Object.entries(sla).map(([k, v]) => `${k}=${v}`);
+  const reason = `no started ${shared.name} instance open to you hosts shared instances${filters.length > 0 ? ` with ${filters.join(', ')}` : ''}`;
+  if (reason !== previousMessage) {
+    await record(trx, { kind: 'instance.unallocated', data: { instanceId: sharedId, reason } }, { actor: 'master', subject: sharedId });
+  }
+  return false;
+}
+
+/**
+ * After a request of an ordinary instance: a host that starts takes the shared
+ * instances waiting for one; a host that stops or goes hands its own to another host.
+ */
+export async function hostsChanged(trx: Transaction<Tables>, instance: { id: string; state: RequestedState; wasStarted: boolean; hostsShared: boolean }): Promise<void> {
+  if (!instance.hostsShared) return;
+  if (instance.state === 'started' && !instance.wasStarted) {
+    const waiting = await trx
+      .selectFrom('instances')
+      .select(['id', 'message'])
+      .where('shared', '=', 1)
+      .where('state', '=', 'started')
+      .where('host_id', 'is', null)
+      .orderBy('created_at')
+      .orderBy('id')
+      .execute();
+    for (const shared of waiting) await attachShared(trx, shared.id, shared.message);
+  } else if (instance.state !== 'started' && instance.wasStarted) {
+    const hosted = await trx.selectFrom('instances').select(['id']).where('host_id', '=', instance.id).where('state', '!=', 'destroyed').orderBy('id').execute();
+    for (const shared of hosted) {
+      const reason = `its host was ${instance.state}`;
+      await record(trx, { kind: 'instance.unallocated', data: { instanceId: shared.id, reason } }, { actor: 'master', subject: shared.id });
+      await attachShared(trx, shared.id, reason);
+    }
+  }
+}
+
+/** The started shared instances each of these hosts carries, by host. */
+export async function sharedOf(db: Kysely<Tables>, hostIds: string[]): Promise<Map<string, { reference: string; parameters: Record<string, unknown>; serial: number }[]>> {
+  const byHost = new Map<string, { reference: string; parameters: Record<string, unknown>; serial: number }[]>();
+  if (hostIds.length === 0) return byHost;
+  const rows = await db
+    .selectFrom('instances')
+    .select(['id', 'host_id', 'parameters', 'serial'])
+    .where('host_id', 'in', hostIds)
+    .where('state', '=', 'started')
+    .orderBy('id')
+    .execute();
+  for (const r of rows) {
+    const list = byHost.get(r.host_id!) ?? [];
+    list.push({ reference: r.id, parameters: JSON.parse(r.parameters) as Record<string, unknown>, serial: r.serial });
+    byHost.set(r.host_id!, list);
+  }
+  return byHost;
+}
+
+// ---------------------------------------------------------------------------
+// Reactions to what nodes report
+
+/**
+ * What an applied node event sets off beyond its own movement: the connection
+ * parameters a host published for its shared instances, the parent of a child that
+ * published, the rest of a tree that banged.
+ */
+export async function afterNodeEvent(
+  trx: Transaction<Tables>,
+  node: NodeRow,
+  event: NodeEvent,
+  movement: Movement,
+  before: { connection: string } | undefined,
+): Promise<void> {
+  if (event.type === 'instance.bang') {
+    // A bang about an older serial was answered already.
+    if (movement.kind !== 'instance.banged' || movement.data.serial === null) return;
+    const row = await trx.selectFrom('instances').select(['id', 'title', 'root_id']).where('id', '=', event.instance).executeTakeFirstOrThrow();
+    const tree = await trx
+      .selectFrom('instances')
+      .select('id')
+      .where('root_id', '=', row.root_id ?? row.id)
+      .where('id', '!=', row.id)
+      .where('state', '=', 'started')
+      .orderBy('title')
+      .execute();
+    for (const member of tree) await redeploy(trx, member.id, `bang from ${row.title}: ${event.message}`);
+    return;
+  }
+  if (event.type !== 'instance.started') return;
+  for (const [reference, shared] of Object.entries(event.shared ?? {})) {
+    const row = await trx.selectFrom('instances').select(['host_id', 'connection']).where('id', '=', reference).executeTakeFirst();
+    // A shared instance detached meanwhile is no longer this host's to report.
+    if (row?.host_id !== event.instance) continue;
+    const applied = await record(
+      trx,
+      { kind: 'instance.started', data: { instanceId: reference, serial: shared.serial, partitionId: null, message: null, connection: shared.connection } },
+      { id: `node:${node.id}:${event.id}:${reference}`, actor: `node:${node.name}`, subject: reference },
+    );
+    if (applied) await childPublished(trx, reference, row.connection);
+  }
+  await childPublished(trx, event.instance, before?.connection ?? '{}');
+}
+
+/**
+ * A child that published: its parent is deployed again if it waits for it, or if the
+ * values changed. Comparing the values keeps a parent and a child from redeploying
+ * each other forever.
+ */
+async function childPublished(trx: Transaction<Tables>, childId: string, previousConnection: string): Promise<void> {
+  const child = await trx.selectFrom('instances').select(['title', 'parent_id', 'connection', 'status', 'state']).where('id', '=', childId).executeTakeFirst();
+  if (!child?.parent_id || child.status !== child.state) return;
+  const parent = await trx.selectFrom('instances').select(['id', 'status']).where('id', '=', child.parent_id).executeTakeFirst();
+  if (!parent) return;
+  if (parent.status === 'waiting' || child.connection !== previousConnection) {
+    await redeploy(trx, parent.id, `${child.title} published its connection parameters`);
+  }
+}
+

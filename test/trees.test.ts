@@ -1,0 +1,292 @@
+/**
+ * Instance trees on the master, on every engine of testEngines(): sub-instances that a
+ * deployment requests, parents that wait for their children, tree-wide stop, destroy
+ * and bang, cycles, and shared instances placed on a host. The test plays the node
+ * through the node API, as a node agent would.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initMaster } from '../master/server.js';
+import { buildApp, type App } from '../master/app.js';
+import { openDatabase, type Database } from '../master/db/database.js';
+import { migrate } from '../master/db/migrate.js';
+import { rebuildProjections } from '../master/ledger/movements.js';
+import { packSoftware } from '../protocol/software-archive.js';
+import type { ChildRequest, DesiredInstance, DesiredState, InstanceTreeView, InstanceView, NodeEvent } from '../protocol/api.js';
+import { freshDatabase, testEngines, type TestDatabase } from './helpers/databases.js';
+import { writeTree } from './helpers/tree.js';
+
+const objectSchema = (properties: object, required: string[] = []) => JSON.stringify({ type: 'object', additionalProperties: false, properties, required });
+
+const releases: Record<string, string>[] = [
+  {
+    'software.yaml': [
+      'name: app',
+      'version: 1.0.0',
+      'software-types:',
+      '  default:',
+      '    parameters: schema.json',
+      '    secrets: [key]',
+      '    requests:',
+      '      db:',
+      '        software: store',
+      '        parameters:',
+      '          size: "{{ parameters.size }}"',
+      '          password: "{{ secrets.key }}"',
+      '    publish:',
+      '      url: "{{ requests.db.connection.url }}"',
+      '',
+    ].join('\n'),
+    'schema.json': objectSchema({ size: { type: 'integer', default: 1 } }),
+  },
+  {
+    'software.yaml': ['name: store', 'version: 1.0.0', 'software-types:', '  default:', '    parameters: schema.json', ''].join('\n'),
+    'schema.json': objectSchema({ size: { type: 'integer', minimum: 1, maximum: 10 }, password: { type: 'string' } }, ['size']),
+  },
+  {
+    'software.yaml': ['name: loop', 'version: 1.0.0', 'software-types:', '  default:', '    requests:', '      again:', '        software: loop', ''].join('\n'),
+  },
+  {
+    'software.yaml': [
+      'name: proxy',
+      'version: 1.0.0',
+      'software-types:',
+      '  default:',
+      '    ports: [http]',
+      '    shared:',
+      '      parameters: shared.json',
+      '      publish:',
+      '        url: "http://{{ partition.ip }}:{{ ports.http }}/{{ shared.reference }}/"',
+      '',
+    ].join('\n'),
+    'shared.json': objectSchema({ backend: { type: 'string', pattern: '^http://[a-z0-9.:]+/$' } }, ['backend']),
+  },
+];
+
+describe.each(testEngines())('instance trees on %s', (engine) => {
+  let testDb: TestDatabase;
+  let database: Database;
+  let app: App;
+  let admin: string;
+  let alice: string;
+  let bob: string;
+  let node: string;
+
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  type Body = Record<string, any>;
+  const call = async (token: string, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown, headers: Record<string, string> = {}) => {
+    const response = await app.inject({ method, url, payload: payload as string | object | Buffer | undefined, headers: { authorization: `Bearer ${token}`, ...headers } });
+    return { status: response.statusCode, body: response.body ? (JSON.parse(response.body) as Body) : {} };
+  };
+  const movements = async () => Number((await database.db.selectFrom('movements').select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow()).n);
+  const view = async (token: string, title: string) => (await call(token, 'GET', `/api/v1/instances/${encodeURIComponent(title)}`)).body as InstanceView;
+  const desired = async () => (await call(node, 'GET', '/api/v1/node/desired-state')).body as DesiredState;
+  const hosted = async (title: string) => {
+    const partition = (await desired()).partitions.find((p) => p.instance?.title === title);
+    return partition ? { reference: partition.reference, instance: partition.instance! } : undefined;
+  };
+  let sequence = 0;
+  const report = async (title: string, type: NodeEvent['type'], extra: Record<string, unknown> = {}) => {
+    const { reference, instance } = (await hosted(title))!;
+    const event = { id: `event-${++sequence}-${Date.now()}`, at: new Date().toISOString(), type, partition: reference, instance: instance.id, serial: instance.serial, ...extra };
+    const answer = await call(node, 'POST', '/api/v1/node/events', { events: [event] });
+    expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+  };
+  const requestChildren = async (title: string, requests: ChildRequest[], instance?: DesiredInstance) => {
+    const target = (await hosted(title))!;
+    const current = instance ?? target.instance;
+    return call(node, 'POST', `/api/v1/node/partitions/${target.reference}/requests`, { instance: current.id, serial: current.serial, requests });
+  };
+
+  beforeAll(async () => {
+    testDb = await freshDatabase(engine);
+    ({ token: admin } = await initMaster(testDb.url, 'admin'));
+    database = openDatabase(testDb.url);
+    await migrate(database);
+    app = buildApp({ database });
+    alice = (await call(admin, 'POST', '/api/v1/accounts', { name: 'alice' })).body.token;
+    bob = (await call(admin, 'POST', '/api/v1/accounts', { name: 'bob' })).body.token;
+    for (const files of releases) {
+      const answer = await call(admin, 'POST', '/api/v1/software', await packSoftware(writeTree(files)), { 'content-type': 'application/gzip' });
+      expect(answer.status, JSON.stringify(answer.body)).toBe(201);
+    }
+    node = (await call(admin, 'POST', '/api/v1/nodes', { name: 'node-a' })).body.credential;
+    for (const software of ['app', 'store', 'loop', 'proxy']) await call(admin, 'POST', '/api/v1/supplies', { software, node: 'node-a' });
+    const partitions = Array.from({ length: 12 }, (_, i) => ({ reference: `part${i}`, ip: `127.43.0.${i + 1}`, ports: { first: 31000 + i * 10, last: 31009 + i * 10 } }));
+    expect((await call(node, 'PUT', '/api/v1/node/partitions', { partitions })).status).toBe(200);
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.close();
+    await testDb?.drop();
+  });
+
+  it('creates the children a deployment requests, named PARENT/NAME, with parameters typed by their schema', async () => {
+    const shop = await call(alice, 'PUT', '/api/v1/instances/shop', { software: 'app', parameters: { size: 3 } });
+    expect(shop.status).toBe(200);
+    const answer = await requestChildren('shop', [{ name: 'db', software: 'store', parameters: { size: '3', password: 's3cret' } }]);
+    expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+    expect(answer.body.children.db).toMatchObject({ title: 'shop/db', status: 'allocated', ready: false, connection: {} });
+    const child = await view(alice, 'shop/db');
+    expect(child).toMatchObject({ parent: 'shop', root: 'shop', parameters: { size: 3, password: 's3cret' }, status: 'allocated' });
+    expect((await hosted('shop/db'))?.instance.parameters).toEqual({ size: 3, password: 's3cret' });
+  });
+
+  it('asks again and changes nothing when the requests are the same', async () => {
+    const before = await movements();
+    expect((await requestChildren('shop', [{ name: 'db', software: 'store', parameters: { size: '3', password: 's3cret' } }])).status).toBe(200);
+    expect(await movements()).toBe(before);
+  });
+
+  it('shows a waiting parent, then deploys it again when the child publishes', async () => {
+    await report('shop', 'instance.waiting', { message: 'waiting for db (shop/db: allocated)' });
+    expect(await view(alice, 'shop')).toMatchObject({ status: 'waiting', message: 'waiting for db (shop/db: allocated)', ready: false });
+    const serial = (await hosted('shop'))!.instance.serial;
+    await report('shop/db', 'instance.started', { connection: { url: 'store://127.43.0.2' } });
+    expect(await view(alice, 'shop/db')).toMatchObject({ ready: true, connection: { url: 'store://127.43.0.2' } });
+    expect((await hosted('shop'))!.instance.serial).toBe(serial + 1);
+    const answer = await requestChildren('shop', [{ name: 'db', software: 'store', parameters: { size: '3', password: 's3cret' } }]);
+    expect(answer.body.children.db).toMatchObject({ ready: true, connection: { url: 'store://127.43.0.2' } });
+    await report('shop', 'instance.started', { connection: { url: 'store://127.43.0.2' } });
+    expect(await view(alice, 'shop')).toMatchObject({ status: 'started', ready: true });
+  });
+
+  it('does not redeploy a started parent when its child publishes the same values again', async () => {
+    const serial = (await hosted('shop'))!.instance.serial;
+    await report('shop/db', 'instance.started', { connection: { url: 'store://127.43.0.2' } });
+    expect((await hosted('shop'))!.instance.serial).toBe(serial);
+  });
+
+  it('shows the tree with each instance, its node and state', async () => {
+    const tree = (await call(alice, 'GET', '/api/v1/instances/shop/tree')).body as InstanceTreeView;
+    expect(tree.instances.map((i) => [i.depth, i.instance.title, i.instance.node, i.instance.status])).toEqual([
+      [0, 'shop', 'node-a', 'started'],
+      [1, 'shop/db', 'node-a', 'started'],
+    ]);
+  });
+
+  it('keeps a child to its parent: the owner cannot change it, nor make titles with a /', async () => {
+    const before = await movements();
+    const change = await call(alice, 'PUT', `/api/v1/instances/${encodeURIComponent('shop/db')}`, { software: 'store', parameters: { size: 5 } });
+    expect(change.status).toBe(409);
+    expect(change.body.error.message).toMatch(/sub-instance of "shop"/);
+    const slash = await call(alice, 'PUT', `/api/v1/instances/${encodeURIComponent('mine/x')}`, { software: 'store', parameters: { size: 1 } });
+    expect(slash.status).toBe(400);
+    expect(slash.body.error.message).toMatch(/only its parent requests/);
+    expect(await movements()).toBe(before);
+  });
+
+  it('refuses children that break their schema, a cycle, or a stale serial, changing nothing', async () => {
+    const before = await movements();
+    const bad = await requestChildren('shop', [{ name: 'db', software: 'store', parameters: { size: 'many' } }]);
+    expect(bad.status).toBe(422);
+    expect(bad.body.error.message).toMatch(/invalid parameters for store@1.0.0 default: size must be integer/);
+    await call(alice, 'PUT', '/api/v1/instances/looping', { software: 'loop' });
+    const cycle = await requestChildren('looping', [{ name: 'again', software: 'loop', parameters: {} }]);
+    expect(cycle.status).toBe(400);
+    expect(cycle.body.error.message).toMatch(/cycle: "looping" requests loop default/);
+    const shop = (await hosted('shop'))!.instance;
+    const stale = await requestChildren('shop', [], { ...shop, serial: shop.serial - 1 });
+    expect(stale.status).toBe(409);
+    await call(alice, 'DELETE', '/api/v1/instances/looping');
+    expect((await view(alice, 'shop/db')).state).toBe('started');
+    expect(await movements()).toBe(before + 3); // looping: requested, allocated, then destroyed on request
+  });
+
+  it('refuses a node asking for an instance it does not host', async () => {
+    const other = await call(admin, 'POST', '/api/v1/nodes', { name: 'node-z' });
+    const shop = (await hosted('shop'))!;
+    const answer = await call(other.body.credential, 'POST', `/api/v1/node/partitions/${shop.reference}/requests`, { instance: shop.instance.id, serial: shop.instance.serial, requests: [] });
+    expect(answer.status).toBe(403);
+  });
+
+  it('redeploys the whole tree when one of its instances bangs', async () => {
+    const serials = { shop: (await hosted('shop'))!.instance.serial, db: (await hosted('shop/db'))!.instance.serial };
+    await report('shop/db', 'instance.bang', { message: 'data file corrupted' });
+    expect((await hosted('shop'))!.instance.serial).toBe(serials.shop + 1);
+    expect((await hosted('shop/db'))!.instance.serial).toBe(serials.db + 1);
+    const history = (await call(alice, 'GET', '/api/v1/instances/shop/history')).body as { kind: string; data: { reason?: string } }[];
+    expect(history.at(-1)).toMatchObject({ kind: 'instance.redeploy', data: { reason: 'bang from shop/db: data file corrupted' } });
+  });
+
+  it('stops and starts the whole tree with its root', async () => {
+    await call(alice, 'PUT', '/api/v1/instances/shop', { software: 'app', state: 'stopped' });
+    expect((await hosted('shop/db'))!.instance.state).toBe('stopped');
+    await call(alice, 'PUT', '/api/v1/instances/shop', { software: 'app', state: 'started' });
+    expect((await hosted('shop/db'))!.instance.state).toBe('started');
+  });
+
+  it('destroys a child the latest deployment no longer requests', async () => {
+    const shop = (await hosted('shop'))!;
+    expect((await requestChildren('shop', [])).status).toBe(200);
+    expect((await view(alice, 'shop/db')).state).toBe('destroyed');
+    // Requested again later: the same title names the same child, started again.
+    await requestChildren('shop', [{ name: 'db', software: 'store', parameters: { size: '2' } }], shop.instance);
+    expect(await view(alice, 'shop/db')).toMatchObject({ state: 'started', parameters: { size: 2 } });
+  });
+
+  it('destroys the whole tree with its root', async () => {
+    await call(alice, 'DELETE', '/api/v1/instances/shop');
+    expect((await view(alice, 'shop/db')).state).toBe('destroyed');
+  });
+
+  describe('shared instances', () => {
+    it('waits for a host, saying why', async () => {
+      const route = await call(bob, 'PUT', '/api/v1/instances/route', { software: 'proxy', shared: true, parameters: { backend: 'http://127.0.0.9:80/' } });
+      expect(route.status).toBe(200);
+      expect(route.body).toMatchObject({ status: 'unallocated', message: 'no started proxy instance open to you hosts shared instances', shared: true, partition: null });
+    });
+
+    it('checks a shared instance against the schema its host declares for them', async () => {
+      const before = await movements();
+      const bad = await call(bob, 'PUT', '/api/v1/instances/bad-route', { software: 'proxy', shared: true, parameters: { backend: 'ftp://x/' } });
+      expect(bad.status).toBe(422);
+      expect(bad.body.error.message).toMatch(/invalid parameters for proxy@1.0.0 shared default: backend must match pattern/);
+      const notHost = await call(bob, 'PUT', '/api/v1/instances/bad-route', { software: 'store', shared: true, parameters: {} });
+      expect(notHost.status).toBe(400);
+      expect(notHost.body.error.message).toMatch(/does not host shared instances/);
+      expect(await movements()).toBe(before);
+    });
+
+    it('never puts a customer on another customer’s host', async () => {
+      await call(alice, 'PUT', '/api/v1/instances/alices-proxy', { software: 'proxy' });
+      expect((await view(bob, 'route')).status).toBe('unallocated');
+      const host = (await hosted('alices-proxy'))!.instance;
+      expect(host.shared).toBeUndefined();
+    });
+
+    it('goes to an operator’s host once it starts, which then carries it', async () => {
+      await call(admin, 'PUT', '/api/v1/instances/edge', { software: 'proxy' });
+      const route = await view(bob, 'route');
+      expect(route).toMatchObject({ status: 'allocated', node: 'node-a', partition: null });
+      const host = (await hosted('edge'))!.instance;
+      const routeId = host.shared![0]!.reference;
+      expect(host.shared).toEqual([{ reference: routeId, parameters: { backend: 'http://127.0.0.9:80/' }, serial: 1 }]);
+      await report('edge', 'instance.started', { connection: { url: 'http://127.43.0.5:31040/' }, shared: { [routeId]: { serial: 1, connection: { url: `http://127.43.0.5:31040/${routeId}/` } } } });
+      expect(await view(bob, 'route')).toMatchObject({ status: 'started', ready: true, connection: { url: `http://127.43.0.5:31040/${routeId}/` } });
+    });
+
+    it('redeploys the host without the shared instance destroyed, and only that one', async () => {
+      await call(bob, 'PUT', '/api/v1/instances/route-2', { software: 'proxy', shared: true, parameters: { backend: 'http://127.0.0.8:80/' } });
+      expect((await hosted('edge'))!.instance.shared).toHaveLength(2);
+      const serial = (await hosted('edge'))!.instance.serial;
+      await call(bob, 'DELETE', '/api/v1/instances/route');
+      expect(await view(bob, 'route')).toMatchObject({ state: 'destroyed', status: 'destroyed' });
+      const host = (await hosted('edge'))!.instance;
+      expect(host.serial).toBe(serial + 1);
+      expect(host.shared!.map((s) => s.parameters.backend)).toEqual(['http://127.0.0.8:80/']);
+    });
+
+    it('moves shared instances to another host when theirs is destroyed', async () => {
+      await call(admin, 'PUT', '/api/v1/instances/edge-2', { software: 'proxy' });
+      await call(admin, 'DELETE', '/api/v1/instances/edge');
+      expect((await hosted('edge-2'))!.instance.shared!.map((s) => s.parameters.backend)).toEqual(['http://127.0.0.8:80/']);
+    });
+  });
+
+  it('rebuilds the same projections from the movements', async () => {
+    const snapshot = async () => database.db.selectFrom('instances').selectAll().orderBy('id').execute();
+    const live = await snapshot();
+    await rebuildProjections(database.db);
+    expect(await snapshot()).toEqual(live);
+  });
+});
