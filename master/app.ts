@@ -23,7 +23,7 @@ import type { Database } from './db/database.js';
 import { isUniqueViolation } from './db/database.js';
 import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
 import { billingRoutes } from './routes/billing-api.js';
-import { sourceCacheRoutes } from './routes/cache-api.js';
+import { binaryCacheKeyRoutes, binaryCacheRoutes, sourceCacheRoutes } from './routes/cache-api.js';
 import { nodeRoutes } from './routes/node-api.js';
 import { userRoutes } from './routes/user-api.js';
 
@@ -81,6 +81,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
       });
       await userRoutes(scope, db);
       await billingRoutes(scope, database);
+      await binaryCacheKeyRoutes(scope, db);
     },
     { prefix: API_PREFIX },
   );
@@ -94,6 +95,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
       });
       await nodeRoutes(scope, db);
       await sourceCacheRoutes(scope, db);
+      await binaryCacheRoutes(scope, db);
     },
     { prefix: `${API_PREFIX}/node` },
   );

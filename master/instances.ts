@@ -27,14 +27,6 @@ export async function requestInstance(
   /** Who asks: the owner, or the master itself (stopping for non-payment). */
   actor = `account:${owner.name}`,
 ): Promise<InstanceView> {
-  if (actor.startsWith('account:') && title.includes('/')) {
-    const existing = await db.selectFrom('instances').select('parent_id').where('owner_id', '=', owner.id).where('title', '=', title).executeTakeFirst();
-    if (!existing?.parent_id) {
-      throw new PledgerError('BAD_REQUEST', `"${title}": a title with a / names a sub-instance, which only its parent requests`, {
-        hint: 'choose a title without /',
-      });
-    }
-  }
   // Changes the instance as asked; its view is read in the same transaction.
   return writeTransaction(db, async (trx) => {
     await applyRequest(trx, owner, title, request, { actor });

@@ -3,9 +3,11 @@
  * migrates, publishes the bundled software releases and listens.
  */
 import { once } from 'node:events';
+import type { Kysely } from 'kysely';
 import { PledgerError } from '../protocol/errors.js';
 import { countAccounts, createAccount } from './accounts.js';
 import { buildApp, type App } from './app.js';
+import { binaryCacheSigningKey, type CacheTables } from './cache.js';
 import { openDatabase } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { publishBundled } from './software.js';
@@ -30,6 +32,8 @@ export async function initMaster(database: string, adminName: string): Promise<{
       });
     }
     const { token } = await createAccount(opened.db, { name: adminName, role: 'admin' }, 'master');
+    // Created now so that every node registered from here on can be given it.
+    await binaryCacheSigningKey(opened.db as unknown as Kysely<CacheTables>);
     return { token };
   } finally {
     await opened.close();
@@ -45,6 +49,8 @@ export interface RunningMaster {
 export async function serveMaster(settings: MasterSettings): Promise<RunningMaster> {
   const database = openDatabase(settings.database);
   await migrate(database);
+  // A master initialized before the binary cache existed gets its key at this start.
+  await binaryCacheSigningKey(database.db as unknown as Kysely<CacheTables>);
   const app = buildApp({ database, logger: { level: process.env.PLEDGER_LOG_LEVEL ?? 'info' } });
   if (settings.softwareDir) {
     for (const result of await publishBundled(database.db, settings.softwareDir)) {

@@ -24,6 +24,7 @@ const SCHEMAS = {
   DesiredState: ['protocol/api.ts', 'DesiredState'],
   EventsReceipt: ['protocol/api.ts', 'EventsReceipt'],
   ChildrenState: ['protocol/api.ts', 'ChildrenState'],
+  BinaryEntry: ['protocol/binary-cache.ts', 'BinaryEntry'],
   NodeConfigFile: ['slave/config-schema.ts', 'NodeConfigFile'],
 };
 

@@ -4,6 +4,8 @@
 export npm_config_nodedir="${npm_config_nodedir:-/usr}"
 
 ensure_node_modules() {
+  # A linked node_modules (a second checkout sharing the first one's) belongs to that checkout.
+  [ -L node_modules ] && return 0
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
     echo "installing dependencies (better-sqlite3 may take a few minutes to compile)"
     npm ci --no-audit --no-fund || return 1

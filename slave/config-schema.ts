@@ -4,6 +4,7 @@
  * agent itself never loads TypeBox.
  */
 import { Type } from 'typebox';
+import { PUBLIC_KEY_PATTERN } from '../protocol/binary-cache.js';
 
 export const NodeConfigFile = Type.Object(
   {
@@ -53,6 +54,12 @@ export const NodeConfigFile = Type.Object(
       ),
     ),
     promiseSummarySeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400 })),
+    binaryCache: Type.Optional(
+      Type.Object(
+        { download: Type.Boolean(), upload: Type.Boolean(), publicKey: Type.String({ pattern: PUBLIC_KEY_PATTERN }) },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );

@@ -32,6 +32,20 @@ export interface NodeConfig {
   outbox?: Partial<OutboxSettings>;
   /** How often promises are summarized to the master when nothing changes. */
   promiseSummarySeconds?: number;
+  /** Whether built parts are taken from and given to the master's binary cache; off when absent. */
+  binaryCache?: BinaryCacheSettings;
+}
+
+/**
+ * The binary cache, per node: `download` takes parts others built instead of building
+ * them, `upload` gives the master the parts this node built. Separate switches, so
+ * that a fleet can let only the nodes it trusts as builders fill the cache. Entries
+ * are verified with `publicKey`, the master's key as `pledger node register` printed it.
+ */
+export interface BinaryCacheSettings {
+  download: boolean;
+  upload: boolean;
+  publicKey: string;
 }
 
 export { SUPERVISOR_DEFAULTS, type SupervisorSettings } from './supervisor-settings.js';

@@ -128,10 +128,19 @@ async function ensureBuilt(config: NodeConfig, master: MasterClient, outbox: Out
     const release = await loadSoftware(temporary);
     const buildLog = path.join(temporary, BUILD_LOG);
     await writeFile(buildLog, '');
-    const parts = await ensureParts({ root: config.root, release, releaseDir: temporary, releaseFinal: final, buildLog, log, master });
+    const parts = await ensureParts({
+      root: config.root,
+      release,
+      releaseDir: temporary,
+      releaseFinal: final,
+      buildLog,
+      log,
+      master,
+      binaryCache: config.binaryCache,
+    });
     await writeFile(path.join(temporary, BUILT_MARKER), `${new Date().toISOString()}\n`);
     await moveIntoPlace(config.root, temporary, final, entry.hash);
-    log.info('software built', { software: item, path: final, partsBuilt: parts.built, partsReused: parts.reused, seconds: (Date.now() - started) / 1000 });
+    log.info('software built', { software: item, path: final, partsBuilt: parts.built, partsReused: parts.reused, partsFromCache: parts.fromCache, seconds: (Date.now() - started) / 1000 });
   } catch (error) {
     const message = `${truncate(errorMessage(error), MAX_ERROR_CHARS)}${await buildLogTail(temporary)}`;
     await removeTree(temporary);

@@ -170,14 +170,11 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
     ]);
   });
 
-  it('keeps a child to its parent: the owner cannot change it, nor make titles with a /', async () => {
+  it('keeps a child to its parent: its owner cannot change it', async () => {
     const before = await movements();
     const change = await call(alice, 'PUT', `/api/v1/instances/${encodeURIComponent('shop/db')}`, { software: 'store', parameters: { size: 5 } });
     expect(change.status).toBe(409);
     expect(change.body.error.message).toMatch(/sub-instance of "shop"/);
-    const slash = await call(alice, 'PUT', `/api/v1/instances/${encodeURIComponent('mine/x')}`, { software: 'store', parameters: { size: 1 } });
-    expect(slash.status).toBe(400);
-    expect(slash.body.error.message).toMatch(/only its parent requests/);
     expect(await movements()).toBe(before);
   });
 

@@ -26,6 +26,8 @@ export function registerNodeCommands(program: Command): void {
     .option('--ip-base <ip>', 'address of the first partition, in 127.0.0.0/8 (default 127.42.0.1)')
     .option('--port-base <port>', 'first port of the first partition (default 30000)')
     .option('--ports-per-partition <n>', 'ports given to each partition (default 10)')
+    .option('--binary-cache <mode>', "use the master's binary cache of built parts: off (default), download, upload or both")
+    .option('--binary-cache-key <key>', 'the binary cache key printed by `pledger node register` (needed unless the cache is off)')
     .option(...configOption)
     .action(async (options, command) => {
       const g = globals(command);
@@ -41,6 +43,7 @@ export function registerNodeCommands(program: Command): void {
           ipBase: options.ipBase,
           portBase: integer(options.portBase, '--port-base'),
           portsPerPartition: integer(options.portsPerPartition, '--ports-per-partition'),
+          binaryCache: binaryCacheSettings(options.binaryCache, options.binaryCacheKey),
         },
         '--root, --partitions, --ip-base and --port-base',
       );
@@ -164,3 +167,15 @@ export function registerNodeCommands(program: Command): void {
     });
 }
 
+const BINARY_CACHE_MODES = { download: [true, false], upload: [false, true], both: [true, true] } as const;
+
+function binaryCacheSettings(mode: string | undefined, publicKey: string | undefined) {
+  if (mode === undefined || mode === 'off') {
+    if (publicKey !== undefined && mode === undefined) throw new PledgerError('BAD_REQUEST', '--binary-cache-key without --binary-cache: say download, upload or both');
+    return undefined;
+  }
+  if (!Object.hasOwn(BINARY_CACHE_MODES, mode)) throw new PledgerError('BAD_REQUEST', `--binary-cache ${mode}: expected off, download, upload or both`);
+  if (!publicKey) throw new PledgerError('BAD_REQUEST', `--binary-cache ${mode} needs --binary-cache-key`, { hint: 'it is printed by `pledger node register` and `pledger node binary-cache-key`' });
+  const [download, upload] = BINARY_CACHE_MODES[mode as keyof typeof BINARY_CACHE_MODES];
+  return { download, upload, publicKey };
+}

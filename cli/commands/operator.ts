@@ -1,6 +1,7 @@
 /** What operators do: accounts, node registration, software releases and supplies. */
 import type { Command } from '@commander-js/extra-typings';
 import type { Account, AccountWithToken, NodeCredential, NodeRegister, NodeScope, NodeUpdate, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
+import type { BinaryCacheKey } from '../../protocol/binary-cache.js';
 import { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
@@ -121,8 +122,22 @@ export function registerNodeAdminCommands(node: Command): void {
       if (options.resource) body.resources = parseAmounts(options.resource, '--resource');
       if (options.scope) body.scope = parseScope(options.scope);
       if (options.owner) body.owner = options.owner;
-      const credential = await (await userClient(g)).call<NodeCredential>('POST', '/api/v1/nodes', body);
-      print(g, credential, (c) => fields([['node', c.name], ['credential', c.credential]]));
+      const client = await userClient(g);
+      const credential = await client.call<NodeCredential>('POST', '/api/v1/nodes', body);
+      // The master's binary cache key travels with the credential, over the operator's
+      // own authenticated channel: the node never has to trust a key it downloaded itself.
+      const { publicKey } = await client.call<BinaryCacheKey>('GET', '/api/v1/binary-cache/key');
+      print(g, { ...credential, binaryCacheKey: publicKey }, (c) =>
+        fields([['node', c.name], ['credential', c.credential], ['binary cache key', c.binaryCacheKey]]),
+      );
+    });
+  node
+    .command('binary-cache-key')
+    .description("print the master's binary cache key, for `pledger node configure --binary-cache-key` (register prints it too)")
+    .action(async (_options, command) => {
+      const g = globals(command);
+      const key = await (await userClient(g)).call<BinaryCacheKey>('GET', '/api/v1/binary-cache/key');
+      print(g, key, (k) => k.publicKey);
     });
   node
     .command('set')

@@ -1,13 +1,21 @@
 /**
- * The source cache, in the node API: `PUT /api/v1/node/sources/SHA256` with the bytes
- * of a source archive a node downloaded, `GET` (and `HEAD`) to fetch it back.
+ * The caches, in the node API.
+ *
+ * Sources: `PUT /api/v1/node/sources/SHA256` with the bytes of a source archive a node
+ * downloaded, `GET` (and `HEAD`) to fetch it back.
+ *
+ * Built parts: `GET /api/v1/node/binaries/PART?platform=&prefix=` describes the entry a
+ * node may use (signed), `GET .../PART/archive?platform=&prefix=` serves its archive,
+ * `PUT /api/v1/node/binaries/PART?platform=&prefix=&sha256=` files one. And in the
+ * user API, `GET /api/v1/binary-cache/key`: the public key nodes verify entries with.
  */
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
 import { Sha256 } from '../../protocol/api.js';
+import { BinaryCacheKey, BinaryEntry, BinaryKeyQuery, BinaryUploaded, BinaryUploadQuery } from '../../protocol/binary-cache.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { App } from '../app.js';
-import { readSource, storeSource, type CacheTables } from '../cache.js';
+import { binaryCacheSigningKey, findBinary, readBinary, readSource, storeBinary, storeSource, type CacheTables } from '../cache.js';
 
 export async function sourceCacheRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
   // Its own table, typed here: the cache touches nothing else of the database.
@@ -25,4 +33,31 @@ export async function sourceCacheRoutes<T>(app: App, database: Kysely<T>): Promi
     const stored = await storeSource(db, request.node.id, request.params.sha256, body);
     return reply.code(stored ? 201 : 200).send({ sha256: request.params.sha256, size: body.length, stored });
   });
+}
+
+export async function binaryCacheRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
+  const db = database as unknown as Kysely<CacheTables>;
+  const params = Type.Object({ partHash: Sha256 });
+
+  app.get('/binaries/:partHash', { schema: { params, querystring: BinaryKeyQuery, response: { 200: BinaryEntry } } }, async (request) =>
+    findBinary(db, request.params.partHash, request.query.platform, request.query.prefix),
+  );
+
+  app.get('/binaries/:partHash/archive', { schema: { params, querystring: BinaryKeyQuery } }, async (request, reply) => {
+    const content = await readBinary(db, request.params.partHash, request.query.platform, request.query.prefix);
+    return reply.type('application/gzip').send(content);
+  });
+
+  app.put('/binaries/:partHash', { schema: { params, querystring: BinaryUploadQuery, response: { 200: BinaryUploaded, 201: BinaryUploaded } } }, async (request, reply) => {
+    const body = request.body;
+    if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/gzip');
+    const uploaded = await storeBinary(db, request.node.id, request.params.partHash, request.query, body);
+    return reply.code(uploaded.stored ? 201 : 200).send(uploaded);
+  });
+}
+
+/** For operators and users: what `pledger node configure --binary-cache-key` takes. */
+export async function binaryCacheKeyRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
+  const db = database as unknown as Kysely<CacheTables>;
+  app.get('/binary-cache/key', { schema: { response: { 200: BinaryCacheKey } } }, async () => ({ publicKey: (await binaryCacheSigningKey(db)).publicKey }));
 }

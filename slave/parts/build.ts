@@ -24,6 +24,8 @@ import type { Logger } from '../log.js';
 import { BUILT_MARKER } from '../paths.js';
 import { cleanEnv } from '../processes.js';
 import { createTemplateEnvironment, renderString } from '../render.js';
+import type { BinaryCacheSettings } from '../config.js';
+import { fetchBuiltPart, uploadBuiltPart } from './binary-cache.js';
 import { runStep } from './command.js';
 import { installDebianPackages, writeProgramWrappers } from './deb.js';
 import { installNpmPackages } from './npm.js';
@@ -99,15 +101,19 @@ export interface PartBuildContext {
   log: Logger;
   /** The master, for its source cache: where sources are kept, and found when upstream is gone. */
   master?: MasterClient;
+  /** Whether parts are taken from and given to the master's binary cache (off when absent). */
+  binaryCache?: BinaryCacheSettings;
 }
 
 /**
- * Makes each part of the release exist under `<root>/parts/`, building those that do
- * not, and links `<release>/parts/<name>` to it. Returns how many were built and reused.
+ * Makes each part of the release exist under `<root>/parts/`, taking those that do not
+ * from the binary cache when the node uses it, building the others, and links
+ * `<release>/parts/<name>` to it. Returns how many were built, reused and taken.
  */
-export async function ensureParts(context: PartBuildContext): Promise<{ built: number; reused: number }> {
+export async function ensureParts(context: PartBuildContext): Promise<{ built: number; reused: number; fromCache: number }> {
   const planned = await planParts(context.release, context.releaseDir);
-  const counts = { built: 0, reused: 0 };
+  const counts = { built: 0, reused: 0, fromCache: 0 };
+  const cache = { root: context.root, master: context.master, settings: context.binaryCache, buildLog: context.buildLog, log: context.log };
   const links = path.join(context.releaseDir, 'parts');
   await mkdir(links, { recursive: true });
   await mkdir(partsRoot(context.root), { recursive: true });
@@ -118,12 +124,15 @@ export async function ensureParts(context: PartBuildContext): Promise<{ built: n
     if (await isPartBuilt(context.root, part.hash)) {
       context.log.info('part reused', { software: context.release.definition.name, part: part.name, progress, hash: part.hash });
       counts.reused++;
+    } else if (await fetchBuiltPart(cache, part)) {
+      counts.fromCache++;
     } else {
       context.log.info('building part', { software: context.release.definition.name, part: part.name, progress, hash: part.hash });
       const started = Date.now();
       await buildPart(context, part, hashes);
       context.log.info('part built', { software: context.release.definition.name, part: part.name, progress, seconds: (Date.now() - started) / 1000 });
       counts.built++;
+      await uploadBuiltPart(cache, part);
     }
     await symlink(partPath(context.root, part.hash), path.join(links, part.name));
   }
