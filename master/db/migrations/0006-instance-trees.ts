@@ -1,4 +1,4 @@
-import type { Kysely, Migration } from 'kysely';
+import { sql, type Kysely, type Migration } from 'kysely';
 import type { Engine } from '../database.js';
 
 /** Instance trees: who requested a sub-instance, the root of its tree, shared instances and their host. */
@@ -12,6 +12,8 @@ async function up(db: Kysely<unknown>): Promise<void> {
   await db.schema.alterTable('instances').addColumn('shared', 'integer', (c) => c.notNull().defaultTo(0)).execute();
   await db.schema.alterTable('instances').addColumn('host_id', 'text').execute();
   await db.schema.createIndex('instances_root').on('instances').column('root_id').execute();
-  await db.schema.createIndex('instances_parent').on('instances').column('parent_id').execute();
-  await db.schema.createIndex('instances_host').on('instances').column('host_id').execute();
+  // Most instances are roots and have no host: partial indexes keep them out, so that
+  // inserting an ordinary instance does not pay for two more index entries.
+  await db.schema.createIndex('instances_parent').on('instances').column('parent_id').where(sql.ref('parent_id'), 'is not', null).execute();
+  await db.schema.createIndex('instances_host').on('instances').column('host_id').where(sql.ref('host_id'), 'is not', null).execute();
 }
