@@ -9,7 +9,7 @@ import { PledgerError } from '../protocol/errors.js';
 import type { AccountRow } from './accounts.js';
 import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
 import type { NodesTable, Tables } from './db/tables.js';
-import { partitionId, record, type Movement, type MovementRecord } from './ledger/movements.js';
+import { partitionId, record, recordNew, type Movement, type MovementRecord } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 
 export type NodeRow = NodesTable;
@@ -197,16 +197,21 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
 /**
  * Applies a batch of node events, each once: an event already applied is listed as a
  * duplicate and changes nothing. The batch is checked whole before anything is
- * written, so a bad event refuses the batch and changes nothing.
+ * written, so a bad event refuses the batch and changes nothing. A batch costs a few
+ * statements whatever its size (a node sends up to 500 events, mostly usage): what
+ * the events refer to is read in one query per table, and their movements are
+ * recorded together.
  */
 export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
   const receipt: EventsReceipt = { applied: [], duplicates: [] };
   let freed = false;
   await db.transaction().execute(async (trx) => {
-    const planned: { event: NodeEvent; movement: Movement; meta: MovementRecord }[] = [];
-    for (const event of events) planned.push({ event, ...(await planEvent(trx, node, event)) });
+    const context = await eventContext(trx, node, events);
+    const planned = events.map((event) => ({ event, ...planEvent(context, node, event) }));
+    const recorded = await recordNew(trx, planned);
     for (const { event, movement, meta } of planned) {
-      const applied = await record(trx, movement, meta);
+      // Two events of a batch may record the same movement (the same usage hour): the first one counts.
+      const applied = recorded.delete(meta.id!);
       if (applied && movement.kind === 'instance.destroyed') freed = true;
       (applied ? receipt.applied : receipt.duplicates).push(event.id);
     }
@@ -215,33 +220,70 @@ export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: Nod
   return receipt;
 }
 
+interface EventContext {
+  /** The node's software, by hash. */
+  softwareByHash: Map<string, string>;
+  partitions: Map<string, { id: string; instance_id: string | null }>;
+  instances: Map<string, Pick<Tables['instances'], 'id' | 'serial' | 'state' | 'owner_id' | 'software_id' | 'software_type' | 'last_partition_id'>>;
+}
+
+/** Everything a batch of events refers to, read in one query per table. */
+async function eventContext(trx: Transaction<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventContext> {
+  const hashes = new Set<string>();
+  const partitionIds = new Set<string>();
+  const instanceIds = new Set<string>();
+  for (const event of events) {
+    if ('software' in event) {
+      hashes.add(event.software);
+    } else {
+      partitionIds.add(partitionId(node.id, event.partition));
+      instanceIds.add(event.instance);
+    }
+  }
+  const software =
+    hashes.size === 0
+      ? []
+      : await trx
+          .selectFrom('supplies')
+          .innerJoin('software', 'software.id', 'supplies.software_id')
+          .select(['software.id', 'software.hash'])
+          .where('supplies.node_id', '=', node.id)
+          .where('software.hash', 'in', [...hashes])
+          .execute();
+  const partitions =
+    partitionIds.size === 0 ? [] : await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', 'in', [...partitionIds]).execute();
+  const instances =
+    instanceIds.size === 0
+      ? []
+      : await trx
+          .selectFrom('instances')
+          .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'last_partition_id'])
+          .where('id', 'in', [...instanceIds])
+          .execute();
+  return {
+    softwareByHash: new Map(software.map((s) => [s.hash, s.id])),
+    partitions: new Map(partitions.map((p) => [p.id, p])),
+    instances: new Map(instances.map((i) => [i.id, i])),
+  };
+}
+
 /** Checks that an event is this node's to send, and turns it into the movement it records. */
-async function planEvent(trx: Transaction<Tables>, node: NodeRow, event: NodeEvent): Promise<{ movement: Movement; meta: MovementRecord }> {
+function planEvent(context: EventContext, node: NodeRow, event: NodeEvent): { movement: Movement; meta: MovementRecord & { id: string } } {
   const actor = `node:${node.name}`;
   if ('software' in event) {
-    const supply = await trx
-      .selectFrom('supplies')
-      .innerJoin('software', 'software.id', 'supplies.software_id')
-      .select('software.id')
-      .where('supplies.node_id', '=', node.id)
-      .where('software.hash', '=', event.software)
-      .executeTakeFirst();
-    if (!supply) throw new PledgerError('FORBIDDEN', `software ${event.software} is not supplied to node ${node.name}`);
+    const softwareId = context.softwareByHash.get(event.software);
+    if (!softwareId) throw new PledgerError('FORBIDDEN', `software ${event.software} is not supplied to node ${node.name}`);
     const status = event.type === 'software.built' ? 'built' : event.type === 'software.error' ? 'error' : 'removed';
     return {
-      movement: { kind: 'supply.reported', data: { nodeId: node.id, softwareId: supply.id, status, message: event.message ?? null } },
+      movement: { kind: 'supply.reported', data: { nodeId: node.id, softwareId, status, message: event.message ?? null } },
       meta: { id: `node:${node.id}:${event.id}`, actor, subject: node.id },
     };
   }
 
   const pid = partitionId(node.id, event.partition);
-  const partition = await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', '=', pid).executeTakeFirst();
+  const partition = context.partitions.get(pid);
   if (!partition) throw new PledgerError('FORBIDDEN', `partition ${event.partition} is not a partition of node ${node.name}`);
-  const instance = await trx
-    .selectFrom('instances')
-    .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'last_partition_id'])
-    .where('id', '=', event.instance)
-    .executeTakeFirst();
+  const instance = context.instances.get(event.instance);
   // Usage may follow an instance out of its partition: the node meters the last hour
   // after it has destroyed it. Every other report needs the instance in the partition.
   const hosted = instance !== undefined && (partition.instance_id === instance.id || (event.type === 'instance.usage' && instance.last_partition_id === pid));

@@ -34,15 +34,56 @@ export function openDatabase(url: string): Database {
   // holds money and usage that must survive a power cut; busy_timeout because
   // several master processes may share the file.
   sqlite.pragma('journal_mode = WAL');
-  sqlite.pragma('synchronous = FULL');
+  sqlite.pragma(`synchronous = ${process.env.SYNC ?? 'FULL'}`);
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
   // The ledger's indexes (movement ids, usage by instance and hour) take inserts all
   // over their B-trees: with SQLite's default 2 MB page cache, a large ledger spends
   // its time re-reading pages. 64 MB keeps the hot part of them in memory.
   sqlite.pragma('cache_size = -65536');
-  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
   return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
+}
+
+/** Prepared statements kept per connection: the master runs a few dozen distinct queries. */
+const CACHED_STATEMENTS = 256;
+
+/**
+ * The connection as kysely sees it, with its prepared statements kept and reused. Kysely
+ * prepares every query it runs; compiling a statement costs more than running it for
+ * the hot ones (a node's report inserts hundreds of rows with one statement), so a
+ * statement is prepared once per distinct SQL text. A statement still being iterated
+ * (a streamed export) is busy: a query with the same text meanwhile gets its own.
+ */
+function withStatementCache(sqlite: SqliteDatabase.Database): Pick<SqliteDatabase.Database, 'prepare' | 'close'> {
+  const statements = new Map<string, SqliteDatabase.Statement>();
+  return {
+    prepare(source: string) {
+      // Every transaction of the master writes. Taking the write lock when it begins
+      // makes a second process wait its turn (busy_timeout) instead of failing later
+      // at its first write because the snapshot it read is no longer the latest.
+      if (source === 'begin') source = 'begin immediate';
+      const cached = statements.get(source);
+      if (cached && !cached.busy) return cached;
+      const statement = sqlite.prepare(source);
+      if (!cached) {
+        if (statements.size >= CACHED_STATEMENTS) statements.delete(statements.keys().next().value!);
+        statements.set(source, statement);
+      }
+      return statement;
+    },
+    close: () => sqlite.close(),
+  } as Pick<SqliteDatabase.Database, 'prepare' | 'close'>;
+}
+
+/**
+ * True when `error` says another process held the database longer than this one
+ * waited (SQLite's busy_timeout), or that PostgreSQL had to abort this transaction
+ * for a concurrent one (serialization failure, deadlock): trying again succeeds.
+ */
+export function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return (typeof code === 'string' && code.startsWith('SQLITE_BUSY')) || code === '40001' || code === '40P01';
 }
 
 /** True when `error` is a unique-constraint violation, on either engine. */

@@ -10,6 +10,7 @@ import { nodeReports } from './0002-node-reports.js';
 import { billing } from './0003-billing.js';
 import { softwareCache } from './0004-software-cache.js';
 import { allocation } from './0005-allocation.js';
+import { usageByHour } from './0008-usage-by-hour.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
@@ -18,6 +19,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0003-billing': billing(engine),
     '0004-software-cache': softwareCache(engine),
     '0005-allocation': allocation(engine),
+    '0008-usage-by-hour': usageByHour(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
