@@ -34,13 +34,19 @@ export function openDatabase(url: string): Database {
   // holds money and usage that must survive a power cut; busy_timeout because
   // several master processes may share the file.
   sqlite.pragma('journal_mode = WAL');
-  sqlite.pragma(`synchronous = ${process.env.SYNC ?? 'FULL'}`);
+  sqlite.pragma('synchronous = FULL');
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
   // The ledger's indexes (movement ids, usage by instance and hour) take inserts all
   // over their B-trees: with SQLite's default 2 MB page cache, a large ledger spends
   // its time re-reading pages. 64 MB keeps the hot part of them in memory.
   sqlite.pragma('cache_size = -65536');
+  // A checkpoint copies the pages of the WAL back into the database file (and syncs it).
+  // Every batch of usage reports rewrites pages all over the ledger's indexes: with the
+  // default of a checkpoint every 1,000 pages (4 MB), nearly every batch paid one. At
+  // 10,000 pages (40 MB), a page rewritten by several batches is copied back once.
+  // Durability is the same: each commit is synced to the WAL (synchronous = FULL).
+  sqlite.pragma('wal_autocheckpoint = 10000');
   const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
   return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
 }
