@@ -11,7 +11,8 @@
  * Each customer has one instance that reports `--hours` hours of October 2026. The
  * instances are spread over nodes of `--batch` partitions; hour after hour, each node
  * reports the usage of its partitions in one batch, through `applyEvents`, the function
- * behind the node API's `POST /events`.
+ * behind the node API's `POST /events`: every node at the same time, as a fleet does at
+ * the top of the hour, or one node after the other with `--sequential`.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -34,6 +35,7 @@ const { values: options } = parseArgs({
     hours: { type: 'string', default: '100' },
     engines: { type: 'string', default: 'sqlite,postgres' },
     batch: { type: 'string', default: '500' },
+    sequential: { type: 'boolean', default: false },
   },
 });
 const CUSTOMERS = Number(options.customers);
@@ -45,6 +47,8 @@ const OCTOBER = Date.UTC(2026, 9, 1);
  */
 const EVENTS_PER_REPORT = Number(options.batch);
 const NODES = Math.ceil(CUSTOMERS / EVENTS_PER_REPORT);
+/** One report at a time, instead of every node's report of an hour at once as a fleet sends them. */
+const SEQUENTIAL = options.sequential;
 /** Random, as the master gives them: a node's instances are scattered over any index keyed by instance. */
 const INSTANCE_IDS = Array.from({ length: CUSTOMERS }, () => randomUUID());
 
@@ -74,7 +78,11 @@ async function bench(engine: 'sqlite' | 'postgres', url: string): Promise<Figure
     const cpuBefore = process.cpuUsage();
     for (let hour = 0; hour < HOURS; hour++) {
       const at = new Date(OCTOBER + hour * 3_600_000).toISOString();
-      for (const node of nodes) await applyEvents(database.db, node, usageReport(node, at));
+      if (SEQUENTIAL) {
+        for (const node of nodes) await applyEvents(database.db, node, usageReport(node, at));
+      } else {
+        await Promise.all(nodes.map((node) => applyEvents(database.db, node, usageReport(node, at))));
+      }
     }
     const ingestSeconds = (performance.now() - started) / 1000;
     const cpu = process.cpuUsage(cpuBefore);
@@ -189,7 +197,7 @@ async function postgresDatabase(adminUrl: string): Promise<{ url: string; drop()
 }
 
 function report(f: Figures): void {
-  console.log(`\n${f.engine}: ${f.records.toLocaleString('en')} usage records, ${CUSTOMERS.toLocaleString('en')} customers, ${NODES.toLocaleString('en')} nodes reporting ${EVENTS_PER_REPORT.toLocaleString('en')} events at once`);
+  console.log(`\n${f.engine}: ${f.records.toLocaleString('en')} usage records, ${CUSTOMERS.toLocaleString('en')} customers, ${NODES.toLocaleString('en')} nodes reporting ${EVENTS_PER_REPORT.toLocaleString('en')} events at once, ${SEQUENTIAL ? 'one node after the other' : 'all nodes together'}`);
   console.log(`  ingest   ${f.ingestSeconds.toFixed(1)} s   ${f.recordsPerSecond.toLocaleString('en')} records/s   (${f.ingestCpuSeconds.toFixed(1)} s of CPU in this process)`);
   console.log(`  close    ${f.closeSeconds.toFixed(1)} s   ${f.invoices.toLocaleString('en')} invoices`);
   for (const e of f.exports) {

@@ -203,21 +203,97 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
  * recorded together.
  */
 export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
-  const receipt: EventsReceipt = { applied: [], duplicates: [] };
+  if (events.every((event) => event.type === 'instance.usage')) return applyUsage(db, node, events);
   let freed = false;
-  await db.transaction().execute(async (trx) => {
+  const receipt = await db.transaction().execute(async (trx) => {
     const context = await eventContext(trx, node, events);
     const planned = events.map((event) => ({ event, ...planEvent(context, node, event) }));
     const recorded = await recordNew(trx, planned);
-    for (const { event, movement, meta } of planned) {
-      // Two events of a batch may record the same movement (the same usage hour): the first one counts.
-      const applied = recorded.delete(meta.id!);
-      if (applied && movement.kind === 'instance.destroyed') freed = true;
-      (applied ? receipt.applied : receipt.duplicates).push(event.id);
-    }
+    freed = planned.some(({ movement, meta }) => movement.kind === 'instance.destroyed' && recorded.has(meta.id));
+    return receiptOf(planned, recorded);
   });
   if (freed) await allocatePending(db);
   return receipt;
+}
+
+interface PlannedEvent {
+  event: NodeEvent;
+  movement: Movement;
+  meta: MovementRecord & { id: string };
+}
+
+/** Which events counted, given the movement ids recorded now; consumes those ids. */
+function receiptOf(planned: PlannedEvent[], recorded: Set<string>): EventsReceipt {
+  const receipt: EventsReceipt = { applied: [], duplicates: [] };
+  // Two events may record the same movement (the same usage hour): the first one counts.
+  for (const { event, meta } of planned) (recorded.delete(meta.id) ? receipt.applied : receipt.duplicates).push(event.id);
+  return receipt;
+}
+
+interface WaitingReport {
+  node: NodeRow;
+  events: NodeEvent[];
+  resolve(receipt: EventsReceipt): void;
+  reject(error: unknown): void;
+}
+
+/** Usage reports waiting for the next shared transaction, per database. */
+const usageQueues = new WeakMap<Kysely<Tables>, { waiting: WaitingReport[]; draining: boolean }>();
+
+/** Events per shared transaction: 20 full reports. */
+const SHARED_TRANSACTION_EVENTS = 10_000;
+
+/**
+ * Usage reports arriving together (a fleet reports at the top of every hour) are
+ * recorded in one transaction: a durable commit (a sync to disk) costs more than the
+ * records it writes. Each report is still checked whole and answered on its own; when
+ * the shared transaction fails, each report is tried in its own, so that one bad
+ * report refuses nothing but itself. Usage only inserts, and no report's check
+ * depends on another's usage, so the result is the one of applying them in turn.
+ */
+function applyUsage(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
+  let queue = usageQueues.get(db);
+  if (!queue) usageQueues.set(db, (queue = { waiting: [], draining: false }));
+  const answer = new Promise<EventsReceipt>((resolve, reject) => queue.waiting.push({ node, events, resolve, reject }));
+  if (!queue.draining) void drainUsage(db, queue);
+  return answer;
+}
+
+async function drainUsage(db: Kysely<Tables>, queue: { waiting: WaitingReport[]; draining: boolean }): Promise<void> {
+  queue.draining = true;
+  try {
+    // Reports that arrive while a transaction runs wait for the next one.
+    await new Promise((resolve) => setImmediate(resolve));
+    while (queue.waiting.length > 0) {
+      let events = 0;
+      let count = 0;
+      while (count < queue.waiting.length && (count === 0 || events + queue.waiting[count]!.events.length <= SHARED_TRANSACTION_EVENTS)) {
+        events += queue.waiting[count]!.events.length;
+        count++;
+      }
+      await applyUsageTogether(db, queue.waiting.splice(0, count));
+    }
+  } finally {
+    queue.draining = false;
+  }
+}
+
+async function applyUsageTogether(db: Kysely<Tables>, reports: WaitingReport[]): Promise<void> {
+  try {
+    const receipts = await db.transaction().execute(async (trx) => {
+      const planned: PlannedEvent[][] = [];
+      for (const { node, events } of reports) {
+        const context = await eventContext(trx, node, events);
+        planned.push(events.map((event) => ({ event, ...planEvent(context, node, event) })));
+      }
+      const recorded = await recordNew(trx, planned.flat());
+      return planned.map((report) => receiptOf(report, recorded));
+    });
+    reports.forEach((report, i) => report.resolve(receipts[i]!));
+  } catch (error) {
+    if (reports.length === 1) return reports[0]!.reject(error);
+    for (const report of reports) await applyUsageTogether(db, [report]);
+  }
 }
 
 interface EventContext {

@@ -68,6 +68,27 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
     expect(await usageRows()).toEqual(rows);
   });
 
+  it('answers usage reports that arrive together each on its own, a bad one refusing only itself', async () => {
+    const before = await f.movements();
+    const rows = (await usageRows()).length;
+    const a = [usage(instances[0]!, 400, 'together-a-0'), usage(instances[1]!, 400, 'together-a-1')];
+    const b = [usage(instances[0]!, 400, 'together-b-0'), usage(instances[2]!, 400, 'together-b-2')];
+    const bad = [usage(instances[3]!, 400, 'together-c-3'), { ...usage(instances[3]!, 401, 'together-c-x'), partition: 'part999' } as NodeEvent];
+    const c = [usage(instances[3]!, 402, 'together-d-3')];
+    const [answerA, answerB, answerBad, answerC] = await Promise.all([send(a), send(b), send(bad), send(c)]);
+    expect([answerA.status, answerB.status, answerBad.status, answerC.status]).toEqual([200, 200, 403, 200]);
+    const receipts = [answerA.body, answerB.body, answerC.body] as EventsReceipt[];
+    // The hour of instance 0 was in two reports: it counted once, in one of them.
+    expect(receipts.flatMap((r) => r.applied).sort()).toEqual(
+      expect.arrayContaining(['together-a-1', 'together-b-2', 'together-d-3']),
+    );
+    const zero = receipts.flatMap((r) => [...r.applied, ...r.duplicates]).filter((id) => id.endsWith('-0'));
+    expect(zero.sort()).toEqual(['together-a-0', 'together-b-0']);
+    expect(receipts.flatMap((r) => r.duplicates)).toHaveLength(1);
+    expect(await f.movements()).toBe(before + 4);
+    expect(await usageRows()).toHaveLength(rows + 4);
+  });
+
   it('refuses a batch whole when one event is not the node’s to send, recording nothing', async () => {
     const before = await f.movements();
     const rows = await usageRows();
