@@ -4,13 +4,17 @@
  *
  *   npm run bench:ledger                                   # 10,000 customers, 1,000,000 records
  *   npm run bench:ledger -- --customers 1000 --hours 100   # smaller
- *   npm run bench:ledger -- --batch 10000                  # records per ingest transaction
+ *   npm run bench:ledger -- --batch 100                    # events per node report
  *   PLEDGER_BENCH_POSTGRES_URL=postgres://... npm run bench:ledger
  *
  * (PLEDGER_TEST_POSTGRES_URL is used when PLEDGER_BENCH_POSTGRES_URL is not set.)
- * Each customer has one instance that reports `--hours` hours of October 2026.
+ * Each customer has one instance that reports `--hours` hours of October 2026. The
+ * instances are spread over nodes of `--batch` partitions; hour after hour, each node
+ * reports the usage of its partitions in one batch, through `applyEvents`, the function
+ * behind the node API's `POST /events`: every node at the same time, as a fleet does at
+ * the top of the hour, or one node after the other with `--sequential`.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -21,32 +25,39 @@ import { exportJournal } from '../master/billing/export.js';
 import { setPrice } from '../master/billing/prices.js';
 import { openDatabase, type Database } from '../master/db/database.js';
 import { migrate } from '../master/db/migrate.js';
-import { record, recordMany, type MovementEntry } from '../master/ledger/movements.js';
-import type { ExportFormat } from '../protocol/api.js';
+import { partitionId, record, recordMany, type MovementEntry } from '../master/ledger/movements.js';
+import { applyEvents, type NodeRow } from '../master/nodes.js';
+import type { ExportFormat, NodeEvent } from '../protocol/api.js';
 
 const { values: options } = parseArgs({
   options: {
     customers: { type: 'string', default: '10000' },
     hours: { type: 'string', default: '100' },
     engines: { type: 'string', default: 'sqlite,postgres' },
-    batch: { type: 'string', default: '10000' },
+    batch: { type: 'string', default: '500' },
+    sequential: { type: 'boolean', default: false },
   },
 });
 const CUSTOMERS = Number(options.customers);
 const HOURS = Number(options.hours);
 const OCTOBER = Date.UTC(2026, 9, 1);
 /**
- * Usage records per transaction while ingesting. Reports arrive hour by hour across
- * every instance, and the ledger's indexes are keyed by instance: a transaction writes
- * one page per instance and index whatever its size: larger ones write fewer pages
- * per record on SQLite (on PostgreSQL they were slower: see docs/billing.md).
+ * Events per node report: 500 is the most a node sends at once (its outbox's batch,
+ * and the node API's limit), and what a node with 500 partitions sends every hour.
  */
-const INGEST_TRANSACTION = Number(options.batch);
+const EVENTS_PER_REPORT = Number(options.batch);
+const NODES = Math.ceil(CUSTOMERS / EVENTS_PER_REPORT);
+/** One report at a time, instead of every node's report of an hour at once as a fleet sends them. */
+const SEQUENTIAL = options.sequential;
+/** Random, as the master gives them: a node's instances are scattered over any index keyed by instance. */
+const INSTANCE_IDS = Array.from({ length: CUSTOMERS }, () => randomUUID());
 
 interface Figures {
   engine: string;
   records: number;
   ingestSeconds: number;
+  /** The benchmark's own CPU time while ingesting: a figure less sensitive to a busy machine. */
+  ingestCpuSeconds: number;
   recordsPerSecond: number;
   closeSeconds: number;
   invoices: number;
@@ -62,36 +73,20 @@ async function bench(engine: 'sqlite' | 'postgres', url: string): Promise<Figure
     await setup(database);
     const records = CUSTOMERS * HOURS;
 
+    const nodes = await database.db.selectFrom('nodes').selectAll().orderBy('name').execute();
     let started = performance.now();
-    for (let first = 0; first < records; first += INGEST_TRANSACTION) {
-      const entries: MovementEntry[] = [];
-      for (let n = first; n < Math.min(records, first + INGEST_TRANSACTION); n++) {
-        // Hour by hour across all instances, as reports arrive from a fleet.
-        const customer = n % CUSTOMERS;
-        const hour = new Date(OCTOBER + Math.floor(n / CUSTOMERS) * 3_600_000).toISOString();
-        const instanceId = `instance-${customer}`;
-        entries.push({
-          movement: {
-            kind: 'usage.reported',
-            data: {
-              instanceId,
-              hour,
-              ownerId: `account-${customer}`,
-              softwareId: 'bench@1.0.0',
-              softwareType: 'default',
-              nodeId: 'node-bench',
-              cpuMs: 1000 + (n % 997) * 3600,
-              memoryByteSeconds: (256 + (n % 1024)) * 1024 * 1024 * 3600,
-              diskByteSeconds: 10 * 1024 ** 3 * 3600,
-              uptimeSeconds: 3600,
-            },
-          },
-          meta: { id: `usage:${instanceId}:${hour}`, actor: 'node:node-bench', subject: instanceId },
-        });
+    const cpuBefore = process.cpuUsage();
+    for (let hour = 0; hour < HOURS; hour++) {
+      const at = new Date(OCTOBER + hour * 3_600_000).toISOString();
+      if (SEQUENTIAL) {
+        for (const node of nodes) await applyEvents(database.db, node, usageReport(node, at));
+      } else {
+        await Promise.all(nodes.map((node) => applyEvents(database.db, node, usageReport(node, at))));
       }
-      await database.db.transaction().execute((trx) => recordMany(trx, entries));
     }
     const ingestSeconds = (performance.now() - started) / 1000;
+    const cpu = process.cpuUsage(cpuBefore);
+    const ingestCpuSeconds = (cpu.user + cpu.system) / 1e6;
 
     started = performance.now();
     const closed = await closePeriod(database, '2026-10', 'account:bench', new Date(Date.UTC(2026, 10, 2)));
@@ -110,13 +105,35 @@ async function bench(engine: 'sqlite' | 'postgres', url: string): Promise<Figure
       peak = Math.max(peak, process.memoryUsage.rss());
       exports.push({ format, seconds: (performance.now() - started) / 1000, bytes, rssBeforeMiB: mib(rssBefore), rssPeakMiB: mib(peak) });
     }
-    return { engine, records, ingestSeconds, recordsPerSecond: Math.round(records / ingestSeconds), closeSeconds, invoices: closed.invoiceIds.length, exports };
+    return { engine, records, ingestSeconds, ingestCpuSeconds, recordsPerSecond: Math.round(records / ingestSeconds), closeSeconds, invoices: closed.invoiceIds.length, exports };
   } finally {
     await database.close();
   }
 }
 
-/** The customers, their instances and a price list, recorded as an operator would. */
+/** One node's usage report for one hour: one event per instance it hosts. */
+function usageReport(node: NodeRow, hour: string): NodeEvent[] {
+  const first = Number(node.name.slice('node-'.length)) * EVENTS_PER_REPORT;
+  const events: NodeEvent[] = [];
+  for (let customer = first; customer < Math.min(CUSTOMERS, first + EVENTS_PER_REPORT); customer++) {
+    const n = customer + Date.parse(hour) / 3_600_000;
+    events.push({
+      id: `usage-${customer}-${hour}`,
+      at: hour,
+      type: 'instance.usage',
+      partition: `p${customer - first}`,
+      instance: INSTANCE_IDS[customer]!,
+      hour,
+      cpuMilliseconds: 1000 + (n % 997) * 3600,
+      memoryByteSeconds: (256 + (n % 1024)) * 1024 * 1024 * 3600,
+      diskByteSeconds: 10 * 1024 ** 3 * 3600,
+      uptimeSeconds: 3600,
+    });
+  }
+  return events;
+}
+
+/** The customers, their instances on the nodes' partitions and a price list, recorded as an operator would. */
 async function setup(database: Database): Promise<void> {
   const { db } = database;
   await db.transaction().execute(async (trx) => {
@@ -128,15 +145,28 @@ async function setup(database: Database): Promise<void> {
       meta,
     );
     const entries: MovementEntry[] = [];
+    for (let n = 0; n < NODES; n++) {
+      const nodeId = `node-${n}`;
+      const partitions = [];
+      for (let p = 0; p < Math.min(EVENTS_PER_REPORT, CUSTOMERS - n * EVENTS_PER_REPORT); p++) {
+        partitions.push({ reference: `p${p}`, ip: `127.${1 + Math.floor(p / 250)}.${1 + (p % 250)}.1`, ports: { first: 10_000, last: 10_009 } });
+      }
+      entries.push({ movement: { kind: 'node.registered', data: { nodeId, name: nodeId, credentialHash: randomBytes(16).toString('hex') } }, meta });
+      entries.push({ movement: { kind: 'node.formatted', data: { nodeId, partitions } }, meta });
+    }
     for (let c = 0; c < CUSTOMERS; c++) {
+      const instanceId = INSTANCE_IDS[c]!;
+      const nodeId = `node-${Math.floor(c / EVENTS_PER_REPORT)}`;
+      const reference = `p${c % EVENTS_PER_REPORT}`;
       entries.push({ movement: { kind: 'account.created', data: { accountId: `account-${c}`, name: `customer-${c}`, role: 'user' } }, meta });
       entries.push({
         movement: {
           kind: 'instance.requested',
-          data: { instanceId: `instance-${c}`, ownerId: `account-${c}`, title: 'service', softwareId: 'bench@1.0.0', softwareType: 'default', parameters: {}, state: 'started', serial: 1 },
+          data: { instanceId, ownerId: `account-${c}`, title: 'service', softwareId: 'bench@1.0.0', softwareType: 'default', parameters: {}, state: 'started', serial: 1 },
         },
         meta,
       });
+      entries.push({ movement: { kind: 'instance.allocated', data: { instanceId, partitionId: partitionId(nodeId, reference), node: nodeId, partition: reference } }, meta });
     }
     await recordMany(trx, entries);
   });
@@ -167,8 +197,8 @@ async function postgresDatabase(adminUrl: string): Promise<{ url: string; drop()
 }
 
 function report(f: Figures): void {
-  console.log(`\n${f.engine}: ${f.records.toLocaleString('en')} usage records, ${CUSTOMERS.toLocaleString('en')} customers, ${INGEST_TRANSACTION.toLocaleString('en')} records per ingest transaction`);
-  console.log(`  ingest   ${f.ingestSeconds.toFixed(1)} s   ${f.recordsPerSecond.toLocaleString('en')} records/s`);
+  console.log(`\n${f.engine}: ${f.records.toLocaleString('en')} usage records, ${CUSTOMERS.toLocaleString('en')} customers, ${NODES.toLocaleString('en')} nodes reporting ${EVENTS_PER_REPORT.toLocaleString('en')} events at once, ${SEQUENTIAL ? 'one node after the other' : 'all nodes together'}`);
+  console.log(`  ingest   ${f.ingestSeconds.toFixed(1)} s   ${f.recordsPerSecond.toLocaleString('en')} records/s   (${f.ingestCpuSeconds.toFixed(1)} s of CPU in this process)`);
   console.log(`  close    ${f.closeSeconds.toFixed(1)} s   ${f.invoices.toLocaleString('en')} invoices`);
   for (const e of f.exports) {
     console.log(`  export ${e.format.padEnd(9)} ${e.seconds.toFixed(1)} s   ${mib(e.bytes)} MiB   RSS ${e.rssBeforeMiB} MiB before, ${e.rssPeakMiB} MiB peak`);

@@ -20,7 +20,7 @@ import { PledgerError } from '../protocol/errors.js';
 import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../protocol/software-archive.js';
 import { accountByToken, type AccountRow } from './accounts.js';
 import type { Database } from './db/database.js';
-import { isUniqueViolation } from './db/database.js';
+import { isBusy, isUniqueViolation } from './db/database.js';
 import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
 import { billingRoutes } from './routes/billing-api.js';
 import { binaryCacheKeyRoutes, binaryCacheRoutes, sourceCacheRoutes } from './routes/cache-api.js';
@@ -125,6 +125,7 @@ function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerEr
     return new PledgerError('BAD_REQUEST', `invalid request: ${error.message}`);
   }
   if (isUniqueViolation(error)) return new PledgerError('CONFLICT', 'a concurrent change got there first: try again', { hint: 'repeat the command' });
+  if (isBusy(error)) return new PledgerError('CONFLICT', 'the database is busy with another change: try again', { hint: 'repeat the command' });
   request.log.error({ err: error }, 'request failed');
   return new PledgerError('INTERNAL', 'the master failed to handle this request');
 }

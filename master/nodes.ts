@@ -9,7 +9,7 @@ import { PledgerError } from '../protocol/errors.js';
 import type { AccountRow } from './accounts.js';
 import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
 import type { NodesTable, Tables } from './db/tables.js';
-import { partitionId, record, type Movement, type MovementRecord } from './ledger/movements.js';
+import { partitionId, record, recordNew, type Movement, type MovementRecord } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 import { afterNodeEvent, sharedOf } from './trees.js';
 
@@ -218,54 +218,177 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
 /**
  * Applies a batch of node events, each once: an event already applied is listed as a
  * duplicate and changes nothing. The batch is checked whole before anything is
- * written, so a bad event refuses the batch and changes nothing.
+ * written, so a bad event refuses the batch and changes nothing. A batch costs a few
+ * statements whatever its size (a node sends up to 500 events, mostly usage): what
+ * the events refer to is read in one query per table, and their movements are
+ * recorded together.
  */
 export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
-  const receipt: EventsReceipt = { applied: [], duplicates: [] };
+  if (events.every((event) => event.type === 'instance.usage')) return applyUsage(db, node, events);
   let freed = false;
-  await db.transaction().execute(async (trx) => {
-    const planned: { event: NodeEvent; movement: Movement; meta: MovementRecord }[] = [];
-    for (const event of events) planned.push({ event, ...(await planEvent(trx, node, event)) });
-    for (const { event, movement, meta } of planned) {
-      // What the instance had published before this event: a parent redeploys only when it changes.
-      const before = event.type === 'instance.started' ? await trx.selectFrom('instances').select('connection').where('id', '=', event.instance).executeTakeFirst() : undefined;
-      const applied = await record(trx, movement, meta);
-      if (applied && movement.kind === 'instance.destroyed') freed = true;
-      if (applied) await afterNodeEvent(trx, node, event, movement, before);
-      (applied ? receipt.applied : receipt.duplicates).push(event.id);
+  const receipt = await db.transaction().execute(async (trx) => {
+    const context = await eventContext(trx, node, events);
+    const planned = events.map((event) => ({ event, ...planEvent(context, node, event) }));
+    const recorded = await recordNew(trx, planned);
+    freed = planned.some(({ movement, meta }) => movement.kind === 'instance.destroyed' && recorded.has(meta.id));
+    const answer = receiptOf(planned, recorded);
+    // What a start or a bang sets off in its tree, once the batch's own movements are in.
+    const applied = new Set(answer.applied);
+    for (const { event, movement } of planned) {
+      if (!applied.has(event.id) || (event.type !== 'instance.started' && event.type !== 'instance.bang')) continue;
+      await afterNodeEvent(trx, node, event, movement, context.instances.get(event.instance));
     }
+    return answer;
   });
   if (freed) await allocatePending(db);
   return receipt;
 }
 
+interface PlannedEvent {
+  event: NodeEvent;
+  movement: Movement;
+  meta: MovementRecord & { id: string };
+}
+
+/** Which events counted, given the movement ids recorded now; consumes those ids. */
+function receiptOf(planned: PlannedEvent[], recorded: Set<string>): EventsReceipt {
+  const receipt: EventsReceipt = { applied: [], duplicates: [] };
+  // Two events may record the same movement (the same usage hour): the first one counts.
+  for (const { event, meta } of planned) (recorded.delete(meta.id) ? receipt.applied : receipt.duplicates).push(event.id);
+  return receipt;
+}
+
+interface WaitingReport {
+  node: NodeRow;
+  events: NodeEvent[];
+  resolve(receipt: EventsReceipt): void;
+  reject(error: unknown): void;
+}
+
+/** Usage reports waiting for the next shared transaction, per database. */
+const usageQueues = new WeakMap<Kysely<Tables>, { waiting: WaitingReport[]; draining: boolean }>();
+
+/** Events per shared transaction: 20 full reports. */
+const SHARED_TRANSACTION_EVENTS = 10_000;
+
+/**
+ * Usage reports arriving together (a fleet reports at the top of every hour) are
+ * recorded in one transaction: a durable commit (a sync to disk) costs more than the
+ * records it writes. Each report is still checked whole and answered on its own; when
+ * the shared transaction fails, each report is tried in its own, so that one bad
+ * report refuses nothing but itself. Usage only inserts, and no report's check
+ * depends on another's usage, so the result is the one of applying them in turn.
+ */
+function applyUsage(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
+  let queue = usageQueues.get(db);
+  if (!queue) usageQueues.set(db, (queue = { waiting: [], draining: false }));
+  const answer = new Promise<EventsReceipt>((resolve, reject) => queue.waiting.push({ node, events, resolve, reject }));
+  if (!queue.draining) void drainUsage(db, queue);
+  return answer;
+}
+
+async function drainUsage(db: Kysely<Tables>, queue: { waiting: WaitingReport[]; draining: boolean }): Promise<void> {
+  queue.draining = true;
+  try {
+    // Reports that arrive while a transaction runs wait for the next one.
+    await new Promise((resolve) => setImmediate(resolve));
+    while (queue.waiting.length > 0) {
+      let events = 0;
+      let count = 0;
+      while (count < queue.waiting.length && (count === 0 || events + queue.waiting[count]!.events.length <= SHARED_TRANSACTION_EVENTS)) {
+        events += queue.waiting[count]!.events.length;
+        count++;
+      }
+      await applyUsageTogether(db, queue.waiting.splice(0, count));
+    }
+  } finally {
+    queue.draining = false;
+  }
+}
+
+async function applyUsageTogether(db: Kysely<Tables>, reports: WaitingReport[]): Promise<void> {
+  try {
+    const receipts = await db.transaction().execute(async (trx) => {
+      const planned: PlannedEvent[][] = [];
+      for (const { node, events } of reports) {
+        const context = await eventContext(trx, node, events);
+        planned.push(events.map((event) => ({ event, ...planEvent(context, node, event) })));
+      }
+      const recorded = await recordNew(trx, planned.flat());
+      return planned.map((report) => receiptOf(report, recorded));
+    });
+    reports.forEach((report, i) => report.resolve(receipts[i]!));
+  } catch (error) {
+    if (reports.length === 1) return reports[0]!.reject(error);
+    for (const report of reports) await applyUsageTogether(db, [report]);
+  }
+}
+
+interface EventContext {
+  /** The node's software, by hash. */
+  softwareByHash: Map<string, string>;
+  partitions: Map<string, { id: string; instance_id: string | null }>;
+  /** `connection`: what each instance had published before the batch (a parent redeploys when it changes). */
+  instances: Map<string, Pick<Tables['instances'], 'id' | 'serial' | 'state' | 'owner_id' | 'software_id' | 'software_type' | 'last_partition_id' | 'connection'>>;
+}
+
+/** Everything a batch of events refers to, read in one query per table. */
+async function eventContext(trx: Transaction<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventContext> {
+  const hashes = new Set<string>();
+  const partitionIds = new Set<string>();
+  const instanceIds = new Set<string>();
+  for (const event of events) {
+    if ('software' in event) {
+      hashes.add(event.software);
+    } else {
+      partitionIds.add(partitionId(node.id, event.partition));
+      instanceIds.add(event.instance);
+    }
+  }
+  const software =
+    hashes.size === 0
+      ? []
+      : await trx
+          .selectFrom('supplies')
+          .innerJoin('software', 'software.id', 'supplies.software_id')
+          .select(['software.id', 'software.hash'])
+          .where('supplies.node_id', '=', node.id)
+          .where('software.hash', 'in', [...hashes])
+          .execute();
+  const partitions =
+    partitionIds.size === 0 ? [] : await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', 'in', [...partitionIds]).execute();
+  const instances =
+    instanceIds.size === 0
+      ? []
+      : await trx
+          .selectFrom('instances')
+          .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'last_partition_id', 'connection'])
+          .where('id', 'in', [...instanceIds])
+          .execute();
+  return {
+    softwareByHash: new Map(software.map((s) => [s.hash, s.id])),
+    partitions: new Map(partitions.map((p) => [p.id, p])),
+    instances: new Map(instances.map((i) => [i.id, i])),
+  };
+}
+
 /** Checks that an event is this node's to send, and turns it into the movement it records. */
-async function planEvent(trx: Transaction<Tables>, node: NodeRow, event: NodeEvent): Promise<{ movement: Movement; meta: MovementRecord }> {
+function planEvent(context: EventContext, node: NodeRow, event: NodeEvent): { movement: Movement; meta: MovementRecord & { id: string } } {
   const actor = `node:${node.name}`;
   if ('software' in event) {
-    const supply = await trx
-      .selectFrom('supplies')
-      .innerJoin('software', 'software.id', 'supplies.software_id')
-      .select('software.id')
-      .where('supplies.node_id', '=', node.id)
-      .where('software.hash', '=', event.software)
-      .executeTakeFirst();
-    if (!supply) throw new PledgerError('FORBIDDEN', `software ${event.software} is not supplied to node ${node.name}`);
+    const softwareId = context.softwareByHash.get(event.software);
+    if (!softwareId) throw new PledgerError('FORBIDDEN', `software ${event.software} is not supplied to node ${node.name}`);
     const status = event.type === 'software.built' ? 'built' : event.type === 'software.error' ? 'error' : 'removed';
     return {
-      movement: { kind: 'supply.reported', data: { nodeId: node.id, softwareId: supply.id, status, message: event.message ?? null } },
+      movement: { kind: 'supply.reported', data: { nodeId: node.id, softwareId, status, message: event.message ?? null } },
       meta: { id: `node:${node.id}:${event.id}`, actor, subject: node.id },
     };
   }
 
   const pid = partitionId(node.id, event.partition);
-  const partition = await trx.selectFrom('partitions').select(['id', 'instance_id']).where('id', '=', pid).executeTakeFirst();
+  const partition = context.partitions.get(pid);
   if (!partition) throw new PledgerError('FORBIDDEN', `partition ${event.partition} is not a partition of node ${node.name}`);
-  const instance = await trx
-    .selectFrom('instances')
-    .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'last_partition_id'])
-    .where('id', '=', event.instance)
-    .executeTakeFirst();
+  const instance = context.instances.get(event.instance);
   // Usage may follow an instance out of its partition: the node meters the last hour
   // after it has destroyed it. Every other report needs the instance in the partition.
   const hosted = instance !== undefined && (partition.instance_id === instance.id || (event.type === 'instance.usage' && instance.last_partition_id === pid));

@@ -387,6 +387,11 @@ const BATCH_ROWS = 1000;
  * how many were new. The result is the same as recording them one by one.
  */
 export async function recordMany(trx: Transaction<Tables>, entries: MovementEntry[]): Promise<number> {
+  return (await recordNew(trx, entries)).size;
+}
+
+/** `recordMany`, answering the ids of the movements it recorded now (not those recorded already). */
+export async function recordNew(trx: Transaction<Tables>, entries: MovementEntry[]): Promise<Set<string>> {
   const seen = new Set<string>();
   const rows = [];
   for (const { movement, meta } of entries) {
@@ -425,7 +430,7 @@ export async function recordMany(trx: Transaction<Tables>, entries: MovementEntr
       i++;
     }
   }
-  return toApply.length;
+  return fresh;
 }
 
 async function setLabels(db: Db, nodeId: string, labels: Labels): Promise<void> {

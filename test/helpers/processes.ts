@@ -55,7 +55,11 @@ export interface RunningMaster {
 export async function startMaster(database: string): Promise<RunningMaster> {
   const init = await pledger(['master', 'init', '--database', database, '--json']);
   if (init.exitCode !== 0) throw new Error(`master init failed: ${init.stderr}`);
-  const adminToken = init.json<{ token: string }>().token;
+  return serveDatabase(database, init.json<{ token: string }>().token);
+}
+
+/** Serves a database initialized already (by another master, say) on a free port of 127.0.0.1. */
+export async function serveDatabase(database: string, adminToken: string): Promise<RunningMaster> {
   const child = execa(process.execPath, [CLI, 'master', 'serve', '--database', database, '--host', '127.0.0.1', '--port', '0'], {
     reject: false,
     env: { PLEDGER_LOG_LEVEL: 'info' },

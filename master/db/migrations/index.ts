@@ -12,6 +12,7 @@ import { softwareCache } from './0004-software-cache.js';
 import { allocation } from './0005-allocation.js';
 import { instanceTrees } from './0006-instance-trees.js';
 import { binaryCache } from './0007-binary-cache.js';
+import { usageByHour } from './0008-usage-by-hour.js';
 import { resources } from './0009-resources.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
@@ -23,6 +24,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0005-allocation': allocation(engine),
     '0006-instance-trees': instanceTrees(engine),
     '0007-binary-cache': binaryCache(engine),
+    '0008-usage-by-hour': usageByHour(engine),
     '0009-resources': resources(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
