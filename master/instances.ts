@@ -7,14 +7,14 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Ajv, type ValidateFunction } from 'ajv';
-import type { Kysely, Transaction } from 'kysely';
+import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
 import type { InstanceRequest, InstanceTreeView, InstanceView, MovementView, Parameters, PromiseState, RequestedState, Resources, Sla } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { sharedSchemaKey, type SoftwareDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
 import { allocate, resourceNeeds } from './allocation.js';
 import { writeTransaction } from './db/group-commit.js';
-import type { Tables } from './db/tables.js';
+import type { InstancesTable, Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
 import { resolveSoftware, type SoftwareRow } from './software.js';
 import { cascadeState, hostsChanged, placeShared } from './trees.js';
@@ -218,30 +218,47 @@ function validateParameters(
   return { parameters: copy, hostsShared: type.shared !== undefined };
 }
 
-function instancesQuery(db: Kysely<Tables>) {
-  return db
-    .selectFrom('instances')
-    .innerJoin('software', 'software.id', 'instances.software_id')
-    .leftJoin('partitions', 'partitions.id', 'instances.partition_id')
-    .leftJoin('nodes', 'nodes.id', 'partitions.node_id')
-    .leftJoin('instances as parent', 'parent.id', 'instances.parent_id')
-    .leftJoin('instances as root', 'root.id', 'instances.root_id')
-    // A shared instance runs on its host's node.
-    .leftJoin('instances as host', 'host.id', 'instances.host_id')
-    .leftJoin('partitions as host_partition', 'host_partition.id', 'host.partition_id')
-    .leftJoin('nodes as host_node', 'host_node.id', 'host_partition.node_id')
-    .selectAll('instances')
-    .select(['software.name as software_name', 'software.version as software_version', 'software.hash as software_hash'])
-    .select(['partitions.reference as partition_reference', 'nodes.name as node_name', 'host_node.name as host_node_name'])
-    .select(['parent.title as parent_title', 'root.title as root_title']);
-}
+/** An instance with its release, partition and node, the titles of its parent and root, and its host's node. */
+type InstanceRow = InstancesTable & {
+  software_name: string;
+  software_version: string;
+  software_hash: string;
+  partition_reference: string | null;
+  node_name: string | null;
+  host_node_name: string | null;
+  parent_title: string | null;
+  root_title: string | null;
+};
 
-type InstanceRow = Awaited<ReturnType<ReturnType<typeof instancesQuery>['executeTakeFirstOrThrow']>>;
+/**
+ * The instances that `where` selects, as views read them. Plain SQL: every request
+ * answers with its instance's view, and building this query through the query builder
+ * cost more than running it.
+ */
+async function instanceRows(db: Kysely<Tables>, where: RawBuilder<unknown>): Promise<InstanceRow[]> {
+  const { rows } = await sql<InstanceRow>`
+    select instances.*, software.name as software_name, software.version as software_version, software.hash as software_hash,
+      partitions.reference as partition_reference, nodes.name as node_name, host_node.name as host_node_name,
+      parent.title as parent_title, root.title as root_title
+    from instances
+    join software on software.id = instances.software_id
+    left join partitions on partitions.id = instances.partition_id
+    left join nodes on nodes.id = partitions.node_id
+    left join instances parent on parent.id = instances.parent_id
+    left join instances root on root.id = instances.root_id
+    left join instances host on host.id = instances.host_id
+    left join partitions host_partition on host_partition.id = host.partition_id
+    left join nodes host_node on host_node.id = host_partition.node_id
+    where ${where}
+    order by instances.title`.execute(db);
+  return rows;
+}
 
 async function promisesOf(db: Kysely<Tables>, instanceIds: string[]): Promise<Map<string, PromiseState[]>> {
   const byInstance = new Map<string, PromiseState[]>();
   if (instanceIds.length === 0) return byInstance;
-  const rows = await db.selectFrom('instance_promises').selectAll().where('instance_id', 'in', instanceIds).orderBy('name').execute();
+  const { rows } = await sql<Tables['instance_promises']>`
+    select * from instance_promises where instance_id in (${sql.join(instanceIds)}) order by name`.execute(db);
   for (const r of rows) {
     const list = byInstance.get(r.instance_id) ?? [];
     list.push({ name: r.name, status: r.status as PromiseState['status'], message: r.message, since: r.since });
@@ -276,16 +293,14 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
 }
 
 export async function getInstance(db: Kysely<Tables>, owner: AccountRow, title: string): Promise<InstanceView> {
-  const row = await instancesQuery(db).where('instances.owner_id', '=', owner.id).where('instances.title', '=', title).executeTakeFirst();
+  const [row] = await instanceRows(db, sql`instances.owner_id = ${owner.id} and instances.title = ${title}`);
   // Another owner's instance of the same title is as absent as one that never was.
   if (!row) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
   return instanceView(row, (await promisesOf(db, [row.id])).get(row.id));
 }
 
 export async function listInstances(db: Kysely<Tables>, owner: AccountRow, includeDestroyed: boolean): Promise<InstanceView[]> {
-  let query = instancesQuery(db).where('instances.owner_id', '=', owner.id);
-  if (!includeDestroyed) query = query.where('instances.status', '!=', 'destroyed');
-  const rows = await query.orderBy('instances.title').execute();
+  const rows = await instanceRows(db, sql`instances.owner_id = ${owner.id} ${includeDestroyed ? sql`` : sql`and instances.status != 'destroyed'`}`);
   const promises = await promisesOf(db, rows.map((r) => r.id));
   return rows.map((r) => instanceView(r, promises.get(r.id)));
 }
@@ -304,14 +319,9 @@ export async function instanceHistory(db: Kysely<Tables>, owner: AccountRow, tit
 
 /** An instance and its sub-instances, recursively (depth first, by title), without those destroyed. */
 export async function instanceTree(db: Kysely<Tables>, owner: AccountRow, title: string): Promise<InstanceTreeView> {
-  const top = await instancesQuery(db).where('instances.owner_id', '=', owner.id).where('instances.title', '=', title).executeTakeFirst();
+  const [top] = await instanceRows(db, sql`instances.owner_id = ${owner.id} and instances.title = ${title}`);
   if (!top) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
-  const rows = await instancesQuery(db)
-    .where('instances.owner_id', '=', owner.id)
-    .where('instances.root_id', '=', top.root_id ?? top.id)
-    .where('instances.status', '!=', 'destroyed')
-    .orderBy('instances.title')
-    .execute();
+  const rows = await instanceRows(db, sql`instances.owner_id = ${owner.id} and instances.root_id = ${top.root_id ?? top.id} and instances.status != 'destroyed'`);
   const promises = await promisesOf(db, [top.id, ...rows.map((r) => r.id)]);
   const instances: InstanceTreeView['instances'] = [];
   const visit = (row: InstanceRow, depth: number) => {

@@ -9,7 +9,7 @@
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { SoftwareView, SupplyRequest, SupplyView } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { packSoftware, unpackSoftware } from '../protocol/software-archive.js';
@@ -88,9 +88,11 @@ export async function publishBundled(
 /** `NAME@VERSION`, or `NAME` for the version published last. */
 export async function resolveSoftware(db: Kysely<Tables>, ref: string): Promise<SoftwareRow> {
   const [name, version] = ref.split('@') as [string, string | undefined];
-  let query = db.selectFrom('software').selectAll().where('name', '=', name);
-  if (version !== undefined) query = query.where('version', '=', version);
-  const row = await query.orderBy('published_at', 'desc').orderBy('id', 'desc').executeTakeFirst();
+  // Plain SQL: every request resolves its release.
+  const { rows } = await sql<SoftwareRow>`
+    select * from software where name = ${name} ${version === undefined ? sql`` : sql`and version = ${version}`}
+    order by published_at desc, id desc limit 1`.execute(db);
+  const row = rows[0];
   if (!row) throw new PledgerError('SOFTWARE_NOT_FOUND', `no software release ${ref} is published`);
   return row;
 }

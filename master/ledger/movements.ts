@@ -225,41 +225,23 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
     case 'instance.requested': {
+      // Plain SQL, like `record`: one of these follows every request.
       const d = movement.data;
-      const existing = await db.selectFrom('instances').select(['partition_id']).where('id', '=', d.instanceId).executeTakeFirst();
-      const values = {
-        software_id: d.softwareId,
-        software_type: d.softwareType,
-        parameters: JSON.stringify(d.parameters),
-        sla: JSON.stringify(d.sla ?? {}),
-        resources: JSON.stringify(d.resources ?? {}),
-        needs: JSON.stringify(d.needs ?? {}),
-        state: d.state,
-        serial: d.serial,
-        status: existing?.partition_id ? 'allocated' : 'unallocated',
-        message: null,
-        updated_at: at,
-      };
-      if (existing) {
-        await db.updateTable('instances').set(values).where('id', '=', d.instanceId).execute();
-      } else {
-        await db
-          .insertInto('instances')
-          .values({
-            id: d.instanceId,
-            owner_id: d.ownerId,
-            title: d.title,
-            partition_id: null,
-            last_partition_id: null,
-            connection: '{}',
-            created_at: at,
-            root_id: d.rootId ?? d.instanceId,
-            parent_id: d.parentId ?? null,
-            shared: d.shared ? 1 : 0,
-            host_id: null,
-            ...values,
-          })
-          .execute();
+      const parameters = JSON.stringify(d.parameters);
+      const sla = JSON.stringify(d.sla ?? {});
+      const resources = JSON.stringify(d.resources ?? {});
+      const needs = JSON.stringify(d.needs ?? {});
+      const updated = await sql`
+        update instances set software_id = ${d.softwareId}, software_type = ${d.softwareType}, parameters = ${parameters}, sla = ${sla},
+          resources = ${resources}, needs = ${needs}, state = ${d.state}, serial = ${d.serial},
+          status = case when partition_id is null and host_id is null then 'unallocated' else 'allocated' end, message = null, updated_at = ${at}
+        where id = ${d.instanceId}`.execute(db);
+      if (Number(updated.numAffectedRows) === 0) {
+        await sql`
+          insert into instances (id, owner_id, title, partition_id, last_partition_id, connection, created_at, root_id, parent_id, shared, host_id,
+            software_id, software_type, parameters, sla, resources, needs, state, serial, status, message, updated_at)
+          values (${d.instanceId}, ${d.ownerId}, ${d.title}, null, null, '{}', ${at}, ${d.rootId ?? d.instanceId}, ${d.parentId ?? null}, ${d.shared ? 1 : 0}, null,
+            ${d.softwareId}, ${d.softwareType}, ${parameters}, ${sla}, ${resources}, ${needs}, ${d.state}, ${d.serial}, 'unallocated', null, ${at})`.execute(db);
       }
       return;
     }
