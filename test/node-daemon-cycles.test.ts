@@ -12,7 +12,7 @@ import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startNodeFixture, type NodeFixture } from './helpers/node-fixture.js';
-import { CLI, pledger } from './helpers/processes.js';
+import { CLI, pledger, PROJECT } from './helpers/processes.js';
 import { writeTree } from './helpers/tree.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -53,8 +53,8 @@ describe('node daemon: each cycle in a child process', () => {
   let fixture: NodeFixture;
   let config: string;
   let daemon: ResultPromise | undefined;
-  let lines: LogLine[] = [];
-  let raw: string[] = [];
+  const lines: LogLine[] = [];
+  const raw: string[] = [];
 
   async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 20_000): Promise<T> {
     for (const end = Date.now() + timeoutMs; Date.now() < end; ) {
@@ -171,5 +171,58 @@ describe('node daemon: each cycle in a child process', () => {
     expect(after.find((line) => line.msg === 'cycle killed' && line.cycle === 'software')).toMatchObject({ level: 'error' });
     expect(after.at(-1)?.msg).toBe('daemon stopped');
     expect(alive(cycle.pid)).toBe(false);
+  });
+});
+
+/** Packages the daemon's own process must not load: the cycles load what they need, and exit. */
+const NOT_IN_DAEMON = ['commander', 'typebox', 'ajv', 'ajv-formats', 'nunjucks', 'yaml', 'fastify', 'kysely', 'execa', 'tar', 'pg', 'better-sqlite3'];
+
+describe('node daemon: what its own process loads', () => {
+  let fixture: NodeFixture;
+
+  beforeAll(async () => {
+    fixture = await startNodeFixture('daemon-modules', `127.52.${10 + Math.floor(Math.random() * 200)}.1`);
+  });
+
+  afterAll(async () => {
+    await fixture?.close();
+  });
+
+  it('loads node-cron and the scheduler, not the CLI, the validators, the template engine or a database', async () => {
+    const config = path.join(fixture.agent.home, 'node.json');
+    const settings = JSON.parse(readFileSync(config, 'utf8')) as Record<string, unknown>;
+    // No tick during the test: every module traced is the daemon's own.
+    const never = '0 0 1 1 *';
+    settings.schedule = { software: never, instance: never, promise: never, usage: never, report: never };
+    writeFileSync(config, JSON.stringify(settings));
+    const trace = path.join(fixture.agent.home, 'trace-daemon');
+    // The hook as a flag of node, not NODE_OPTIONS, so that the supervisor the daemon starts is not traced.
+    const daemon = execa(process.execPath, ['--import', path.join(PROJECT, 'scripts', 'trace-modules.mjs'), CLI, 'node', 'daemon', '--config', config], {
+      uid: fixture.agent.uid,
+      gid: fixture.agent.gid,
+      env: { HOME: fixture.agent.home, PATH: '/usr/bin:/bin', PLEDGER_TRACE_MODULES: trace },
+      extendEnv: false,
+      reject: false,
+    });
+    let stderr = '';
+    await new Promise<void>((resolve, reject) => {
+      daemon.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+        stderr += chunk;
+        if (stderr.includes('"daemon started"')) resolve();
+      });
+      void daemon.then(() => reject(new Error(`the daemon exited: ${stderr}`)));
+    });
+    daemon.kill('SIGTERM');
+    expect((await daemon).exitCode).toBe(0);
+    const urls = readFileSync(trace, 'utf8').split('\n').filter(Boolean);
+    const packages = new Set(urls.map((url) => /\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(url)?.[1]).filter(Boolean));
+    expect(packages.has('node-cron')).toBe(true);
+    expect(NOT_IN_DAEMON.filter((name) => packages.has(name))).toEqual([]);
+    const modules = urls.filter((url) => url.includes('/dist/')).map((url) => url.slice(url.indexOf('/dist/') + 1));
+    expect(modules).toContain('dist/slave/daemon.js');
+    // The cycles' own modules stay out of the daemon.
+    for (const cycle of ['instance', 'software', 'promise-cycle', 'usage', 'report', 'outbox', 'program']) {
+      expect(modules.filter((m) => m.endsWith(`/${cycle}.js`))).toEqual([]);
+    }
   });
 });
