@@ -206,8 +206,8 @@ async function benchPartitions(scratch: string): Promise<void> {
   const mb = (kb: number) => `${(kb / 1024).toFixed(1)} MB`;
   // File-backed pages are mostly node's own binary, shared by all the processes; anonymous ones are each process's own.
   const split = (pid: number) => `${mb(rssKb(pid))} = ${mb(rssKb(pid, 'RssAnon'))} anonymous + ${mb(rssKb(pid, 'RssFile'))} file`;
-  const footprint = async (label: string, env: Record<string, string>) => {
-    const daemon = spawn(process.execPath, [CLI, 'node', 'daemon', '--config', daemonConfig], { stdio: 'ignore', env: { ...process.env, ...env } });
+  const footprint = async (label: string, env: Record<string, string>, nodeFlags: string[] = []) => {
+    const daemon = spawn(process.execPath, [...nodeFlags, CLI, 'node', 'daemon', '--config', daemonConfig], { stdio: 'ignore', env: { ...process.env, ...env } });
     // Idle: no cycle running, after the first round (so that the daemon has done its work once).
     let idleDaemon = 0;
     let idleTotal = 0;
@@ -260,8 +260,10 @@ async function benchPartitions(scratch: string): Promise<void> {
     await new Promise((resolve) => daemon.once('exit', resolve));
   };
   await footprint('`pledger node daemon`', {});
-  // The setting docs/operations.md suggests for the daemon's service unit.
+  // The settings docs/operations.md weighs for the daemon's service unit.
   await footprint('with NODE_OPTIONS=--max-semi-space-size=1', { NODE_OPTIONS: '--max-semi-space-size=1' });
+  // Not allowed in NODE_OPTIONS: a flag of node itself, which the daemon hands on to its cycles.
+  await footprint('started as `node --lite-mode pledger node daemon`', {}, ['--lite-mode']);
 
   // Answered once the 100 services are stopped; the supervisor then exits.
   await new SupervisorClient(config.root).shutdown(true);
