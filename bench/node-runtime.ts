@@ -256,6 +256,7 @@ async function benchPartitions(scratch: string): Promise<void> {
       `resident memory while the 5 cycles run at once, daemon + cycles + supervisor, ${label}`,
       `RSS ${mb(busyTotal)} (daemon ${mb(busyDaemon)}, cycles ${mb(busyCycles)}); PSS ${mb(busyPss)}`,
     );
+    if (daemon.exitCode !== null || daemon.signalCode !== null) throw new Error(`the daemon exited early (${label})`);
     daemon.kill('SIGTERM');
     await new Promise((resolve) => daemon.once('exit', resolve));
   };
