@@ -52,6 +52,8 @@ async function randomDelay(seconds: string | undefined): Promise<void> {
 export interface CycleOptions {
   config: string;
   maxRandomDelay?: string;
+  /** `node report` only: after a failed send, wait for the outbox's retry delay (the daemon's way). */
+  respectRetryDelay?: boolean;
 }
 
 /** One run of a cycle, its results printed and its exit code set. */
@@ -78,7 +80,7 @@ export async function runCycle(command: CycleCommand, options: CycleOptions, g: 
       return print(g, sample, (v) => `sampled ${v.partitions} partition(s); ${v.hoursReported} hour(s) of usage queued`);
     }
     case 'report': {
-      const flushed = await (await import('../slave/report.js')).reportEvents(config, log);
+      const flushed = await (await import('../slave/report.js')).reportEvents(config, log, Boolean(options.respectRetryDelay));
       print(g, flushed, (v) => `${v.sent} event(s) sent, ${v.pending} waiting${v.offline ? ': the master is unreachable' : ''}`);
       process.exitCode = flushed.offline ? NODE_EXIT.offline : NODE_EXIT.success;
       return;
@@ -86,16 +88,20 @@ export async function runCycle(command: CycleCommand, options: CycleOptions, g: 
   }
 }
 
-/** The daemon, until SIGTERM or SIGINT. Its log is JSON lines on stderr. */
+/**
+ * The daemon, until SIGTERM or SIGINT. Its log is JSON lines on stderr. Each cycle runs
+ * this same program in its plain cron form, with node's flags as the daemon got them.
+ */
 export async function runNodeDaemon(configFile: string): Promise<void> {
-  const [{ readNodeConfig }, { runDaemon }] = await Promise.all([nodeConfig(), import('../slave/daemon.js')]);
-  await runDaemon(await readNodeConfig(configFile), createLogger(true));
+  const [{ readNodeConfig }, { runDaemon }, path] = await Promise.all([nodeConfig(), import('../slave/daemon.js'), import('node:path')]);
+  const pledger = [process.execPath, ...process.execArgv, path.resolve(process.argv[1]!)];
+  await runDaemon(await readNodeConfig(configFile), { configFile: path.resolve(configFile), pledger }, createLogger(true));
 }
 
 /**
  * The run that `argv` (the arguments after `pledger`) asks for, when it is one of the
  * plain forms: `node daemon [--config FILE]`, or `node CYCLE` with any of `--config
- * FILE`, `--json`, `--max-random-delay SECONDS`. Undefined for anything else, which
+ * FILE`, `--json`, `--max-random-delay SECONDS` (and `--respect-retry-delay` for `report`). Undefined for anything else, which
  * commander handles (help, mistakes, every other command).
  */
 export function leanNodeCommand(argv: string[]): (() => Promise<void>) | undefined {
@@ -112,7 +118,7 @@ export function leanNodeCommand(argv: string[]): (() => Promise<void>) | undefin
       const value = equals > 0 ? arg.slice(equals + 1) : rest[++i];
       if (value === undefined || value === '' || (equals < 0 && value.startsWith('-'))) return undefined;
       options[name] = value;
-    } else if (arg === '--json' && command !== 'daemon') {
+    } else if ((arg === '--json' && command !== 'daemon') || (arg === '--respect-retry-delay' && command === 'report')) {
       options[arg] = true;
     } else {
       return undefined;
@@ -123,7 +129,8 @@ export function leanNodeCommand(argv: string[]): (() => Promise<void>) | undefin
   if (command === 'daemon') return () => guarded(g, () => runNodeDaemon(config));
   if (!CYCLE_COMMANDS.includes(command)) return undefined;
   const maxRandomDelay = options['--max-random-delay'] as string | undefined;
-  return () => guarded(g, () => runCycle(command as CycleCommand, { config, maxRandomDelay }, g));
+  const respectRetryDelay = options['--respect-retry-delay'] === true;
+  return () => guarded(g, () => runCycle(command as CycleCommand, { config, maxRandomDelay, respectRetryDelay }, g));
 }
 
 /** Errors are printed as commander's path prints them. */

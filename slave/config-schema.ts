@@ -40,6 +40,8 @@ export const NodeConfigFile = Type.Object(
           usage: Type.Optional(Type.String({ minLength: 1 })),
           report: Type.Optional(Type.String({ minLength: 1 })),
           maxRandomDelayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 3_600_000 })),
+          cycleTimeoutMs: Type.Optional(Type.Integer({ minimum: 1000, maximum: 7 * 86_400_000 })),
+          stopGraceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 3_600_000 })),
         },
         { additionalProperties: false },
       ),

@@ -59,6 +59,10 @@ export interface ScheduleSettings {
   report: string;
   /** Each tick waits a random delay up to this, so a fleet does not call its master in the same second. */
   maxRandomDelayMs: number;
+  /** A cycle still running after this is killed and reported (software builds can be long). */
+  cycleTimeoutMs: number;
+  /** On SIGTERM, how long the daemon lets a running cycle finish before killing it. */
+  stopGraceMs: number;
 }
 
 export const SCHEDULE_DEFAULTS: ScheduleSettings = {
@@ -68,6 +72,8 @@ export const SCHEDULE_DEFAULTS: ScheduleSettings = {
   usage: '*/30 * * * * *',
   report: '* * * * *',
   maxRandomDelayMs: 5000,
+  cycleTimeoutMs: 2 * 3600_000,
+  stopGraceMs: 30_000,
 };
 
 export interface OutboxSettings {

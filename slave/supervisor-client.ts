@@ -21,9 +21,10 @@ const START_TIMEOUT_MS = 10_000;
  * The supervisor lives as long as the node and allocates little but often (process
  * table reads, one JSON answer per request): a 1 MiB young generation instead of V8's
  * default 16 MiB keeps its resident memory near its live data, at the cost of more,
- * shorter, scavenges.
+ * shorter, scavenges. Its work is light, so it runs without V8's optimizing compilers
+ * (lite mode): their code in node's binary is never paged in, some 5 MB less resident.
  */
-export const SUPERVISOR_NODE_FLAGS = ['--max-semi-space-size=1'];
+export const SUPERVISOR_NODE_FLAGS = ['--max-semi-space-size=1', '--lite-mode'];
 
 export class SupervisorClient {
   constructor(private readonly root: string) {}

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView, MovementView } from '../protocol/api.js';
 import { MasterClient } from '../protocol/client.js';
 import { resolveNodeConfig, type NodeConfig } from '../slave/config.js';
-import { reportEvents } from '../slave/daemon.js';
+import { reportEvents } from '../slave/report.js';
 import { formatNode } from '../slave/format.js';
 import { processInstances } from '../slave/instance.js';
 import { silentLogger } from '../slave/log.js';

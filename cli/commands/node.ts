@@ -106,6 +106,7 @@ export function registerNodeCommands(program: Command): void {
     .description('send the events waiting in the outbox (exit 3 when the master is unreachable)')
     .option(...configOption)
     .option(...delayOption)
+    .option('--respect-retry-delay', 'after a failed send, wait until the retry delay has passed (what the daemon does)')
     .action(async (options, command) => {
       await runCycle('report', options, globals(command));
     });
@@ -141,7 +142,7 @@ export function registerNodeCommands(program: Command): void {
 
   node
     .command('daemon')
-    .description('run every cycle (software, instance, promise, usage, report) on its schedule until stopped')
+    .description('run every cycle (software, instance, promise, usage, report) on its schedule, each in a child process, until stopped')
     .option(...configOption)
     .action(async (options) => {
       await runNodeDaemon(options.config);
