@@ -201,12 +201,15 @@ export async function startDaemon(config: NodeConfig, options: DaemonOptions, lo
 
 /** Runs the daemon until SIGTERM or SIGINT; one daemon per node root. */
 export async function runDaemon(config: NodeConfig, options: DaemonOptions, log: Logger): Promise<void> {
+  // Listening before anything starts: a SIGTERM that arrives while the supervisor is being
+  // reached, or right after "daemon started" is logged, still stops the daemon cleanly.
+  const stopRequested = new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
   await withLock(lockPath(config.root, 'daemon'), 'running the daemon', async () => {
     const daemon = await startDaemon(config, options, log);
-    await new Promise<void>((resolve) => {
-      process.once('SIGTERM', resolve);
-      process.once('SIGINT', resolve);
-    });
+    await stopRequested;
     await daemon.stop();
   });
 }
