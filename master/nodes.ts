@@ -9,7 +9,7 @@ import { PledgerError } from '../protocol/errors.js';
 import type { AccountRow } from './accounts.js';
 import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
 import type { NodesTable, Tables } from './db/tables.js';
-import { partitionId, record, recordNew, type Movement, type MovementRecord } from './ledger/movements.js';
+import { partitionId, record, recordNew, recordUsage, type Movement, type MovementRecord, type UsageHour, type UsageReport } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 import { afterNodeEvent, sharedOf } from './trees.js';
 
@@ -228,10 +228,18 @@ export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: Nod
   let freed = false;
   const receipt = await db.transaction().execute(async (trx) => {
     const context = await eventContext(trx, node, events);
-    const planned = events.map((event) => ({ event, ...planEvent(context, node, event) }));
+    // Every event is checked before anything is written.
+    const usage = events.filter((event) => event.type === 'instance.usage');
+    const hours = usage.map((event) => usageHour(context, node, event));
+    const planned = events.filter((event) => event.type !== 'instance.usage').map((event) => ({ event, ...planEvent(context, node, event) }));
     const recorded = await recordNew(trx, planned);
+    const [counted] = usage.length === 0 ? [[]] : await recordUsage(trx, [{ nodeId: node.id, actor: `node:${node.name}`, hours }]);
     freed = planned.some(({ movement, meta }) => movement.kind === 'instance.destroyed' && recorded.has(meta.id));
-    const answer = receiptOf(planned, recorded);
+    const counts = new Map<NodeEvent, boolean>();
+    // Two events may record the same movement: the first one counts.
+    for (const { event, meta } of planned) counts.set(event, recorded.delete(meta.id));
+    usage.forEach((event, i) => counts.set(event, counted![i]!));
+    const answer = receiptOf(events, counts);
     // What a start or a bang sets off in its tree, once the batch's own movements are in.
     const applied = new Set(answer.applied);
     for (const { event, movement } of planned) {
@@ -244,17 +252,10 @@ export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: Nod
   return receipt;
 }
 
-interface PlannedEvent {
-  event: NodeEvent;
-  movement: Movement;
-  meta: MovementRecord & { id: string };
-}
-
-/** Which events counted, given the movement ids recorded now; consumes those ids. */
-function receiptOf(planned: PlannedEvent[], recorded: Set<string>): EventsReceipt {
+/** The receipt of a batch, in its order, given whether each event counted. */
+function receiptOf(events: NodeEvent[], counted: Map<NodeEvent, boolean>): EventsReceipt {
   const receipt: EventsReceipt = { applied: [], duplicates: [] };
-  // Two events may record the same movement (the same usage hour): the first one counts.
-  for (const { event, meta } of planned) (recorded.delete(meta.id) ? receipt.applied : receipt.duplicates).push(event.id);
+  for (const event of events) (counted.get(event) ? receipt.applied : receipt.duplicates).push(event.id);
   return receipt;
 }
 
@@ -309,13 +310,13 @@ async function drainUsage(db: Kysely<Tables>, queue: { waiting: WaitingReport[];
 async function applyUsageTogether(db: Kysely<Tables>, reports: WaitingReport[]): Promise<void> {
   try {
     const receipts = await db.transaction().execute(async (trx) => {
-      const planned: PlannedEvent[][] = [];
+      const checked: UsageReport[] = [];
       for (const { node, events } of reports) {
         const context = await eventContext(trx, node, events);
-        planned.push(events.map((event) => ({ event, ...planEvent(context, node, event) })));
+        checked.push({ nodeId: node.id, actor: `node:${node.name}`, hours: events.map((event) => usageHour(context, node, event)) });
       }
-      const recorded = await recordNew(trx, planned.flat());
-      return planned.map((report) => receiptOf(report, recorded));
+      const counted = await recordUsage(trx, checked);
+      return reports.map(({ events }, i) => receiptOf(events, new Map(events.map((event, j) => [event, counted[i]![j]!]))));
     });
     reports.forEach((report, i) => report.resolve(receipts[i]!));
   } catch (error) {
@@ -329,7 +330,7 @@ interface EventContext {
   softwareByHash: Map<string, string>;
   partitions: Map<string, { id: string; instance_id: string | null }>;
   /** `connection`: what each instance had published before the batch (a parent redeploys when it changes). */
-  instances: Map<string, Pick<Tables['instances'], 'id' | 'serial' | 'state' | 'owner_id' | 'software_id' | 'software_type' | 'last_partition_id' | 'connection'>>;
+  instances: Map<string, Pick<Tables['instances'], 'id' | 'serial' | 'state' | 'owner_id' | 'software_id' | 'software_type' | 'partition_id' | 'last_partition_id' | 'connection'>>;
 }
 
 /** Everything a batch of events refers to, read in one query per table. */
@@ -341,7 +342,8 @@ async function eventContext(trx: Transaction<Tables>, node: NodeRow, events: Nod
     if ('software' in event) {
       hashes.add(event.software);
     } else {
-      partitionIds.add(partitionId(node.id, event.partition));
+      // Usage is checked against the instance alone (`usageHour`).
+      if (event.type !== 'instance.usage') partitionIds.add(partitionId(node.id, event.partition));
       instanceIds.add(event.instance);
     }
   }
@@ -362,7 +364,7 @@ async function eventContext(trx: Transaction<Tables>, node: NodeRow, events: Nod
       ? []
       : await trx
           .selectFrom('instances')
-          .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'last_partition_id', 'connection'])
+          .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'partition_id', 'last_partition_id', 'connection'])
           .where('id', 'in', [...instanceIds])
           .execute();
   return {
@@ -372,7 +374,42 @@ async function eventContext(trx: Transaction<Tables>, node: NodeRow, events: Nod
   };
 }
 
-/** Checks that an event is this node's to send, and turns it into the movement it records. */
+/** The instance an event is about, checked to be in the event's partition of this node. */
+function hostedInstance(context: EventContext, node: NodeRow, event: Exclude<NodeEvent, { software: string }>) {
+  const pid = partitionId(node.id, event.partition);
+  const partition = context.partitions.get(pid);
+  if (!partition) throw new PledgerError('FORBIDDEN', `partition ${event.partition} is not a partition of node ${node.name}`);
+  const instance = context.instances.get(event.instance);
+  if (!instance || partition.instance_id !== instance.id) {
+    throw new PledgerError('FORBIDDEN', `instance ${event.instance} is not allocated to partition ${event.partition} of node ${node.name}`);
+  }
+  return { instance, pid };
+}
+
+/** Checks a usage event, and turns it into the hour it reports. */
+function usageHour(context: EventContext, node: NodeRow, event: NodeEvent): UsageHour {
+  if (event.type !== 'instance.usage') throw new PledgerError('INTERNAL', `${event.type} is not a usage event`);
+  const pid = partitionId(node.id, event.partition);
+  const instance = context.instances.get(event.instance);
+  // Usage may follow an instance out of its partition: the node meters the last hour
+  // after it has destroyed it. (A partition id names its node: another node's never matches.)
+  if (!instance || (instance.partition_id !== pid && instance.last_partition_id !== pid)) {
+    throw new PledgerError('FORBIDDEN', `instance ${event.instance} is not allocated to partition ${event.partition} of node ${node.name}`);
+  }
+  return {
+    instanceId: instance.id,
+    hour: event.hour,
+    ownerId: instance.owner_id,
+    softwareId: instance.software_id,
+    softwareType: instance.software_type,
+    cpuMs: event.cpuMilliseconds,
+    memoryByteSeconds: event.memoryByteSeconds,
+    diskByteSeconds: event.diskByteSeconds,
+    uptimeSeconds: event.uptimeSeconds,
+  };
+}
+
+/** Checks that an event (other than usage) is this node's to send, and turns it into the movement it records. */
 function planEvent(context: EventContext, node: NodeRow, event: NodeEvent): { movement: Movement; meta: MovementRecord & { id: string } } {
   const actor = `node:${node.name}`;
   if ('software' in event) {
@@ -385,40 +422,12 @@ function planEvent(context: EventContext, node: NodeRow, event: NodeEvent): { mo
     };
   }
 
-  const pid = partitionId(node.id, event.partition);
-  const partition = context.partitions.get(pid);
-  if (!partition) throw new PledgerError('FORBIDDEN', `partition ${event.partition} is not a partition of node ${node.name}`);
-  const instance = context.instances.get(event.instance);
-  // Usage may follow an instance out of its partition: the node meters the last hour
-  // after it has destroyed it. Every other report needs the instance in the partition.
-  const hosted = instance !== undefined && (partition.instance_id === instance.id || (event.type === 'instance.usage' && instance.last_partition_id === pid));
-  if (!instance || !hosted) {
-    throw new PledgerError('FORBIDDEN', `instance ${event.instance} is not allocated to partition ${event.partition} of node ${node.name}`);
-  }
+  const { instance, pid } = hostedInstance(context, node, event);
   const meta = { id: `node:${node.id}:${event.id}`, actor, subject: instance.id };
 
   switch (event.type) {
     case 'instance.usage':
-      return {
-        movement: {
-          kind: 'usage.reported',
-          data: {
-            instanceId: instance.id,
-            hour: event.hour,
-            ownerId: instance.owner_id,
-            softwareId: instance.software_id,
-            softwareType: instance.software_type,
-            nodeId: node.id,
-            cpuMs: event.cpuMilliseconds,
-            memoryByteSeconds: event.memoryByteSeconds,
-            diskByteSeconds: event.diskByteSeconds,
-            uptimeSeconds: event.uptimeSeconds,
-          },
-        },
-        // Keyed by instance and hour, not by event id: an hour is counted once, whatever
-        // id a node gives its report.
-        meta: { ...meta, id: `usage:${instance.id}:${event.hour}` },
-      };
+      throw new PledgerError('INTERNAL', 'usage is recorded by recordUsage');
     case 'instance.promises':
       checkSerial(event.serial, instance);
       return { movement: { kind: 'instance.promises', data: { instanceId: instance.id, serial: event.serial, reportedAt: event.at, promises: event.promises } }, meta };

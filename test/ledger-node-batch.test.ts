@@ -54,7 +54,11 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
     const receipt = answer.body as EventsReceipt;
     expect(receipt.applied).toEqual(events.slice(0, 498).map((e) => e.id));
     expect(receipt.duplicates).toEqual(['batch-event-repeated', 'batch-event-7']);
-    expect(await f.movements()).toBe(before + 498);
+    // One movement for the report, holding the hours it brought.
+    expect(await f.movements()).toBe(before + 1);
+    const received = await f.database.db.selectFrom('movements').select(['kind', 'subject', 'data']).orderBy('seq', 'desc').limit(1).executeTakeFirstOrThrow();
+    expect(received.kind).toBe('usage.received');
+    expect((JSON.parse(received.data) as { hours: unknown[] }).hours).toHaveLength(498);
     const rows = await usageRows();
     expect(rows).toHaveLength(498);
     const first = rows.find((r) => r.instance_id === instances[0]!.id && r.hour === '2026-10-01T00:00:00.000Z')!;
@@ -64,7 +68,7 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
     const again = (await send(events)).body as EventsReceipt;
     expect(again.applied).toEqual([]);
     expect(again.duplicates).toEqual(events.map((e) => e.id));
-    expect(await f.movements()).toBe(before + 498);
+    expect(await f.movements()).toBe(before + 1);
     expect(await usageRows()).toEqual(rows);
   });
 
@@ -85,7 +89,8 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
     const zero = receipts.flatMap((r) => [...r.applied, ...r.duplicates]).filter((id) => id.endsWith('-0'));
     expect(zero.sort()).toEqual(['together-a-0', 'together-b-0']);
     expect(receipts.flatMap((r) => r.duplicates)).toHaveLength(1);
-    expect(await f.movements()).toBe(before + 4);
+    // A movement per report that brought an hour: the refused one recorded nothing.
+    expect(await f.movements()).toBe(before + 3);
     expect(await usageRows()).toHaveLength(rows + 4);
   });
 

@@ -6,8 +6,8 @@
  * that writes projections, replaying the movements in order rebuilds them exactly
  * (`rebuildProjections`).
  */
-import { randomUUID } from 'node:crypto';
-import { sql, type Kysely, type Transaction } from 'kysely';
+import { createHash, randomUUID } from 'node:crypto';
+import { CompiledQuery, sql, type Kysely, type Transaction } from 'kysely';
 import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Resources, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
@@ -82,21 +82,10 @@ export type Movement =
       /** `serial` is the new serial the node must deploy, or null when the bang was about an older one. */
       data: { instanceId: string; reportedSerial: number; serial: number | null; message: string };
     }
-  | {
-      kind: 'usage.reported';
-      data: {
-        instanceId: string;
-        hour: string;
-        ownerId: string;
-        softwareId: string;
-        softwareType: string;
-        nodeId: string;
-        cpuMs: number;
-        memoryByteSeconds: number;
-        diskByteSeconds: number;
-        uptimeSeconds: number;
-      };
-    }
+  /** One hour of one instance: how usage was recorded before a node's report became one movement. Still replayed. */
+  | { kind: 'usage.reported'; data: UsageHour & { nodeId: string } }
+  /** A node's usage report: the hours in it that no report had brought before (`recordUsage`). */
+  | { kind: 'usage.received'; data: { nodeId: string; hours: UsageHour[] } }
   | {
       kind: `instance.${ReportedStatus}`;
       data: {
@@ -110,6 +99,20 @@ export type Movement =
   | BillingMovement;
 
 export type MovementKind = Movement['kind'];
+
+/** One completed hour of one instance, as its node metered it. */
+export interface UsageHour {
+  instanceId: string;
+  /** The hour's start, ISO-8601 UTC. */
+  hour: string;
+  ownerId: string;
+  softwareId: string;
+  softwareType: string;
+  cpuMs: number;
+  memoryByteSeconds: number;
+  diskByteSeconds: number;
+  uptimeSeconds: number;
+}
 
 export interface MovementRecord {
   /** Idempotency key; a random one when the movement has no natural key. */
@@ -298,7 +301,11 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
     case 'usage.reported':
-      await db.insertInto('usage_hours').values(usageRow(movement.data, at)).execute();
+      await db.insertInto('usage_hours').values(usageRow(movement.data, movement.data.nodeId, at)).execute();
+      return;
+    case 'usage.received':
+      // Its hours were new when it was recorded, so they are new again when it is replayed.
+      await insertUsageHours(db, movement.data.hours.map((h) => usageRow(h, movement.data.nodeId, at)));
       return;
     case 'instance.deployed':
     case 'instance.started':
@@ -338,14 +345,14 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
 
 type UsageReported = Extract<Movement, { kind: 'usage.reported' }>;
 
-function usageRow(d: UsageReported['data'], at: string) {
+function usageRow(d: UsageHour, nodeId: string, at: string) {
   return {
     instance_id: d.instanceId,
     hour: d.hour,
     owner_id: d.ownerId,
     software_id: d.softwareId,
     software_type: d.softwareType,
-    node_id: d.nodeId,
+    node_id: nodeId,
     cpu_ms: d.cpuMs,
     memory_byte_seconds: d.memoryByteSeconds,
     disk_byte_seconds: d.diskByteSeconds,
@@ -398,7 +405,8 @@ export async function recordNew(trx: Transaction<Tables>, entries: MovementEntry
     if (kind === 'usage.reported') {
       const usage = [];
       for (; i < toApply.length && toApply[i]!.movement.kind === kind && usage.length < BATCH_ROWS; i++) {
-        usage.push(usageRow((toApply[i]!.movement as UsageReported).data, toApply[i]!.row.at));
+        const { data } = toApply[i]!.movement as UsageReported;
+        usage.push(usageRow(data, data.nodeId, toApply[i]!.row.at));
       }
       await trx.insertInto('usage_hours').values(usage).execute();
     } else if (kind === 'invoice.issued') {
@@ -413,6 +421,99 @@ export async function recordNew(trx: Transaction<Tables>, entries: MovementEntry
     }
   }
   return fresh;
+}
+
+/** Inserts usage rows, skipping the hours already recorded; answers the keys (`usageKey`) of those inserted. */
+async function insertUsageHours(db: Db, unsorted: ReturnType<typeof usageRow>[]): Promise<Set<string>> {
+  // In the table's key order: each row then lands after the one before instead of on a
+  // random page of the hour, half the work for SQLite and half the pages written. The
+  // sort is stable: of two rows with one key, the first is still the one inserted.
+  const rows = unsorted.toSorted((a, b) => compareText(a.hour, b.hour) || compareText(a.instance_id, b.instance_id));
+  const inserted = new Set<string>();
+  for (let start = 0; start < rows.length; start += BATCH_ROWS) {
+    const { rows: fresh } = await db.executeQuery<{ instance_id: string; hour: string }>(usageInsert(db, rows.slice(start, start + BATCH_ROWS)));
+    for (const row of fresh) inserted.add(usageKey(row.instance_id, row.hour));
+  }
+  return inserted;
+}
+
+function usageInsertQuery(db: Db, rows: ReturnType<typeof usageRow>[]) {
+  return db
+    .insertInto('usage_hours')
+    .values(rows)
+    .onConflict((oc) => oc.columns(['hour', 'instance_id']).doNothing())
+    .returning(['instance_id', 'hour']);
+}
+
+/** The SQL of a usage insert, per engine (told apart by their placeholders) and number of rows. */
+const usageInsertSql = new Map<string, string>();
+
+/**
+ * The usage insert, compiled. Building a thousand-row insert with the query builder costs
+ * as much as SQLite takes to run it; its text depends only on the engine and the number
+ * of rows, so it is built once per pair and given the values as they are, in the order
+ * the builder binds them (row by row, in the columns' order).
+ */
+function usageInsert(db: Db, rows: ReturnType<typeof usageRow>[]): CompiledQuery {
+  const probe = usageInsertQuery(db, rows.slice(0, 1)).compile();
+  const key = `${probe.sql.includes('$1') ? 'numbered' : 'positional'}:${rows.length}`;
+  let text = usageInsertSql.get(key);
+  if (text === undefined) usageInsertSql.set(key, (text = usageInsertQuery(db, rows).compile().sql));
+  const columns = Object.keys(rows[0]!) as (keyof ReturnType<typeof usageRow>)[];
+  const parameters: unknown[] = [];
+  for (const row of rows) for (const column of columns) parameters.push(row[column]);
+  return CompiledQuery.raw(text, parameters);
+}
+
+const usageKey = (instanceId: string, hour: string) => `${hour} ${instanceId}`;
+
+/** Text order as the databases store keys (the ids and hours are ASCII). */
+const compareText = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** A node's usage report, checked: every hour is of an instance the node hosts or hosted. */
+export interface UsageReport {
+  nodeId: string;
+  /** `node:<name>`. */
+  actor: string;
+  hours: UsageHour[];
+}
+
+/**
+ * Records usage reports (several nodes' at once, in the caller's transaction). An hour
+ * of an instance counts once, whichever report, retry or master process brings it: the
+ * usage table's key (hour, instance) decides, in the same statement that inserts it.
+ * Each report then becomes one movement holding the hours it brought first, so that
+ * replaying the ledger inserts exactly those again.
+ *
+ * One movement per report rather than per hour: a fleet reports every instance every
+ * hour, and a movement per hour put an entry keyed by instance into each of the
+ * ledger's indexes, on a page of its own, for every record (see docs/billing.md).
+ *
+ * Answers, for each report, which of its hours were new (in the report's order; of two
+ * equal hours, the first counts).
+ */
+export async function recordUsage(trx: Transaction<Tables>, reports: UsageReport[]): Promise<boolean[][]> {
+  const at = new Date().toISOString();
+  const fresh = await insertUsageHours(
+    trx,
+    reports.flatMap((report) => report.hours.map((h) => usageRow(h, report.nodeId, at))),
+  );
+  const answers: boolean[][] = [];
+  for (const report of reports) {
+    const counted = report.hours.map((h) => fresh.delete(usageKey(h.instanceId, h.hour)));
+    answers.push(counted);
+    const hours = report.hours.filter((_, i) => counted[i]);
+    if (hours.length === 0) continue;
+    // Named by what it brought: no two reports bring the same hour, so no two share an id.
+    const digest = createHash('sha256');
+    for (const h of hours) digest.update(`${usageKey(h.instanceId, h.hour)}\n`);
+    const id = `usage:${report.nodeId}:${digest.digest('base64url')}`;
+    const movement: Movement = { kind: 'usage.received', data: { nodeId: report.nodeId, hours } };
+    await sql`
+      insert into movements (id, at, actor, kind, subject, data)
+      values (${id}, ${at}, ${report.actor}, ${movement.kind}, ${report.nodeId}, ${JSON.stringify(movement.data)})`.execute(trx);
+  }
+  return answers;
 }
 
 async function setLabels(db: Db, nodeId: string, labels: Labels): Promise<void> {
