@@ -16,7 +16,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import type { ChildrenRequest, ChildrenState, ChildState, ConnectionParameters, NodeEvent, RequestedState, Sla } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
-import type { SoftwareDefinition } from '../protocol/software-release.js';
+import type { SoftwareDefinition, SoftwareTypeDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
 import { isUniqueViolation } from './db/database.js';
 import type { Tables } from './db/tables.js';
@@ -183,13 +183,14 @@ export async function placeShared(trx: Transaction<Tables>, shared: SharedPlacem
     if (hostId) await redeploy(trx, hostId, `shared instance ${id} destroyed`);
     return;
   }
-  const claims = await claimsOf(trx, id);
+  const row = await sharedRow(trx, id);
   // Whatever host it gets, a backend that is no address of the owner's is refused now
   // rather than left waiting for one.
-  const anywhere = await ownedBackends(trx, claims, null);
+  const anywhere = await ownedBackends(trx, claimsFor(row, row.hosting), null);
   if (anywhere instanceof PledgerError) throw anywhere;
   if (hostId) {
     const host = await hostOf(trx, hostId);
+    const claims = claimsFor(row, host.hosting);
     const fit = await fitOn(trx, claims, host);
     if ('problem' in fit) throw fit.problem;
     const current = await trx.selectFrom('shared_backends').select('partition_id').where('instance_id', '=', id).orderBy('partition_id').execute();
@@ -220,15 +221,40 @@ interface SharedClaims {
   backends: { value: string; ip: string; port: number }[];
 }
 
-async function claimsOf(trx: Transaction<Tables>, sharedId: string): Promise<SharedClaims> {
+type SharedHosting = NonNullable<SoftwareTypeDefinition['shared']>;
+
+interface SharedRow {
+  id: string;
+  ownerId: string;
+  parameters: Record<string, unknown>;
+  heldRoute: string | null;
+  /** What its own release declares: a host may run another version, whose declarations count there. */
+  hosting: SharedHosting;
+}
+
+async function sharedRow(trx: Transaction<Tables>, sharedId: string): Promise<SharedRow> {
   const row = await trx
     .selectFrom('instances')
     .innerJoin('software', 'software.id', 'instances.software_id')
     .select(['instances.owner_id', 'instances.software_type', 'instances.parameters', 'instances.shared_route', 'software.definition'])
     .where('instances.id', '=', sharedId)
     .executeTakeFirstOrThrow();
-  const hosting = (JSON.parse(row.definition) as SoftwareDefinition)['software-types'][row.software_type]?.shared ?? {};
-  const parameters = JSON.parse(row.parameters) as Record<string, unknown>;
+  return {
+    id: sharedId,
+    ownerId: row.owner_id,
+    parameters: JSON.parse(row.parameters) as Record<string, unknown>,
+    heldRoute: row.shared_route,
+    hosting: (JSON.parse(row.definition) as SoftwareDefinition)['software-types'][row.software_type]?.shared ?? {},
+  };
+}
+
+/**
+ * What the shared instance claims on a host whose release declares `hosting`: the host
+ * renders it, so the host's declarations decide, not those of the version the
+ * requester named.
+ */
+function claimsFor(row: SharedRow, hosting: SharedHosting): SharedClaims {
+  const { id: sharedId, parameters } = row;
   const set = (name: string) => parameters[name] !== undefined && parameters[name] !== null && parameters[name] !== '';
   const unique = hosting.unique ?? [];
   // A route is claimed only in full: a shared instance routed by its reference alone holds nothing.
@@ -236,10 +262,10 @@ async function claimsOf(trx: Transaction<Tables>, sharedId: string): Promise<Sha
   const backends = (hosting.backends ?? []).filter(set).map((name) => backendAddress(name, parameters[name]));
   return {
     id: sharedId,
-    ownerId: row.owner_id,
+    ownerId: row.ownerId,
     route: claimed ? JSON.stringify(unique.map((name) => parameters[name])) : null,
     routeLabel: unique.map((name) => `${name}=${typeof parameters[name] === 'string' ? parameters[name] : JSON.stringify(parameters[name])}`).join(' '),
-    heldRoute: row.shared_route,
+    heldRoute: row.heldRoute,
     backends,
   };
 }
@@ -270,6 +296,7 @@ interface HostRow {
   title: string;
   nodeId: string;
   nodeName: string;
+  hosting: SharedHosting;
 }
 
 async function hostOf(trx: Transaction<Tables>, hostId: string): Promise<HostRow> {
@@ -277,10 +304,12 @@ async function hostOf(trx: Transaction<Tables>, hostId: string): Promise<HostRow
     .selectFrom('instances as host')
     .innerJoin('partitions', 'partitions.id', 'host.partition_id')
     .innerJoin('nodes', 'nodes.id', 'partitions.node_id')
-    .select(['host.id', 'host.title', 'nodes.id as node_id', 'nodes.name as node_name'])
+    .innerJoin('software', 'software.id', 'host.software_id')
+    .select(['host.id', 'host.title', 'host.software_type', 'software.definition', 'nodes.id as node_id', 'nodes.name as node_name'])
     .where('host.id', '=', hostId)
     .executeTakeFirstOrThrow();
-  return { id: row.id, title: row.title, nodeId: row.node_id, nodeName: row.node_name };
+  const hosting = (JSON.parse(row.definition) as SoftwareDefinition)['software-types'][row.software_type]?.shared ?? {};
+  return { id: row.id, title: row.title, nodeId: row.node_id, nodeName: row.node_name, hosting };
 }
 
 /**
@@ -395,9 +424,11 @@ async function attachShared(trx: Transaction<Tables>, sharedId: string, previous
   });
   let refused: PledgerError | undefined;
   if (fitting.length > 0) {
-    const claims = await claimsOf(trx, sharedId);
+    const row = await sharedRow(trx, sharedId);
     for (const candidate of fitting) {
-      const host = { id: candidate.id, title: candidate.title, nodeId: candidate.node_id, nodeName: candidate.node_name };
+      const hosting = (JSON.parse(candidate.definition) as SoftwareDefinition)['software-types'][shared.software_type]?.shared ?? {};
+      const host = { id: candidate.id, title: candidate.title, nodeId: candidate.node_id, nodeName: candidate.node_name, hosting };
+      const claims = claimsFor(row, hosting);
       const fit = await fitOn(trx, claims, host);
       if ('problem' in fit) {
         refused ??= fit.problem;

@@ -67,6 +67,11 @@ const releases: Record<string, string>[] = [
     'shared.json': objectSchema({ backend: { type: 'string', pattern: '^http://[a-z0-9.:]+/$' } }, ['backend']),
   },
   {
+    // An older version that declared neither.
+    'software.yaml': ['name: router', 'version: 0.9.0', 'software-types:', '  default:', '    ports: [http]', '    shared:', '      parameters: shared.json', ''].join('\n'),
+    'shared.json': objectSchema({ backend: { type: 'string' }, host: { type: 'string' } }, ['backend']),
+  },
+  {
     // A host that declares what identifies a route and where its shared instances send.
     'software.yaml': [
       'name: router',
@@ -429,6 +434,19 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
         expect(await view(bob, title)).toMatchObject({ status: 'unallocated', node: null, message: 'its backend is no longer an address of one of your instances: request it again with one of yours' });
       }
       expect((await routes()).map((r) => r.backend)).toEqual([aliceSite]);
+    });
+
+    it('checks a shared instance by what its host’s release declares, whatever version it names', async () => {
+      const before = await movements();
+      const older = { software: 'router@0.9.0', shared: true, sla: { host: 'gateway' } };
+      expect((await call(bob, 'PUT', '/api/v1/instances/old-route', { ...older, parameters: { backend: aliceSite } })).status).toBe(403);
+      expect(await movements()).toBe(before);
+      await call(bob, 'PUT', '/api/v1/instances/bob-site-2', { software: 'store', parameters: { size: 1 } });
+      const bobSite2 = await backendOf('bob-site-2');
+      const between = await movements();
+      const taken = await call(bob, 'PUT', '/api/v1/instances/old-route', { ...older, parameters: { backend: bobSite2, host: 'www.shop.example' } });
+      expect(taken.status).toBe(409);
+      expect(await movements()).toBe(between);
     });
 
     it('has the database refuse a second holder of a route, whatever process writes it', async () => {
