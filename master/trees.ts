@@ -11,7 +11,10 @@
  *   a bang from any instance of a tree redeploys every started instance of it.
  * - A shared instance gets a host (a started instance of the same release whose type
  *   declares `shared`) instead of a partition; any change of it redeploys its host,
- *   whose report carries the connection parameters it published for each.
+ *   whose report carries the connection parameters it published for each. A host
+ *   shared by several owners keeps them apart: the parameters its release declares
+ *   `unique` name a route held by one shared instance of the host only, and those it
+ *   declares `backends` must point into partitions of the shared instance's owner.
  */
 import type { Kysely, Transaction } from 'kysely';
 import type { ChildrenRequest, ChildrenState, ChildState, ConnectionParameters, NodeEvent, RequestedState, Sla } from '../protocol/api.js';
@@ -208,7 +211,7 @@ export async function placeShared(trx: Transaction<Tables>, shared: SharedPlacem
   await attachShared(trx, id, shared.message, true);
 }
 
-/** What a shared instance claims on a host, from its parameters and what its release declares of them. */
+/** What a shared instance claims on a host, from its parameters and what the host's release declares of them. */
 interface SharedClaims {
   id: string;
   ownerId: string;
