@@ -16,6 +16,7 @@ import type { Resources, Sla } from '../protocol/api.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
 import type { Tables } from './db/tables.js';
 import { record } from './ledger/movements.js';
+import { partitionTaken } from './trees.js';
 
 /** A node silent for longer gets nothing new. */
 export const SILENT_AFTER_MS = 10 * 60_000;
@@ -88,6 +89,7 @@ export async function allocate(trx: Transaction<Tables>, instance: Allocatable, 
       },
       { actor, subject: instance.id },
     );
+    await partitionTaken(trx, partition.id, instance.owner_id);
     return true;
   }
   const reason = await whyNothingFits(trx, instance, sla, cutoff);

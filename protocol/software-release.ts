@@ -27,6 +27,8 @@ export const RESERVED_NAMES = ['parts', 'build.log', '.pledger-built'] as const;
 const RelativePath = Type.String({ minLength: 1, maxLength: 255, pattern: '^(?!/)(?!.*(^|/)\\.\\.(/|$))[A-Za-z0-9._/+-]+$' });
 const Command = Type.Array(Type.String({ minLength: 1 }), { minItems: 1 });
 const Identifier = Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,62}$' });
+/** The name of a top-level parameter, as a schema's `properties` may spell it. */
+const ParameterName = Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_-]{0,127}$' });
 
 /** A Debian package name, optionally pinned to a version: `redis-server` or `redis-server=5:7.0.15-1~deb12u10`. */
 const DebianPackage = Type.String({ pattern: '^[a-z0-9][a-z0-9+.-]{1,99}(=[A-Za-z0-9.+~:-]{1,100})?$' });
@@ -126,6 +128,16 @@ const SharedHosting = Type.Object(
     parameters: Type.Optional(RelativePath),
     /** Rendered once per shared instance, with `shared` ({ reference, parameters }) in the context. */
     publish: Type.Optional(PublishedValues),
+    /**
+     * The parameters whose values name a shared instance's place on its host (a route's
+     * host name): two shared instances of one host never have the same values.
+     */
+    unique: Type.Optional(Type.Array(ParameterName, { minItems: 1, maxItems: 8 })),
+    /**
+     * The parameters that tell the host where to connect (a route's backend): each must be
+     * an address and port inside a partition of the requester's own instances.
+     */
+    backends: Type.Optional(Type.Array(ParameterName, { minItems: 1, maxItems: 8 })),
   },
   { additionalProperties: false },
 );
@@ -265,7 +277,15 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
       }
     };
     await readSchema(type.parameters, typeName, `${where}.parameters`);
-    if (type.shared) await readSchema(type.shared.parameters, sharedSchemaKey(typeName), `${where}.shared.parameters`);
+    if (type.shared) {
+      await readSchema(type.shared.parameters, sharedSchemaKey(typeName), `${where}.shared.parameters`);
+      const declared = (parameterSchemas[sharedSchemaKey(typeName)] as { properties?: object } | undefined)?.properties ?? {};
+      for (const key of ['unique', 'backends'] as const) {
+        for (const name of type.shared[key] ?? []) {
+          if (!Object.hasOwn(declared, name)) problems.push({ where: `${where}.shared.${key}`, message: `${name} is not a parameter of the shared instances' schema` });
+        }
+      }
+    }
   }
   if (problems.length > 0) throw invalid(problems);
   return { definition, hash: options.knownHash ?? (await hashDirectory(dir)), parameterSchemas };

@@ -12,7 +12,7 @@ import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView } from '../protocol/api.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { accountEnv, pledger, processesMentioning, startMaster, startNode, type RunningMaster, type TestNode } from './helpers/processes.js';
+import { accountEnv, countMovements, pledger, processesMentioning, startMaster, startNode, type RunningMaster, type TestNode } from './helpers/processes.js';
 
 describe('a frontend hosting shared instances, and a composite webapp', () => {
   let db: TestDatabase;
@@ -94,6 +94,29 @@ describe('a frontend hosting shared instances, and a composite webapp', () => {
     expect(await get(edge.connection.url!, { host: 'b.example' })).toEqual({ status: 200, text: 'from site B\n' });
     // Anything else is nobody's: never the first backend.
     expect((await get(`${edge.connection.url}nothing-here/`)).status).toBe(404);
+  });
+
+  it('refuses another customer a host name routed already, and a backend that is not theirs, and keeps the first route serving', async () => {
+    const asBob = await accountEnv(master, 'bob');
+    const bobSite = await request(['bob-site', 'hello', '--parameters', 'greeting=from Bob'], asBob);
+    expect(bobSite.status).toBe('allocated');
+    const [bobReady] = await converge(['bob-site'], 3, asBob);
+    const before = countMovements(db.url);
+    const hijack = await pledger(['request', 'bob-route', 'frontend', '--shared', '--parameters', `backend=${bobReady!.connection.url}`, 'host=b.example'], { env: asBob });
+    expect(hijack.exitCode).not.toBe(0);
+    expect(hijack.stderr).toMatch(/the route host=b\.example is taken on edge: another shared instance holds it/);
+    expect(hijack.stderr).not.toMatch(/alice|route-b/);
+    // Alice's site, and the master itself.
+    for (const backend of [sites.a, `${master.url}/`]) {
+      const ssrf = await pledger(['request', 'bob-route', 'frontend', '--shared', '--parameters', `backend=${backend}`], { env: asBob });
+      expect(ssrf.exitCode, backend).not.toBe(0);
+      expect(ssrf.stderr).toContain(`backend ${backend} is not an address of one of your instances`);
+    }
+    expect((await pledger(['info', 'bob-route', '--json'], { env: asBob })).exitCode).not.toBe(0);
+    expect(countMovements(db.url)).toBe(before);
+    await converge(['edge'], 3, asAdmin);
+    const edgeUrl = (await info('edge', asAdmin)).connection.url!;
+    expect(await get(edgeUrl, { host: 'b.example' })).toEqual({ status: 200, text: 'from site B\n' });
   });
 
   it('removes only the route of the shared instance destroyed', async () => {

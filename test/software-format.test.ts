@@ -96,4 +96,10 @@ describe('the software release format', () => {
     const problems = await problemsOf({ ...greeterRelease(), 'schema.json': '{"type": "nonsense"}' });
     expect(problems[0]).toMatchObject({ where: 'software-types.default.parameters' });
   });
+
+  it('refuses a shared route or backend naming a parameter the shared schema does not have', async () => {
+    const yaml = ['name: edge', 'version: 1.0.0', 'software-types:', '  default:', '    shared:', '      parameters: shared.json', '      unique: [hostname]', '      backends: [backend]', ''].join('\n');
+    const problems = await problemsOf({ 'software.yaml': yaml, 'shared.json': JSON.stringify({ type: 'object', properties: { host: { type: 'string' }, backend: { type: 'string' } } }) });
+    expect(problems).toEqual([{ where: 'software-types.default.shared.unique', message: "hostname is not a parameter of the shared instances' schema" }]);
+  });
 });

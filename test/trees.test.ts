@@ -66,6 +66,29 @@ const releases: Record<string, string>[] = [
     ].join('\n'),
     'shared.json': objectSchema({ backend: { type: 'string', pattern: '^http://[a-z0-9.:]+/$' } }, ['backend']),
   },
+  {
+    // An older version that declared neither.
+    'software.yaml': ['name: router', 'version: 0.9.0', 'software-types:', '  default:', '    ports: [http]', '    shared:', '      parameters: shared.json', ''].join('\n'),
+    'shared.json': objectSchema({ backend: { type: 'string' }, host: { type: 'string' } }, ['backend']),
+  },
+  {
+    // A host that declares what identifies a route and where its shared instances send.
+    'software.yaml': [
+      'name: router',
+      'version: 1.0.0',
+      'software-types:',
+      '  default:',
+      '    ports: [http]',
+      '    shared:',
+      '      parameters: shared.json',
+      '      unique: [host]',
+      '      backends: [backend]',
+      '      publish:',
+      '        url: "http://{{ partition.ip }}:{{ ports.http }}/{{ shared.reference }}/"',
+      '',
+    ].join('\n'),
+    'shared.json': objectSchema({ backend: { type: 'string', pattern: '^http://[a-z0-9.:]+/$' }, host: { type: 'string', pattern: '^[a-z0-9.-]+$' } }, ['backend']),
+  },
 ];
 
 describe.each(testEngines())('instance trees on %s', (engine) => {
@@ -116,7 +139,7 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
       expect(answer.status, JSON.stringify(answer.body)).toBe(201);
     }
     node = (await call(admin, 'POST', '/api/v1/nodes', { name: 'node-a' })).body.credential;
-    for (const software of ['app', 'store', 'loop', 'proxy']) await call(admin, 'POST', '/api/v1/supplies', { software, node: 'node-a' });
+    for (const software of ['app', 'store', 'loop', 'proxy', 'router']) await call(admin, 'POST', '/api/v1/supplies', { software, node: 'node-a' });
     const partitions = Array.from({ length: 12 }, (_, i) => ({ reference: `part${i}`, ip: `127.43.0.${i + 1}`, ports: { first: 31000 + i * 10, last: 31009 + i * 10 } }));
     expect((await call(node, 'PUT', '/api/v1/node/partitions', { partitions })).status).toBe(200);
   });
@@ -317,6 +340,120 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
       status: 'unallocated',
       node: null,
       message: 'no node that has store@1.0.0 supplied is apart from the rest of its tree (another network)',
+    });
+  });
+
+  describe('routes on a host shared by several customers', () => {
+    /** The address of the first port of the partition an instance got, as its backend. */
+    const backendOf = async (title: string) => {
+      const partition = (await desired()).partitions.find((p) => p.instance?.title === title)!;
+      return `http://${partition.ip}:${partition.ports.first}/`;
+    };
+    const routes = async () => ((await hosted('gateway'))!.instance.shared ?? []).map((s) => s.parameters);
+    let aliceSite: string;
+    let bobSite: string;
+
+    beforeAll(async () => {
+      await call(admin, 'PUT', '/api/v1/instances/gateway', { software: 'router' });
+      await call(alice, 'PUT', '/api/v1/instances/alice-site', { software: 'store', parameters: { size: 1 } });
+      await call(bob, 'PUT', '/api/v1/instances/bob-site', { software: 'store', parameters: { size: 1 } });
+      aliceSite = await backendOf('alice-site');
+      bobSite = await backendOf('bob-site');
+    });
+
+    it('refuses a second customer’s route on a host name another holds, recording nothing, and keeps the holder’s', async () => {
+      const first = await call(alice, 'PUT', '/api/v1/instances/shop-route', { software: 'router', shared: true, parameters: { backend: aliceSite, host: 'shop.example' } });
+      expect(first.body).toMatchObject({ status: 'allocated', shared: true });
+      const before = await movements();
+      const second = await call(bob, 'PUT', '/api/v1/instances/my-shop', { software: 'router', shared: true, parameters: { backend: bobSite, host: 'shop.example' } });
+      expect(second.status).toBe(409);
+      expect(second.body.error.message).toBe('the route host=shop.example is taken on gateway: another shared instance holds it');
+      expect(JSON.stringify(second.body)).not.toMatch(/alice|shop-route/);
+      expect(await movements()).toBe(before);
+      expect((await call(bob, 'GET', '/api/v1/instances/my-shop')).status).toBe(404);
+      expect(await routes()).toEqual([{ backend: aliceSite, host: 'shop.example' }]);
+    });
+
+    it('refuses a host name taken by another instance of the same owner, and lets a route without one share the host', async () => {
+      const before = await movements();
+      const again = await call(alice, 'PUT', '/api/v1/instances/shop-route-2', { software: 'router', shared: true, parameters: { backend: aliceSite, host: 'shop.example' } });
+      expect(again.status).toBe(409);
+      expect(await movements()).toBe(before);
+      const byPath = await call(bob, 'PUT', '/api/v1/instances/bob-path', { software: 'router', shared: true, parameters: { backend: bobSite } });
+      expect(byPath.body).toMatchObject({ status: 'allocated' });
+      expect(await routes()).toHaveLength(2);
+    });
+
+    it('lets the holder request its route again, move it, and so free the host name for another', async () => {
+      const before = await movements();
+      const same = await call(alice, 'PUT', '/api/v1/instances/shop-route', { software: 'router', shared: true, parameters: { backend: aliceSite, host: 'shop.example' } });
+      expect(same.status).toBe(200);
+      expect(await movements()).toBe(before);
+      // Stopped, the route keeps its host name.
+      expect((await call(alice, 'PUT', '/api/v1/instances/shop-route', { software: 'router', state: 'stopped' })).status).toBe(200);
+      expect((await call(bob, 'PUT', '/api/v1/instances/my-shop', { software: 'router', shared: true, parameters: { backend: bobSite, host: 'shop.example' } })).status).toBe(409);
+      const moved = await call(alice, 'PUT', '/api/v1/instances/shop-route', { software: 'router', state: 'started', parameters: { backend: aliceSite, host: 'www.shop.example' } });
+      expect(moved.body).toMatchObject({ status: 'allocated', parameters: { host: 'www.shop.example' } });
+      const taken = await call(bob, 'PUT', '/api/v1/instances/my-shop', { software: 'router', shared: true, parameters: { backend: bobSite, host: 'shop.example' } });
+      expect(taken.body).toMatchObject({ status: 'allocated' });
+      // Nor can the holder move onto a host name another holds.
+      const back = await call(alice, 'PUT', '/api/v1/instances/shop-route', { software: 'router', parameters: { backend: aliceSite, host: 'shop.example' } });
+      expect(back.status).toBe(409);
+      expect((await view(alice, 'shop-route')).parameters).toEqual({ backend: aliceSite, host: 'www.shop.example' });
+    });
+
+    it('refuses a backend of another customer, of the master or of nobody, recording nothing', async () => {
+      const before = await movements();
+      const free = (await desired()).partitions.find((p) => p.instance === null)!;
+      for (const backend of [aliceSite, 'http://127.0.0.1:8080/', `http://${free.ip}:${free.ports.first}/`, 'http://10.9.9.9:80/']) {
+        const answer = await call(bob, 'PUT', '/api/v1/instances/sneaky', { software: 'router', shared: true, parameters: { backend } });
+        expect(answer.status, backend).toBe(403);
+        expect(answer.body.error.message).toBe(`backend ${backend} is not an address of one of your instances`);
+      }
+      // Nor may a route already on the host turn to one.
+      const turned = await call(bob, 'PUT', '/api/v1/instances/bob-path', { software: 'router', parameters: { backend: aliceSite } });
+      expect(turned.status).toBe(403);
+      expect(await movements()).toBe(before);
+      expect((await call(bob, 'GET', '/api/v1/instances/sneaky')).status).toBe(404);
+      expect((await routes()).map((r) => r.backend)).not.toContain('http://127.0.0.1:8080/');
+      expect((await view(bob, 'bob-path')).parameters).toEqual({ backend: bobSite });
+    });
+
+    it('takes a route off its host when its backend’s partition goes to another customer', async () => {
+      const reference = (await hosted('bob-site'))!.reference;
+      await call(bob, 'DELETE', '/api/v1/instances/bob-site');
+      await report('bob-site', 'instance.destroyed');
+      // Alice's instances fill node-a until one gets the partition Bob's had.
+      let landed = false;
+      for (let i = 0; i < 12 && !landed; i++) {
+        await call(alice, 'PUT', `/api/v1/instances/filler-${i}`, { software: 'store', parameters: { size: 1 } });
+        landed = (await hosted(`filler-${i}`))?.reference === reference;
+      }
+      expect(landed).toBe(true);
+      for (const title of ['bob-path', 'my-shop']) {
+        expect(await view(bob, title)).toMatchObject({ status: 'unallocated', node: null, message: 'its backend is no longer an address of one of your instances: request it again with one of yours' });
+      }
+      expect((await routes()).map((r) => r.backend)).toEqual([aliceSite]);
+    });
+
+    it('checks a shared instance by what its host’s release declares, whatever version it names', async () => {
+      const before = await movements();
+      const older = { software: 'router@0.9.0', shared: true, sla: { host: 'gateway' } };
+      expect((await call(bob, 'PUT', '/api/v1/instances/old-route', { ...older, parameters: { backend: aliceSite } })).status).toBe(403);
+      expect(await movements()).toBe(before);
+      await call(bob, 'PUT', '/api/v1/instances/bob-site-2', { software: 'store', parameters: { size: 1 } });
+      const bobSite2 = await backendOf('bob-site-2');
+      const between = await movements();
+      const taken = await call(bob, 'PUT', '/api/v1/instances/old-route', { ...older, parameters: { backend: bobSite2, host: 'www.shop.example' } });
+      expect(taken.status).toBe(409);
+      expect(await movements()).toBe(between);
+    });
+
+    it('has the database refuse a second holder of a route, whatever process writes it', async () => {
+      const holder = await database.db.selectFrom('instances').select(['host_id', 'shared_route']).where('title', '=', 'shop-route').executeTakeFirstOrThrow();
+      expect(holder.shared_route).toBe(JSON.stringify(['www.shop.example']));
+      const other = database.db.updateTable('instances').set({ host_id: holder.host_id, shared_route: holder.shared_route }).where('title', '=', 'my-shop');
+      await expect(other.execute()).rejects.toThrow(/unique|duplicate/i);
     });
   });
 

@@ -140,6 +140,14 @@ export interface InstancesTable {
   /** 1 for a shared instance, which lives in `host_id`'s instance instead of a partition. */
   shared: number;
   host_id: string | null;
+  /** A hosted shared instance's route on its host (JSON of its `unique` values), unique per host; null when it claims none. */
+  shared_route: string | null;
+}
+
+/** The partitions a hosted shared instance's backends point into. */
+export interface SharedBackendsTable {
+  instance_id: string;
+  partition_id: string;
 }
 
 export interface InstancePromisesTable {
@@ -180,5 +188,6 @@ export interface Tables {
   supplies: SuppliesTable;
   instances: InstancesTable;
   instance_promises: InstancePromisesTable;
+  shared_backends: SharedBackendsTable;
   usage_hours: UsageHoursTable;
 }

@@ -72,8 +72,12 @@ export type Movement =
       data: { instanceId: string; partitionId: string; node: string; partition: string; resources?: Resources };
     }
   | { kind: 'instance.unallocated'; data: { instanceId: string; reason: string } }
-  /** A shared instance attached to the instance that hosts it. */
-  | { kind: 'instance.hosted'; data: { instanceId: string; hostId: string } }
+  /**
+   * A shared instance attached to the instance that hosts it, or whose route or backends
+   * changed there: `route` is what it holds on the host (null: nothing), `backends` the
+   * partitions its backends point into. Both absent in movements recorded before them.
+   */
+  | { kind: 'instance.hosted'; data: { instanceId: string; hostId: string; route?: string | null; backends?: string[] } }
   /** The node must deploy the instance again (new serial) because something it depends on changed. */
   | { kind: 'instance.redeploy'; data: { instanceId: string; serial: number; reason: string } }
   | { kind: 'instance.promises'; data: { instanceId: string; serial: number; reportedAt: string; promises: PromiseState[] } }
@@ -249,8 +253,10 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
       return;
     }
     case 'instance.hosted': {
-      const { instanceId, hostId } = movement.data;
-      await db.updateTable('instances').set({ host_id: hostId, status: 'allocated', message: null, updated_at: at }).where('id', '=', instanceId).execute();
+      const { instanceId, hostId, route = null, backends = [] } = movement.data;
+      await db.updateTable('instances').set({ host_id: hostId, shared_route: route, status: 'allocated', message: null, updated_at: at }).where('id', '=', instanceId).execute();
+      await db.deleteFrom('shared_backends').where('instance_id', '=', instanceId).execute();
+      if (backends.length > 0) await db.insertInto('shared_backends').values(backends.map((partition_id) => ({ instance_id: instanceId, partition_id }))).execute();
       return;
     }
     case 'instance.redeploy': {
@@ -273,7 +279,8 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     }
     case 'instance.unallocated': {
       const { instanceId, reason } = movement.data;
-      await db.updateTable('instances').set({ status: 'unallocated', message: reason, host_id: null, updated_at: at }).where('id', '=', instanceId).execute();
+      await db.updateTable('instances').set({ status: 'unallocated', message: reason, host_id: null, shared_route: null, updated_at: at }).where('id', '=', instanceId).execute();
+      await db.deleteFrom('shared_backends').where('instance_id', '=', instanceId).execute();
       return;
     }
     case 'instance.promises': {
@@ -324,7 +331,8 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
           await countFreePartitions(db, freed.node_id);
           await takeResources(db, freed.node_id, JSON.parse(current.needs) as Resources, -1);
         }
-        await db.updateTable('instances').set({ partition_id: null, host_id: null }).where('id', '=', instanceId).execute();
+        await db.updateTable('instances').set({ partition_id: null, host_id: null, shared_route: null }).where('id', '=', instanceId).execute();
+        await db.deleteFrom('shared_backends').where('instance_id', '=', instanceId).execute();
       }
       // A report about an older request is history, not the current status.
       if (serial !== current.serial) return;
@@ -573,7 +581,7 @@ export function partitionId(nodeId: string, reference: string): string {
   return `${nodeId}:${reference}`;
 }
 
-const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'node_labels', 'node_resources', 'nodes', 'accounts'] as const;
+const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises', 'shared_backends', 'instances', 'supplies', 'partitions', 'software', 'tokens', 'node_labels', 'node_resources', 'nodes', 'accounts'] as const;
 
 /**
  * Empties the projections and replays every movement in order. The result equals the
