@@ -14,6 +14,7 @@ import { instanceTrees } from './0006-instance-trees.js';
 import { binaryCache } from './0007-binary-cache.js';
 import { usageByHour } from './0008-usage-by-hour.js';
 import { resources } from './0009-resources.js';
+import { binaryCacheUploaders } from './0010-binary-cache-uploaders.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
@@ -26,6 +27,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0007-binary-cache': binaryCache(engine),
     '0008-usage-by-hour': usageByHour(engine),
     '0009-resources': resources(engine),
+    '0010-binary-cache-uploaders': binaryCacheUploaders(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
