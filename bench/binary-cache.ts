@@ -57,6 +57,8 @@ async function main(): Promise<void> {
       ] as const) {
         const node = `${mode}-${run}`;
         const { credential } = await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name: node });
+        // Without the operator's leave the master would refuse the upload, and nothing would be there to download.
+        if (binaryCache?.upload) await operator.call('PATCH', `/api/v1/nodes/${node}`, { binaryCacheUpload: true });
         await operator.call('POST', '/api/v1/supplies', { software: `${name}@1.0.0`, node, state: 'available' });
         const root = path.join(work, 'nodes', node);
         const config = resolveNodeConfig({ masterUrl: master.url, credential, root, partitions: 1, ...(binaryCache ? { binaryCache } : {}) });

@@ -10,6 +10,8 @@
  * path (see protocol/binary-cache.ts). The master checks what it receives against the
  * checksum the node announced and signs the entry with its own key; the first archive
  * filed under a key stays, so a later upload never replaces what nodes already use.
+ * Only nodes an operator allowed may file (see routes/cache-api.ts): the signature
+ * vouches for an archive every node will run, so who may file is the master's call.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import type { Kysely } from 'kysely';

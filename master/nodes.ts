@@ -36,7 +36,11 @@ export async function registerNode(db: Kysely<Tables>, request: NodeRegister, re
   return { name, credential };
 }
 
-/** Changes a node's labels or resources (each the whole set), scope or owner; instances waiting for a partition are tried again. */
+/**
+ * Changes a node's labels or resources (each the whole set), scope, owner, or whether
+ * it may file built parts in the binary cache; instances waiting for a partition are
+ * tried again.
+ */
 export async function updateNode(db: Kysely<Tables>, name: string, update: NodeUpdate, actor: string): Promise<NodeView> {
   await db.transaction().execute(async (trx) => {
     const node = await trx.selectFrom('nodes').selectAll().where('name', '=', name).executeTakeFirst();
@@ -44,7 +48,12 @@ export async function updateNode(db: Kysely<Tables>, name: string, update: NodeU
     const labels = update.labels ?? (await labelsOf(trx, [node.id])).get(node.id) ?? {};
     const ownerId = update.owner === undefined ? node.owner_id : update.owner === null ? null : await accountId(trx, update.owner);
     const resources = update.resources ?? declaredResources((await resourcesOf(trx, [node.id])).get(node.id));
-    await record(trx, { kind: 'node.updated', data: { nodeId: node.id, scope: update.scope ?? node.scope, ownerId, labels, resources } }, { actor, subject: node.id });
+    const binaryCacheUpload = update.binaryCacheUpload ?? node.binary_cache_upload === 1;
+    await record(
+      trx,
+      { kind: 'node.updated', data: { nodeId: node.id, scope: update.scope ?? node.scope, ownerId, labels, resources, binaryCacheUpload } },
+      { actor, subject: node.id },
+    );
   });
   await allocatePending(db);
   return (await listNodes(db)).find((n) => n.name === name)!;
@@ -109,7 +118,7 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
     .selectFrom('nodes')
     .leftJoin('node_heartbeats', 'node_heartbeats.node_id', 'nodes.id')
     .leftJoin('accounts', 'accounts.id', 'nodes.owner_id')
-    .select(['nodes.id', 'nodes.name', 'nodes.registered_at', 'nodes.scope', 'accounts.name as owner', 'node_heartbeats.last_seen_at'])
+    .select(['nodes.id', 'nodes.name', 'nodes.registered_at', 'nodes.scope', 'nodes.binary_cache_upload', 'accounts.name as owner', 'node_heartbeats.last_seen_at'])
     .orderBy('nodes.name')
     .execute();
   const labels = await labelsOf(db, nodes.map((n) => n.id));
@@ -127,6 +136,7 @@ export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
       name: n.name,
       labels: labels.get(n.id) ?? {},
       scope: n.scope,
+      binaryCacheUpload: Number(n.binary_cache_upload) === 1,
       owner: n.owner,
       registeredAt: n.registered_at,
       lastSeenAt: n.last_seen_at,

@@ -114,6 +114,8 @@ export const NodeUpdate = Type.Object(
     scope: Type.Optional(NodeScope),
     owner: Type.Optional(Type.Union([Name, Type.Null()])),
     resources: Type.Optional(Resources),
+    /** Whether the master files the built parts this node uploads to the binary cache. */
+    binaryCacheUpload: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false, minProperties: 1 },
 );
@@ -122,6 +124,8 @@ export const NodeView = Type.Object({
   name: Name,
   labels: Labels,
   scope: NodeScope,
+  /** The master files the built parts it uploads (`pledger node set --binary-cache-upload`). */
+  binaryCacheUpload: Type.Boolean(),
   owner: Type.Union([Name, Type.Null()]),
   registeredAt: Timestamp,
   lastSeenAt: Type.Union([Timestamp, Type.Null()]),

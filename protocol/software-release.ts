@@ -228,20 +228,29 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
   } catch {
     throw new PledgerError('SOFTWARE_INVALID', `${dir} has no ${SOFTWARE_FILE}`);
   }
-  const document = parseDocument(text, { uniqueKeys: true });
-  if (document.errors.length > 0) {
-    throw invalid(document.errors.map((e) => ({ where: `${SOFTWARE_FILE}:${e.linePos?.[0]?.line ?? '?'}`, message: e.message })));
-  }
-  const definition: unknown = document.toJS();
   // A built release (known hash) holds what the node agent built: only a release on
   // its way in must not ship those names.
   const topLevel = options.knownHash ? [] : await readdir(dir);
   for (const name of RESERVED_NAMES) {
     if (topLevel.includes(name)) problems.push({ where: name, message: `${name} is reserved for what the node agent builds` });
   }
-  if (!validateDefinition(definition)) {
-    throw invalid([...problems, ...validateDefinition.errors!.map(describeSchemaError)]);
+  const document = parseDocument(text, { uniqueKeys: true });
+  if (document.errors.length > 0) {
+    // What a document with broken syntax holds is a guess: nothing else is checked on it.
+    throw invalid([
+      ...document.errors.map((e) => {
+        const at = e.linePos?.[0];
+        return { where: at ? `${SOFTWARE_FILE}:${at.line}:${at.col}` : SOFTWARE_FILE, message: e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '') };
+      }),
+      ...problems,
+    ]);
   }
+  const parsed: unknown = document.toJS();
+  const valid = validateDefinition(parsed);
+  if (!valid) problems.push(...validateDefinition.errors!.map(describeSchemaError));
+  // The other checks still run on every piece that has the right shape, so that one
+  // mistake does not hide the others; a definition with a schema error is never returned.
+  const definition = valid ? parsed : checkablePieces(parsed);
 
   problems.push(...(await checkTemplateSyntax(dir, definition)));
 
@@ -289,6 +298,27 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
   }
   if (problems.length > 0) throw invalid(problems);
   return { definition, hash: options.knownHash ?? (await hashDirectory(dir)), parameterSchemas };
+}
+
+const fieldValidators = (object: { properties: Record<string, object> }) =>
+  Object.entries(object.properties).map(([key, schema]) => [key, ajv.compile(schema)] as const);
+const partFields = fieldValidators(Part);
+const typeFields = fieldValidators(SoftwareTypeDefinition);
+const isObject = (value: unknown): value is Record<string, unknown> => value !== null && typeof value === 'object' && !Array.isArray(value);
+
+/**
+ * The parts and software types of a definition that failed its schema, each keeping
+ * only the fields that pass their own: what the checks after the schema can look at
+ * safely (a path that is not a relative path of the release is never read). A part
+ * or type that is not an object keeps its name and nothing else.
+ */
+function checkablePieces(value: unknown): SoftwareDefinition {
+  const keepValid = (piece: unknown, fields: typeof partFields) =>
+    Object.fromEntries(isObject(piece) ? fields.flatMap(([key, validate]) => (key in piece && validate(piece[key]) ? [[key, piece[key]]] : [])) : []);
+  const pieces = (group: unknown, fields: typeof partFields) =>
+    Object.fromEntries(isObject(group) ? Object.entries(group).map(([name, piece]) => [name, keepValid(piece, fields)]) : []);
+  const definition = isObject(value) ? value : {};
+  return { name: '', version: '', parts: pieces(definition.parts, partFields), 'software-types': pieces(definition['software-types'], typeFields) } as SoftwareDefinition;
 }
 
 /**

@@ -6,7 +6,8 @@
  * node A's root. An archive changed in the master's storage, a row whose signature
  * does not cover it, and a signed archive that leads out of the part are each refused,
  * and the part is built instead. A node that was not told to use the cache neither
- * takes from it nor gives to it.
+ * takes from it nor gives to it; one the operator did not allow to file parts is
+ * refused by the master, whatever its own configuration says, and builds anyway.
  */
 import { createHash, generateKeyPairSync, sign } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readlinkSync, symlinkSync } from 'node:fs';
@@ -91,6 +92,10 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
   let cacheKey: string | undefined;
   const nodes: Record<string, { root: string; config: string; credential: string }> = {};
 
+  const setUpload = (name: string, value: string) => pledger(['node', 'set', name, '--binary-cache-upload', value, '--json'], { env: asAdmin });
+  const uploadAllowed = async (name: string) =>
+    (await pledger(['node', 'list', '--json'], { env: asAdmin })).json<{ name: string; binaryCacheUpload: boolean }[]>().find((n) => n.name === name)!.binaryCacheUpload;
+
   /** Registers a node with the CLI and configures it, as its agent's user, with `cacheArgs`. */
   async function addNode(name: string, cacheArgs: (key: string) => string[]): Promise<void> {
     const registered = await pledger(['node', 'register', name, '--json'], { env: asAdmin });
@@ -169,6 +174,9 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     agent = agentUser();
     evidence = path.join(agent.home, 'builds.log');
     await addNode('builder', (key) => ['--binary-cache', 'both', '--binary-cache-key', key]);
+    const allowed = await setUpload('builder', 'on');
+    expect(allowed.exitCode, allowed.stderr).toBe(0);
+    expect(allowed.json<{ binaryCacheUpload: boolean }>().binaryCacheUpload).toBe(true);
     await addNode('taker', (key) => ['--binary-cache', 'download', '--binary-cache-key', key]);
     await addNode('plain', () => []);
   }, 120_000);
@@ -246,6 +254,54 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
     expect(readFileSync(path.join(rootedB, 'where'), 'utf8').trim()).toBe(rootedB);
     // Node B downloads only: nothing was filed for its root.
     expect((await rows(path.basename(rootedB))).map((r) => r.prefix)).toEqual([nodes.builder!.root]);
+  });
+
+  it('files nothing from a node the operator did not allow, which builds its parts anyway, and files once allowed', async () => {
+    await addNode('unvouched', (key) => ['--binary-cache', 'both', '--binary-cache-key', key]);
+    expect(await uploadAllowed('unvouched')).toBe(false);
+    const entries = async () => Number((await storage.query<{ n: number | string }>('select count(*) as n from binary_cache'))[0]!.n);
+    const before = await entries();
+
+    await publish('unvouched-build', ['unvouched']);
+    const buildsBefore = builds().length;
+    const refused = await runSoftware('unvouched');
+    expect(refused.exitCode, refused.stderr).toBe(0);
+    expect(refused.stderr).toContain('part not filed in the binary cache');
+    expect(refused.stderr).toContain('node unvouched may not file parts in the binary cache');
+    expect(refused.stderr).not.toContain('part filed in the binary cache');
+    await rememberHash('unvouched', 'unvouched-build');
+    const portable = partDir('unvouched', 'unvouched-build', 'portable');
+    const rooted = partDir('unvouched', 'unvouched-build', 'rooted');
+    expect(builds().slice(buildsBefore)).toEqual([portable, rooted]);
+    expect(readFileSync(path.join(portable, 'what'), 'utf8')).toBe('unvouched-build\n');
+    expect(await entries()).toBe(before);
+
+    // The operator's switch, recorded in the ledger like the node's other settings.
+    const allowed = await setUpload('unvouched', 'on');
+    expect(allowed.exitCode, allowed.stderr).toBe(0);
+    expect(await uploadAllowed('unvouched')).toBe(true);
+    const movements = await storage.query<{ actor: string; data: string }>("select actor, data from movements where kind = 'node.updated' order by seq");
+    expect(JSON.parse(movements.at(-1)!.data)).toMatchObject({ binaryCacheUpload: true });
+    expect(movements.at(-1)!.actor).toMatch(/^account:/);
+
+    await publish('vouched-build', ['unvouched']);
+    const filed = await runSoftware('unvouched');
+    expect(filed.exitCode, filed.stderr).toBe(0);
+    expect(filed.stderr).toContain('part filed in the binary cache');
+    await rememberHash('unvouched', 'vouched-build');
+    const filedBy = await storage.query<{ name: string; prefix: string }>(
+      'select nodes.name, binary_cache.prefix from binary_cache join nodes on nodes.id = binary_cache.uploaded_by where part_hash = ?',
+      [path.basename(partDir('unvouched', 'vouched-build', 'portable'))],
+    );
+    expect(filedBy).toEqual([{ name: 'unvouched', prefix: '' }]);
+
+    const off = await setUpload('unvouched', 'off');
+    expect(off.exitCode, off.stderr).toBe(0);
+    expect(off.json<{ binaryCacheUpload: boolean }>().binaryCacheUpload).toBe(false);
+    const bad = await setUpload('unvouched', 'maybe');
+    expect(bad.exitCode).not.toBe(0);
+    expect(bad.stderr).toContain('--binary-cache-upload maybe: expected on or off');
+    expect(await uploadAllowed('unvouched')).toBe(false);
   });
 
   it('refuses an archive changed or truncated in the master storage (checksum) and builds the part', async () => {
@@ -421,7 +477,23 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
       expect(await count()).toBe(before);
     });
 
+    it('refuses them with 403 from a node the operator did not allow, whatever they hold, storing nothing', async () => {
+      const before = await count();
+      const query = { platform: 'debian-12/x64', prefix: '', sha256: sha256(archive) };
+      for (const name of ['taker', 'unvouched']) {
+        expect(await uploadAllowed(name)).toBe(false);
+        const refused = await put(nodes[name]!.credential, 'c'.repeat(64), query, archive);
+        expect(refused.status).toBe(403);
+        const { error } = (await refused.json()) as { error: { message: string; hint?: string } };
+        expect(error.message).toBe(`node ${name} may not file parts in the binary cache: nothing was filed`);
+        expect(error.hint).toContain(`pledger node set ${name} --binary-cache-upload on`);
+      }
+      expect(await count()).toBe(before);
+      expect(await storage.query('select part_hash from binary_cache where part_hash = ?', ['c'.repeat(64)])).toEqual([]);
+    });
+
     it('keeps the first archive filed under a key, and signs it', async () => {
+      expect((await setUpload('taker', 'on')).exitCode).toBe(0);
       const query = { platform: 'debian-12/x64', prefix: '/srv/pledger', sha256: sha256(archive) };
       const first = await put(nodes.builder!.credential, partHash, query, archive);
       expect(first.status).toBe(201);

@@ -56,7 +56,44 @@ describe('pledger software check', () => {
     const checked = await pledger(['software', 'check', dir]);
     expect(checked.exitCode).toBe(1);
     expect(checked.stdout).toMatch(/^software\.yaml:1:7: name: must match pattern/m);
-    expect(checked.stdout).toMatch(/^1 problem\(s\)$/m);
+    expect(checked.stdout).toMatch(/^software\.yaml:5:12: parts\.app\.files: missing\.c is not a file of the release$/m);
+    expect(checked.stdout).toMatch(/^6 problem\(s\)$/m);
+  });
+
+  it('still runs the checks after the schema on every piece a schema error does not touch', async () => {
+    const yaml = BROKEN.replace('name: broken', 'name: Broken_Name')
+      .replace('    after: [later]\n', '    after: [later]\n    timeout: -1\n')
+      .replace('  shared_one:\n', '  bad_files:\n    files: [/etc/passwd, ../outside]\n    build: [[make, "{{ oops"]]\n  shared_one:\n')
+      .concat(['    publish:', '      url: "{% if %}"', '  other:', '    colour: blue', '    services:', '      web: [/bin/true, "{{ unclosed"]', ''].join('\n'));
+    const dir = writeTree({ 'software.yaml': yaml });
+    const checked = await pledger(['software', 'check', dir, '--json']);
+    expect(checked.exitCode).toBe(1);
+    const problems = checked.json<{ problems: { where: string; at: string; message: string }[] }>().problems;
+    const places = problems.map((p) => p.where).sort();
+    expect(places).toEqual(
+      [
+        // The schema's own findings...
+        'name',
+        'parts.app.timeout',
+        'parts.bad_files.files.0',
+        'parts.bad_files.files.1',
+        'software-types.other',
+        // ...and every other check, on what has the right shape.
+        'parts.app.files',
+        'parts.app.after',
+        'parts.later',
+        'parts.bad_files.build[0]',
+        'parts.shared_one.build[0]',
+        'software-types.default.files',
+        'software-types.default.publish.url',
+        'software-types.other.services.web',
+      ].sort(),
+    );
+    expect(problems.find((p) => p.where === 'parts.app.timeout')).toMatchObject({ at: 'software.yaml:7:14', message: 'must be >= 1' });
+    expect(problems.find((p) => p.where === 'software-types.other')!.message).toContain('(colour)');
+    expect(problems.find((p) => p.where === 'software-types.default.publish.url')!.message).toMatch(/^template syntax: /);
+    // A path the schema refuses is never looked up: no "not a file" about it.
+    expect(problems.filter((p) => p.where === 'parts.bad_files.files')).toEqual([]);
   });
 
   it('accepts every bundled release', async () => {
@@ -68,11 +105,18 @@ describe('pledger software check', () => {
     }
   });
 
-  it('names the place of a YAML syntax error', async () => {
-    const dir = writeTree({ ...greeterRelease(), 'software.yaml': 'name: x\nversion: [1\n' });
-    const checked = await pledger(['software', 'check', dir, '--json']);
+  it('names the line and column of a YAML syntax error', async () => {
+    const unclosed = writeTree({ ...greeterRelease(), 'software.yaml': 'name: x\nversion: 1.0.0\nsoftware-types:\n  default:\n    ports: [a\n    secrets: [b]\n' });
+    const checked = await pledger(['software', 'check', unclosed, '--json']);
     expect(checked.exitCode).toBe(1);
-    expect(checked.json<{ problems: { at: string }[] }>().problems[0]!.at).toMatch(/^software\.yaml:\d+$/);
+    expect(checked.json<{ problems: { at: string; message: string }[] }>().problems).toEqual([
+      { where: 'software.yaml:6:5', at: 'software.yaml:6:5', message: expect.stringContaining('Flow sequence') },
+    ]);
+
+    const twice = writeTree({ ...greeterRelease(), 'software.yaml': 'name: x\nversion: 1.0.0\nsoftware-types:\n  default: {}\n  default: {}\n' });
+    const printed = await pledger(['software', 'check', twice]);
+    expect(printed.exitCode).toBe(1);
+    expect(printed.stdout).toBe('software.yaml:5:3: Map keys must be unique\n1 problem(s)');
   });
 });
 

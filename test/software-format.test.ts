@@ -79,9 +79,9 @@ describe('the software release format', () => {
     expect(problems.find((p) => p.where === 'software-types.default.services.web')!.message).toMatch(/template syntax/);
   });
 
-  it('points at the line of a YAML error', async () => {
+  it('points at the line and column of a YAML error', async () => {
     const problems = await problemsOf(withYaml('name: greeter\nversion: [1.0\n'));
-    expect(problems[0]!.where).toMatch(/^software\.yaml:\d+$/);
+    expect(problems[0]!.where).toMatch(/^software\.yaml:\d+:\d+$/);
   });
 
   it('refuses unknown keys and names the node agent reserves', async () => {

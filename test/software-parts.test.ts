@@ -151,6 +151,36 @@ describe('parts of software releases, built by the node agent', () => {
     expect(partOf(first.hash, 'greet')).not.toBe(partOf(readdirSync(path.join(config.root, 'software')).find((h) => existsSync(path.join(config.root, 'software', h, 'parts', 'wrapper')))!, 'greet'));
   });
 
+  it("gives a part a directory of its own when a part it comes after changes, though its own definition does not", async () => {
+    // Both parts shared, so that nothing but `after` can tell the two `top` parts apart.
+    const layered = (name: string, value: string) =>
+      release(
+        name,
+        [
+          '  base:',
+          '    shared: true',
+          `    build: [[/bin/sh, -c, "echo ${value} > value"]]`,
+          '  top:',
+          '    shared: true',
+          '    after: [base]',
+          '    build: [[/bin/cp, "{{ parts.base.path }}/value", copied]]',
+        ].join('\n'),
+        { 'README.md': name },
+      );
+    const one = await supply(layered('layered-one', 'one'));
+    const two = await supply(layered('layered-two', 'two'));
+    const again = await supply(layered('layered-again', 'one'));
+    const run = await install();
+    for (const name of ['layered-one', 'layered-two', 'layered-again']) expect(resultOf(run, name), JSON.stringify(run)).toMatchObject({ status: 'done' });
+    expect(partOf(one.hash, 'base')).not.toBe(partOf(two.hash, 'base'));
+    expect(partOf(one.hash, 'top')).not.toBe(partOf(two.hash, 'top'));
+    expect(readFileSync(path.join(partOf(one.hash, 'top'), 'copied'), 'utf8')).toBe('one\n');
+    expect(readFileSync(path.join(partOf(two.hash, 'top'), 'copied'), 'utf8')).toBe('two\n');
+    // The same dependency again: the same directory, reused.
+    expect(partOf(again.hash, 'base')).toBe(partOf(one.hash, 'base'));
+    expect(partOf(again.hash, 'top')).toBe(partOf(one.hash, 'top'));
+  });
+
   it('reports a checksum mismatch, a failing step, a timeout and archives leading out of the part (.. or absolute), each with its cause, and builds the others', async () => {
     const wrongSum = '0'.repeat(64);
     const cases = {

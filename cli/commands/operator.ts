@@ -141,7 +141,7 @@ export function registerNodeAdminCommands(node: Command): void {
     });
   node
     .command('set')
-    .description("change a node's labels, resources, scope or owner (operators)")
+    .description("change a node's labels, resources, scope, owner or binary cache uploads (operators)")
     .argument('<name>')
     .option('--label <pairs...>', 'add or change labels, as KEY=VALUE')
     .option('--unlabel <keys...>', 'remove labels')
@@ -150,6 +150,7 @@ export function registerNodeAdminCommands(node: Command): void {
     .option('--scope <scope>', 'open, owner or closed')
     .option('--owner <account>', 'the account that owns it')
     .option('--no-owner', 'no owner')
+    .option('--binary-cache-upload <on|off>', 'whether the master files the built parts it uploads to the binary cache (off by default)')
     .action(async (name, options, command) => {
       const g = globals(command);
       const client = await userClient(g);
@@ -173,9 +174,21 @@ export function registerNodeAdminCommands(node: Command): void {
       if (options.scope) update.scope = parseScope(options.scope);
       if (options.owner === false) update.owner = null;
       else if (typeof options.owner === 'string') update.owner = options.owner;
-      if (Object.keys(update).length === 0) throw new PledgerError('BAD_REQUEST', 'nothing to change: give --label, --unlabel, --resource, --remove-resource, --scope, --owner or --no-owner');
+      if (options.binaryCacheUpload !== undefined) update.binaryCacheUpload = parseSwitch(options.binaryCacheUpload, '--binary-cache-upload');
+      if (Object.keys(update).length === 0) {
+        throw new PledgerError('BAD_REQUEST', 'nothing to change: give --label, --unlabel, --resource, --remove-resource, --scope, --owner, --no-owner or --binary-cache-upload');
+      }
       const view = await client.call<NodeView>('PATCH', `/api/v1/nodes/${encodeURIComponent(name)}`, update);
-      print(g, view, (n) => fields([['node', n.name], ['scope', n.scope], ['owner', n.owner], ['labels', labelText(n.labels)], ['resources', resourceText(n.resources)]]));
+      print(g, view, (n) =>
+        fields([
+          ['node', n.name],
+          ['scope', n.scope],
+          ['owner', n.owner],
+          ['labels', labelText(n.labels)],
+          ['resources', resourceText(n.resources)],
+          ['binary cache upload', n.binaryCacheUpload ? 'on' : 'off'],
+        ]),
+      );
     });
   node
     .command('list')
@@ -235,6 +248,11 @@ function resourceText(resources: NodeView['resources']): string {
 function parseScope(scope: string): NodeScope {
   if (scope !== 'open' && scope !== 'owner' && scope !== 'closed') throw new PledgerError('BAD_REQUEST', `--scope ${scope}: expected open, owner or closed`);
   return scope;
+}
+
+function parseSwitch(value: string, flag: string): boolean {
+  if (value !== 'on' && value !== 'off') throw new PledgerError('BAD_REQUEST', `${flag} ${value}: expected on or off`);
+  return value === 'on';
 }
 
 function labelText(labels: Record<string, string>): string {

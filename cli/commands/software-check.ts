@@ -31,7 +31,7 @@ export function registerSoftwareCheckCommands(software: Command): void {
       } catch (error) {
         if (!(error instanceof PledgerError) || error.code !== 'SOFTWARE_INVALID') throw error;
         const problems = await locate(dir, (error.details as { where: string; message: string }[] | undefined) ?? [{ where: '(release)', message: error.message }]);
-        print(g, { ok: false, problems }, (v) => [...v.problems.map((p) => `${p.at}: ${p.where}: ${p.message}`), `${v.problems.length} problem(s)`].join('\n'));
+        print(g, { ok: false, problems }, (v) => [...v.problems.map((p) => `${p.at}: ${p.where === p.at ? '' : `${p.where}: `}${p.message}`), `${v.problems.length} problem(s)`].join('\n'));
         process.exitCode = 1;
       }
     });
@@ -47,7 +47,7 @@ export function registerSoftwareCheckCommands(software: Command): void {
 
 /**
  * Turns each problem's dotted place (`software-types.default.files`, `parts.app.build[1]`,
- * `software.yaml:7`) into the line and column of software.yaml it points at, so that an
+ * `software.yaml:7:3`) into the line and column of software.yaml it points at, so that an
  * editor can jump there. A place that is a file of the release stays as it is.
  */
 async function locate(dir: string, problems: { where: string; message: string }[]): Promise<CheckedProblem[]> {
@@ -62,7 +62,7 @@ async function locate(dir: string, problems: { where: string; message: string }[
     return `software.yaml:${line}:${col}`;
   };
   return problems.map((problem) => {
-    if (/^software\.yaml:\d+$/.test(problem.where)) return { ...problem, at: problem.where };
+    if (/^software\.yaml(:\d+:\d+)?$/.test(problem.where)) return { ...problem, at: problem.where };
     const keys = problem.where.split(/\.|\[(\d+)\]/).filter((k) => k !== undefined && k !== '');
     // Walk down as far as the document goes: a missing key points at its parent.
     for (let depth = keys.length; depth > 0; depth--) {

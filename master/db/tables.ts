@@ -45,6 +45,8 @@ export interface NodesTable {
   owner_id: string | null;
   /** Its partitions that host no instance: kept with every allocation, format and release. */
   free_partitions: number;
+  /** 1 when an operator lets it file built parts in the binary cache, else 0. */
+  binary_cache_upload: number;
 }
 
 export type NodeScope = 'open' | 'owner' | 'closed';

@@ -26,8 +26,8 @@ export type Movement =
       // Settings added later: a movement recorded before them means an open node without labels.
       data: { nodeId: string; name: string; credentialHash: string; scope?: NodeScope; ownerId?: string | null; labels?: Labels; resources?: Resources };
     }
-  // `resources` absent: recorded before nodes declared resources, which stay as they were.
-  | { kind: 'node.updated'; data: { nodeId: string; scope: NodeScope; ownerId: string | null; labels: Labels; resources?: Resources } }
+  // `resources` or `binaryCacheUpload` absent: recorded before that setting existed, which stays as it was.
+  | { kind: 'node.updated'; data: { nodeId: string; scope: NodeScope; ownerId: string | null; labels: Labels; resources?: Resources; binaryCacheUpload?: boolean } }
   | { kind: 'node.formatted'; data: { nodeId: string; partitions: PartitionDefinition[] } }
   | {
       kind: 'software.published';
@@ -161,14 +161,18 @@ async function apply(db: Db, movement: Movement, at: string): Promise<void> {
     }
     case 'node.registered': {
       const { nodeId, name, credentialHash, scope = 'open', ownerId = null, labels = {}, resources = {} } = movement.data;
-      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at, scope, owner_id: ownerId, free_partitions: 0 }).execute();
+      await db.insertInto('nodes').values({ id: nodeId, name, credential_hash: credentialHash, registered_at: at, scope, owner_id: ownerId, free_partitions: 0, binary_cache_upload: 0 }).execute();
       await setLabels(db, nodeId, labels);
       await setResources(db, nodeId, resources);
       return;
     }
     case 'node.updated': {
-      const { nodeId, scope, ownerId, labels, resources } = movement.data;
-      await db.updateTable('nodes').set({ scope, owner_id: ownerId }).where('id', '=', nodeId).execute();
+      const { nodeId, scope, ownerId, labels, resources, binaryCacheUpload } = movement.data;
+      await db
+        .updateTable('nodes')
+        .set({ scope, owner_id: ownerId, ...(binaryCacheUpload === undefined ? {} : { binary_cache_upload: binaryCacheUpload ? 1 : 0 }) })
+        .where('id', '=', nodeId)
+        .execute();
       await setLabels(db, nodeId, labels);
       if (resources) await setResources(db, nodeId, resources);
       return;

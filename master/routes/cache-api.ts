@@ -6,8 +6,9 @@
  *
  * Built parts: `GET /api/v1/node/binaries/PART?platform=&prefix=` describes the entry a
  * node may use (signed), `GET .../PART/archive?platform=&prefix=` serves its archive,
- * `PUT /api/v1/node/binaries/PART?platform=&prefix=&sha256=` files one. And in the
- * user API, `GET /api/v1/binary-cache/key`: the public key nodes verify entries with.
+ * `PUT /api/v1/node/binaries/PART?platform=&prefix=&sha256=` files one, from a node an
+ * operator allowed to (403 for any other). And in the user API,
+ * `GET /api/v1/binary-cache/key`: the public key nodes verify entries with.
  */
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
@@ -48,12 +49,28 @@ export async function binaryCacheRoutes<T>(app: App, database: Kysely<T>): Promi
     return reply.type('application/gzip').send(content);
   });
 
-  app.put('/binaries/:partHash', { schema: { params, querystring: BinaryUploadQuery, response: { 200: BinaryUploaded, 201: BinaryUploaded } } }, async (request, reply) => {
-    const body = request.body;
-    if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/gzip');
-    const uploaded = await storeBinary(db, request.node.id, request.params.partHash, request.query, body);
-    return reply.code(uploaded.stored ? 201 : 200).send(uploaded);
-  });
+  app.put(
+    '/binaries/:partHash',
+    {
+      schema: { params, querystring: BinaryUploadQuery, response: { 200: BinaryUploaded, 201: BinaryUploaded } },
+      // The node-side switch is the node's own and a compromised node can flip it: what
+      // every node then trusts is filed only from nodes an operator chose. Checked
+      // before the body is read.
+      onRequest: async (request) => {
+        if (request.node.binary_cache_upload !== 1) {
+          throw new PledgerError('FORBIDDEN', `node ${request.node.name} may not file parts in the binary cache: nothing was filed`, {
+            hint: `an operator allows it with \`pledger node set ${request.node.name} --binary-cache-upload on\``,
+          });
+        }
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/gzip');
+      const uploaded = await storeBinary(db, request.node.id, request.params.partHash, request.query, body);
+      return reply.code(uploaded.stored ? 201 : 200).send(uploaded);
+    },
+  );
 }
 
 /** For operators and users: what `pledger node configure --binary-cache-key` takes. */

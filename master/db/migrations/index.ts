@@ -15,6 +15,7 @@ import { binaryCache } from './0007-binary-cache.js';
 import { usageByHour } from './0008-usage-by-hour.js';
 import { resources } from './0009-resources.js';
 import { sharedClaims } from './0010-shared-claims.js';
+import { binaryCacheUploaders } from './0011-binary-cache-uploaders.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
@@ -28,6 +29,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0008-usage-by-hour': usageByHour(engine),
     '0009-resources': resources(engine),
     '0010-shared-claims': sharedClaims(engine),
+    '0011-binary-cache-uploaders': binaryCacheUploaders(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
