@@ -33,6 +33,9 @@ const release = () =>
       '      bin/burn.cjs: burn.cjs',
       '    services:',
       `      burn: ['${process.execPath}', '{{ partition.path }}/bin/burn.cjs']`,
+      '  forking:',
+      '    services:',
+      `      work: [/bin/sh, -c, "while [ ! -e var/go ]; do sleep 0.1; done; for i in 1 2 3 4 5; do '${process.execPath}' -e 'for (let i = 0; i < 2e8; i++);'; done; touch var/done; exec sleep 300"]`,
       '  flagged:',
       '    services:',
       '      idle: [/bin/sleep, "300"]',
@@ -84,6 +87,31 @@ describe('the node runtime, through the CLI', () => {
     expect(run.exitCode, run.stdout + run.stderr).toBe(0);
   };
 
+  /**
+   * Closes the hour of the samples taken so far (the meter's clock an hour ahead is the
+   * only thing chosen), reports it, and returns what the master recorded of `title`.
+   */
+  const reportedUsage = async (title: string) => {
+    const anHourLater = { NODE_OPTIONS: '--import=data:text/javascript,Date.now=(n=>()=>n()+3600000)(Date.now)' };
+    const closing = await f.node('usage', anHourLater);
+    expect(closing.exitCode, closing.stderr).toBe(0);
+    expect(closing.json<{ hoursReported: number }>().hoursReported).toBeGreaterThanOrEqual(1);
+    const report = await f.node('report');
+    expect(report.exitCode, report.stderr).toBe(0);
+    expect(report.json()).toMatchObject({ pending: 0, offline: false });
+    const sqlite = new SqliteDatabase(f.master.database.replace(/^sqlite:/, ''), { readonly: true });
+    try {
+      return sqlite
+        .prepare(
+          `SELECT sum(u.cpu_ms) AS cpu, sum(u.memory_byte_seconds) AS memory, sum(u.disk_byte_seconds) AS disk, sum(u.uptime_seconds) AS uptime
+           FROM usage_hours u JOIN instances i ON i.id = u.instance_id WHERE i.title = ?`,
+        )
+        .get(title) as { cpu: number; memory: number; disk: number; uptime: number };
+    } finally {
+      sqlite.close();
+    }
+  };
+
   beforeAll(async () => {
     f = await startNodeFixture('runtime-node', `127.51.${10 + Math.floor(Math.random() * 200)}.1`, 2, { supervisor: SUPERVISOR, promiseSummarySeconds: 1 });
     expect((await pledger(['software', 'publish', release()], { env: f.asAdmin })).exitCode).toBe(0);
@@ -106,33 +134,36 @@ describe('the node runtime, through the CLI', () => {
     await sleep(1500);
     expect((await f.node('usage')).exitCode).toBe(0);
     const metered = Date.now() - baseline;
-    // An hour later, to the meter: the hour that holds the samples is over and becomes an event.
-    const anHourLater = { NODE_OPTIONS: '--import=data:text/javascript,Date.now=(n=>()=>n()+3600000)(Date.now)' };
-    const closing = await f.node('usage', anHourLater);
-    expect(closing.exitCode, closing.stderr).toBe(0);
-    expect(closing.json<{ hoursReported: number }>().hoursReported).toBeGreaterThanOrEqual(1);
-    const report = await f.node('report');
-    expect(report.exitCode, report.stderr).toBe(0);
-    expect(report.json()).toMatchObject({ pending: 0, offline: false });
-
-    const sqlite = new SqliteDatabase(f.master.database.replace(/^sqlite:/, ''), { readonly: true });
-    try {
-      const usage = sqlite
-        .prepare(
-          `SELECT sum(u.cpu_ms) AS cpu, sum(u.memory_byte_seconds) AS memory, sum(u.disk_byte_seconds) AS disk, sum(u.uptime_seconds) AS uptime
-           FROM usage_hours u JOIN instances i ON i.id = u.instance_id WHERE i.title = 'burn'`,
-        )
-        .get() as Record<string, number>;
-      expect(usage.cpu).toBeGreaterThan(0);
-      // One thread, busy half of the time: never more CPU than the time between the samples.
-      expect(usage.cpu).toBeLessThanOrEqual(metered + 1000);
-      expect(usage.memory).toBeGreaterThan(0);
-      expect(usage.disk).toBeGreaterThan(0);
-      expect(usage.uptime).toBeGreaterThan(0);
-    } finally {
-      sqlite.close();
-    }
+    const usage = await reportedUsage('burn');
+    expect(usage.cpu).toBeGreaterThan(0);
+    // One thread, busy half of the time: never more CPU than the time between the samples.
+    expect(usage.cpu).toBeLessThanOrEqual(metered + 1000);
+    expect(usage.memory).toBeGreaterThan(0);
+    expect(usage.disk).toBeGreaterThan(0);
+    expect(usage.uptime).toBeGreaterThan(0);
     await destroy('burn');
+  });
+
+  it('counts the CPU of child processes that started and ended between two samples', async () => {
+    const run = await deploy('forks', 'forking');
+    expect(run.exitCode, run.stdout + run.stderr).toBe(0);
+    const dir = await partitionDir('forks');
+    expect((await f.node('usage')).exitCode).toBe(0);
+    writeFileSync(path.join(dir, 'var', 'go'), '');
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && !existsSync(path.join(dir, 'var', 'done'))) await sleep(100);
+    expect(existsSync(path.join(dir, 'var', 'done'))).toBe(true);
+    expect((await f.node('usage')).exitCode).toBe(0);
+
+    // What the children used, as the kernel counts it for the service, which reaped them all.
+    const leader = (await f.node('boot')).json<{ service: string; pid: number }[]>().find((s) => s.service === 'work')!.pid;
+    const fields = readFileSync(`/proc/${leader}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    const childrenMs = (Number(fields[13]) + Number(fields[14])) * 10;
+    expect(childrenMs).toBeGreaterThan(300);
+    const usage = await reportedUsage('forks');
+    expect(usage.cpu).toBeGreaterThanOrEqual(childrenMs * 0.9);
+    expect(usage.cpu).toBeLessThanOrEqual(childrenMs + 200);
+    await destroy('forks');
   });
 
   it('shows a failing promise with its state and a since-time that holds while the state does, and moves when it recovers', async () => {
