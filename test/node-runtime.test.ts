@@ -220,6 +220,21 @@ describe('the node runtime, through the CLI', () => {
     await destroy('broken');
   });
 
+  it('exits 1 when a build fails, with the end of its log', async () => {
+    const failing = writeTree({
+      'software.yaml': "name: unbuildable\nversion: 1.0.0\nparts:\n  x:\n    build:\n      - [/bin/sh, -c, 'echo the-reason >&2; exit 3']\nsoftware-types:\n  default: {}\n",
+    });
+    expect((await pledger(['software', 'publish', failing], { env: f.asAdmin })).exitCode).toBe(0);
+    expect((await pledger(['supply', 'unbuildable', f.nodeName], { env: f.asAdmin })).exitCode).toBe(0);
+    const run = await f.node('software');
+    expect(run.exitCode, run.stdout + run.stderr).toBe(1);
+    expect(run.json<RunReport>().results).toEqual([
+      { item: 'runtime@1.0.0', status: 'unchanged' },
+      { item: 'unbuildable@1.0.0', status: 'failed', message: expect.stringMatching(/^part x: \/bin\/sh exited with code 3\n--- last lines of build.log ---\n[\s\S]*\nthe-reason$/) },
+    ]);
+    expect((await pledger(['supply', 'unbuildable', f.nodeName, '--destroy'], { env: f.asAdmin })).exitCode).toBe(0);
+  });
+
   it('lets one of two runs started at once do the work: the other exits with a conflict, and no service starts twice', async () => {
     expect((await user('request', 'slow', 'runtime', '--type', 'slow')).exitCode).toBe(0);
     const runs = await Promise.all([f.node('instance'), f.node('instance')]);
