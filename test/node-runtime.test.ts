@@ -65,8 +65,8 @@ const release = () =>
     'broken.conf.njk': 'colour = {{ parameters.colour }}\n',
   });
 
-/** What the supervisor is told: restarts after 200, 400, then 800 ms at most; never a crash loop. */
-const SUPERVISOR = { backoffFirstMs: 200, backoffMaxMs: 800, crashLoopExits: 1000 };
+/** What the supervisor is told: restarts after 300, 600, then 1200 ms at most; never a crash loop. */
+const SUPERVISOR = { backoffFirstMs: 300, backoffMaxMs: 1200, crashLoopExits: 1000 };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -179,7 +179,7 @@ describe('the node runtime, through the CLI', () => {
       expect(shown.exitCode).toBe(0);
       const line = /^promise\.flag:\s+(\w+) since (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z): (.*)$/m.exec(shown.stdout);
       expect(line, shown.stdout).not.toBeNull();
-      return { status: line![1], since: line![2], message: line![3] };
+      return { status: line![1]!, since: line![2]!, message: line![3]! };
     };
     const json = async () => (await info('flagged')).promises;
     const reports = async () => (await user('info', 'flagged', '--history', '--json')).json<MovementView[]>().filter((m) => m.kind === 'instance.promises').length;
@@ -282,15 +282,16 @@ describe('the node runtime, through the CLI', () => {
 
     const starts = path.join(await partitionDir('crashing'), 'var', 'starts');
     const times = () => readFileSync(starts, 'utf8').trim().split('\n').map(Number);
-    // At once, then 200, 400, 800 and 800 ms: some 2.2 s.
+    // At once, then 300, 600, 1200 and 1200 ms: some 3.3 s.
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline && (!existsSync(starts) || times().length < 6)) await sleep(100);
     const gaps = times().slice(0, 6).map((t, i, all) => (i === 0 ? 0 : t - all[i - 1]!)).slice(1);
     expect(gaps).toHaveLength(5);
-    expect(gaps[0]).toBeLessThan(150);
-    for (const [i, expected] of [200, 400, 800, 800].entries()) {
+    expect(gaps[0]).toBeLessThan(250);
+    // Never sooner than the delay; later by what a busy machine adds to a timer, well short of the next doubling.
+    for (const [i, expected] of [300, 600, 1200, 1200].entries()) {
       expect(gaps[i + 1], `gaps ${gaps.join(', ')}`).toBeGreaterThanOrEqual(expected - 5);
-      expect(gaps[i + 1], `gaps ${gaps.join(', ')}`).toBeLessThan(expected + 200);
+      expect(gaps[i + 1], `gaps ${gaps.join(', ')}`).toBeLessThan(expected + 400);
     }
     await destroy('crashing');
   });
