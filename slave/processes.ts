@@ -154,6 +154,8 @@ export interface ProcessInfo {
   startTime: number;
   /** user + system CPU time, in clock ticks. */
   cpuTicks: number;
+  /** user + system CPU time of the children it waited for (reaped), in clock ticks. */
+  reapedCpuTicks: number;
   rssPages: number;
 }
 
@@ -170,6 +172,7 @@ export function parseProcessStat(pid: number, text: string): ProcessInfo {
     state: fields[0] ?? '',
     startTime: field(22),
     cpuTicks: field(14) + field(15),
+    reapedCpuTicks: field(16) + field(17),
     rssPages: field(24),
   };
 }
@@ -194,9 +197,10 @@ export async function readProcessTable(): Promise<ProcessInfo[]> {
 /**
  * The live processes of the trees rooted at `groups` (process group ids of services):
  * every member of those groups and every descendant of a member, even one that moved to
- * a group or session of its own.
+ * a group or session of its own. With `zombies`, those that ended and wait for their
+ * parent are kept too: they still hold the CPU time that parent is about to inherit.
  */
-export function processTrees(table: ProcessInfo[], groups: Set<number>): ProcessInfo[] {
+export function processTrees(table: ProcessInfo[], groups: Set<number>, zombies = false): ProcessInfo[] {
   const children = new Map<number, ProcessInfo[]>();
   for (const p of table) {
     const list = children.get(p.ppid);
@@ -210,5 +214,5 @@ export function processTrees(table: ProcessInfo[], groups: Set<number>): Process
     for (const child of children.get(p.pid) ?? []) visit(child);
   };
   for (const p of table) if (groups.has(p.pgid)) visit(p);
-  return [...found.values()].filter((p) => p.state !== 'Z');
+  return [...found.values()].filter((p) => zombies || p.state !== 'Z');
 }

@@ -33,6 +33,10 @@ interface LastSample {
   at: number;
   /** CPU ticks of each process, keyed `pid:startTime` so that a reused pid is a new process. */
   cpu: Record<string, number>;
+  /** CPU ticks of the children each process reaped, by the same key (absent from samples of older agents). */
+  reaped?: Record<string, number>;
+  /** The parent of each process whose parent is in the partition, by the same key. */
+  parents?: Record<string, string>;
 }
 
 interface Measured {
@@ -92,7 +96,7 @@ async function measure(config: NodeConfig): Promise<Measured[]> {
       reference,
       instance: state.instanceId,
       started: state.status === 'started',
-      processes: processTrees(table, groups),
+      processes: processTrees(table, groups, true),
       diskBytes: await diskUsage(partitionPath(config.root, reference)),
     });
   }
@@ -103,14 +107,12 @@ function record(db: NodeDatabase, partition: Measured, now: number, pageSize: nu
   const key = `usage.last.${partition.reference}`;
   const previousText = readMeta(db, key);
   const previous = previousText ? (JSON.parse(previousText) as LastSample) : undefined;
-  const cpu: Record<string, number> = {};
-  for (const p of partition.processes) cpu[`${p.pid}:${p.startTime}`] = p.cpuTicks;
-  writeMeta(db, key, JSON.stringify({ instance: partition.instance, at: now, cpu } satisfies LastSample));
+  const sample = cpuSample(partition.processes);
+  writeMeta(db, key, JSON.stringify({ instance: partition.instance, at: now, ...sample } satisfies LastSample));
   // The first sample of an instance is the baseline: what ran before it is not known.
   if (!previous || previous.instance !== partition.instance || now <= previous.at) return;
 
-  let ticks = 0;
-  for (const [process, current] of Object.entries(cpu)) ticks += Math.max(0, current - (previous.cpu[process] ?? 0));
+  const ticks = cpuTicksSince(previous, sample);
   const billedMs = Math.min(now - previous.at, MAX_GAP_MS);
   const seconds = billedMs / 1000;
   const rssBytes = partition.processes.reduce((sum, p) => sum + p.rssPages * pageSize, 0);
@@ -142,6 +144,46 @@ function record(db: NodeDatabase, partition: Measured, now: number, pageSize: nu
     });
     from = to;
   }
+}
+
+export type CpuSample = Required<Pick<LastSample, 'cpu' | 'reaped' | 'parents'>>;
+
+export function cpuSample(processes: ProcessInfo[]): CpuSample {
+  const keyOf = new Map(processes.map((p) => [p.pid, `${p.pid}:${p.startTime}`]));
+  const sample: CpuSample = { cpu: {}, reaped: {}, parents: {} };
+  for (const p of processes) {
+    const key = keyOf.get(p.pid)!;
+    sample.cpu[key] = p.cpuTicks;
+    sample.reaped[key] = p.reapedCpuTicks;
+    const parent = keyOf.get(p.ppid);
+    if (parent) sample.parents[key] = parent;
+  }
+  return sample;
+}
+
+/**
+ * CPU ticks the partition used between two samples: what each process used itself, and
+ * what the children it reaped meanwhile used (a service that forks a worker per job
+ * does its work in processes no sample ever sees). A child seen by the previous sample
+ * and reaped since had its ticks up to then counted already: they are taken off the
+ * reaped ticks of its nearest ancestor still there, which inherited them.
+ */
+export function cpuTicksSince(previous: LastSample, current: CpuSample): number {
+  const inherited = new Map<string, number>();
+  for (const [key, ticks] of Object.entries(previous.cpu)) {
+    if (key in current.cpu) continue;
+    let ancestor = previous.parents?.[key];
+    while (ancestor !== undefined && !(ancestor in current.cpu)) ancestor = previous.parents?.[ancestor];
+    if (ancestor !== undefined) inherited.set(ancestor, (inherited.get(ancestor) ?? 0) + ticks + (previous.reaped?.[key] ?? 0));
+  }
+  let total = 0;
+  for (const [key, ticks] of Object.entries(current.cpu)) {
+    total += Math.max(0, ticks - (previous.cpu[key] ?? 0));
+    // A process the previous sample saw without counting its children (an older agent's sample) starts counting them now.
+    const reapedBefore = previous.reaped?.[key] ?? (key in previous.cpu ? current.reaped[key]! : 0);
+    total += Math.max(0, current.reaped[key]! - reapedBefore - (inherited.get(key) ?? 0));
+  }
+  return total;
 }
 
 /** The id of the usage record of (instance, hour): the same whoever computes it, whenever. */

@@ -2,6 +2,7 @@
  * One real master process, an operator and a user, and one node whose agent runs as
  * an ordinary user, formatted: what the end-to-end tests of bundled releases share.
  */
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { freshDatabase, type TestDatabase } from './databases.js';
 import { agentUser, pledger, portBase, processesMentioning, startMaster, type AgentUser, type RunningMaster, type RunResult } from './processes.js';
@@ -13,12 +14,13 @@ export interface NodeFixture {
   agent: AgentUser;
   root: string;
   nodeName: string;
-  /** `pledger node COMMAND --json` as the agent's user. */
-  node(command: string): Promise<RunResult>;
+  /** `pledger node COMMAND --json` as the agent's user, with `env` added to its environment. */
+  node(command: string, env?: Record<string, string>): Promise<RunResult>;
   close(): Promise<void>;
 }
 
-export async function startNodeFixture(nodeName: string, ipBase: string, partitions = 1): Promise<NodeFixture> {
+/** `settings` are written into the node configuration beside what `node configure` wrote (supervisor, promiseSummarySeconds...). */
+export async function startNodeFixture(nodeName: string, ipBase: string, partitions = 1, settings: Record<string, unknown> = {}): Promise<NodeFixture> {
   const db: TestDatabase = await freshDatabase('sqlite');
   const master = await startMaster(db.url);
   const asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
@@ -35,7 +37,9 @@ export async function startNodeFixture(nodeName: string, ipBase: string, partiti
     { user: agent },
   );
   if (configure.exitCode !== 0) throw new Error(`node configure failed: ${configure.stderr}`);
-  const node = (command: string) => pledger(['node', command, '--config', config, '--json'], { user: agent, timeoutMs: 600_000 });
+  // Rewritten in place: the file keeps the agent's ownership and its mode.
+  writeFileSync(config, JSON.stringify({ ...(JSON.parse(readFileSync(config, 'utf8')) as object), ...settings }));
+  const node = (command: string, env?: Record<string, string>) => pledger(['node', command, '--config', config, '--json'], { user: agent, env, timeoutMs: 600_000 });
   const formatted = await node('format');
   if (formatted.exitCode !== 0) throw new Error(`node format failed: ${formatted.stderr}`);
   return {
