@@ -3,6 +3,8 @@
  * its usage errors.
  */
 import { Command } from '@commander-js/extra-typings';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { registerBillingCommands } from './commands/billing.js';
 import { registerInstanceCommands } from './commands/instances.js';
 import { registerMasterCommands } from './commands/master.js';
@@ -16,6 +18,7 @@ export async function runProgram(): Promise<void> {
   const program = new Command()
     .name('pledger')
     .description('Pledger: a promise-theory service lifecycle engine with an ERP ledger')
+    .version(packageVersion(), '--version', 'print the version of pledger')
     .option('--json', 'print machine-readable JSON')
     .option('--master <url>', 'the master URL (default: $PLEDGER_MASTER_URL or `pledger login`)')
     .option('--token <token>', 'your API token (default: $PLEDGER_TOKEN or `pledger login`)')
@@ -42,4 +45,16 @@ export async function runProgram(): Promise<void> {
       process.exitCode = reportError(program.opts(), error);
     }
   }
+}
+
+/** The version in package.json, found from the sources (cli/) or the build (dist/cli/). */
+function packageVersion(): string {
+  for (const up of ['..', path.join('..', '..')]) {
+    try {
+      return (JSON.parse(readFileSync(path.join(import.meta.dirname, up, 'package.json'), 'utf8')) as { version: string }).version;
+    } catch {
+      // Not there: the other layout.
+    }
+  }
+  return 'unknown';
 }

@@ -2,10 +2,12 @@
  * Bad input through the real CLI and a real master process: each gets a clear message
  * on stderr, the exit code of its kind, and changes nothing in the ledger.
  */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import type { InstanceView } from '../protocol/api.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { accountEnv, expectLedgerUnchanged, pledger, type RunningMaster, startMaster } from './helpers/processes.js';
+import { accountEnv, expectLedgerUnchanged, pledger, PROJECT, type RunningMaster, startMaster } from './helpers/processes.js';
 
 describe('the CLI facing bad input', () => {
   let db: TestDatabase;
@@ -82,6 +84,13 @@ describe('the CLI facing bad input', () => {
       expect(response.status).toBe(400);
       expect(await response.json()).toMatchObject({ error: { code: 'BAD_REQUEST', message: expect.stringMatching(/JSON/) } });
     });
+  });
+
+  it('prints its version, as package.json gives it', async () => {
+    const { version } = JSON.parse(readFileSync(path.join(PROJECT, 'package.json'), 'utf8')) as { version: string };
+    const run = await pledger(['--version']);
+    expect(run.exitCode).toBe(0);
+    expect(run.stdout.trim()).toBe(version);
   });
 
   it('says when the master is missing', async () => {
