@@ -142,7 +142,8 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
         'master',
       );
     }
-    await hostsChanged(trx, { id: instanceId, state, wasStarted: existing?.state === 'started', hostsShared });
+    const releaseChanged = existing !== undefined && (existing.software_id !== software.id || existing.software_type !== softwareType);
+    await hostsChanged(trx, { id: instanceId, state, wasStarted: existing?.state === 'started', hostsShared, releaseChanged });
   }
   if (existing && existing.state !== state) await cascadeState(trx, owner, existing.id, title, existing.root_id ?? existing.id, state);
   return instanceId;
@@ -196,26 +197,61 @@ function validateParameters(
     throw new PledgerError('BAD_REQUEST', `${software.id} ${softwareType} does not host shared instances`, { hint: 'request it without --shared' });
   }
   const schemaKey = options.shared ? sharedSchemaKey(softwareType) : softwareType;
-  const key = `${software.hash}:${schemaKey}:${options.coerce}`;
-  let validate = validators.get(key);
-  if (!validate) {
-    const schemas = JSON.parse(software.parameter_schemas) as Record<string, object>;
-    validate = (options.coerce ? coercingAjv : ajv).compile(schemas[schemaKey] ?? {});
-    validators.set(key, validate);
-  }
+  const validate = validatorFor(software, schemaKey, options.coerce);
   const copy = structuredClone(parameters);
   if (!validate(copy)) {
-    const problems = validate.errors!.map((e) => {
-      const where = e.instancePath ? e.instancePath.slice(1).replaceAll('/', '.') : 'parameters';
-      const extra = e.keyword === 'additionalProperties' ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : '';
-      return `${where} ${e.message ?? 'is invalid'}${extra}`;
-    });
     const what = options.shared ? `shared ${softwareType}` : softwareType;
-    throw new PledgerError('INVALID_PARAMETERS', `invalid parameters for ${software.id} ${what}: ${problems.join('; ')}`, {
+    throw new PledgerError('INVALID_PARAMETERS', `invalid parameters for ${software.id} ${what}: ${problemsOf(validate)}`, {
       details: validate.errors,
     });
   }
   return { parameters: copy, hostsShared: type.shared !== undefined };
+}
+
+function validatorFor(software: Pick<SoftwareRow, 'hash' | 'parameter_schemas'>, schemaKey: string, coerce: boolean): ValidateFunction {
+  const key = `${software.hash}:${schemaKey}:${coerce}`;
+  let validate = validators.get(key);
+  if (!validate) {
+    const schemas = JSON.parse(software.parameter_schemas) as Record<string, object>;
+    validate = (coerce ? coercingAjv : ajv).compile(schemas[schemaKey] ?? {});
+    validators.set(key, validate);
+  }
+  return validate;
+}
+
+function problemsOf(validate: ValidateFunction): string {
+  return validate.errors!
+    .map((e) => {
+      const where = e.instancePath ? e.instancePath.slice(1).replaceAll('/', '.') : 'parameters';
+      const extra = e.keyword === 'additionalProperties' ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : '';
+      return `${where} ${e.message ?? 'is invalid'}${extra}`;
+    })
+    .join('; ');
+}
+
+/**
+ * Why a host refuses a shared instance's parameters, or null. The host renders them
+ * into its own configuration, so the schema its release declares for shared instances
+ * decides, not the one of the version the requester named: an older or another version
+ * with a looser schema would otherwise let unchecked values into the host's files. The
+ * stored parameters are checked as they are (no coercion, no defaults kept): they are
+ * what the host will see.
+ */
+export function refusedByHost(
+  host: { title: string; software: Pick<SoftwareRow, 'id' | 'hash' | 'parameter_schemas'> },
+  softwareType: string,
+  parameters: Parameters,
+): PledgerError | null {
+  const key = sharedSchemaKey(softwareType);
+  if (!Object.hasOwn(JSON.parse(host.software.parameter_schemas) as object, key)) {
+    return new PledgerError('BAD_REQUEST', `${host.software.id} ${softwareType} (${host.title}) does not host shared instances`);
+  }
+  const validate = validatorFor(host.software, key, false);
+  if (validate(structuredClone(parameters))) return null;
+  return new PledgerError('INVALID_PARAMETERS', `invalid parameters for ${host.software.id} shared ${softwareType} on ${host.title}: ${problemsOf(validate)}`, {
+    hint: `${host.title} runs ${host.software.id}, whose schema for shared instances decides: name that version, or give parameters it accepts`,
+    details: validate.errors,
+  });
 }
 
 /** An instance with its release, partition and node, the titles of its parent and root, and its host's node. */

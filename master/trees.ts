@@ -11,7 +11,9 @@
  *   a bang from any instance of a tree redeploys every started instance of it.
  * - A shared instance gets a host (a started instance of the same release whose type
  *   declares `shared`) instead of a partition; any change of it redeploys its host,
- *   whose report carries the connection parameters it published for each. A host
+ *   whose report carries the connection parameters it published for each. The host
+ *   renders the parameters, so the schema its release declares for shared instances
+ *   checks them, not that of the version the requester named. A host
  *   shared by several owners keeps them apart: the parameters its release declares
  *   `unique` name a route held by one shared instance of the host only, and those it
  *   declares `backends` must point into partitions of the shared instance's owner.
@@ -23,7 +25,7 @@ import type { SoftwareDefinition, SoftwareTypeDefinition } from '../protocol/sof
 import type { AccountRow } from './accounts.js';
 import { isUniqueViolation } from './db/database.js';
 import type { Tables } from './db/tables.js';
-import { applyRequest } from './instances.js';
+import { applyRequest, refusedByHost } from './instances.js';
 import { partitionId, record, type Movement } from './ledger/movements.js';
 import type { NodeRow } from './nodes.js';
 
@@ -193,13 +195,9 @@ export async function placeShared(trx: Transaction<Tables>, shared: SharedPlacem
   if (anywhere instanceof PledgerError) throw anywhere;
   if (hostId) {
     const host = await hostOf(trx, hostId);
-    const claims = claimsFor(row, host.hosting);
-    const fit = await fitOn(trx, claims, host);
+    const fit = await fitsHost(trx, row, host);
     if ('problem' in fit) throw fit.problem;
-    const current = await trx.selectFrom('shared_backends').select('partition_id').where('instance_id', '=', id).orderBy('partition_id').execute();
-    if (claims.route !== claims.heldRoute || current.map((r) => r.partition_id).join(' ') !== fit.backends.join(' ')) {
-      await hostOn(trx, claims, host, fit.backends);
-    }
+    await rehost(trx, fit.claims, host, fit.backends);
     if (state !== 'started') await record(trx, { kind: `instance.${state}`, data: { instanceId: id, serial, partitionId: null, message: null } }, { actor: 'master', subject: id });
     await redeploy(trx, hostId, `shared instance ${id} ${state === 'started' ? 'changed' : state}`);
     return;
@@ -299,6 +297,9 @@ interface HostRow {
   title: string;
   nodeId: string;
   nodeName: string;
+  /** Its software type, which is its shared instances' too. */
+  type: string;
+  software: { id: string; hash: string; parameter_schemas: string };
   hosting: SharedHosting;
 }
 
@@ -308,11 +309,13 @@ async function hostOf(trx: Transaction<Tables>, hostId: string): Promise<HostRow
     .innerJoin('partitions', 'partitions.id', 'host.partition_id')
     .innerJoin('nodes', 'nodes.id', 'partitions.node_id')
     .innerJoin('software', 'software.id', 'host.software_id')
-    .select(['host.id', 'host.title', 'host.software_type', 'software.definition', 'nodes.id as node_id', 'nodes.name as node_name'])
+    .select(['host.id', 'host.title', 'host.software_type', 'software.definition', 'software.id as software_id', 'software.hash', 'software.parameter_schemas'])
+    .select(['nodes.id as node_id', 'nodes.name as node_name'])
     .where('host.id', '=', hostId)
     .executeTakeFirstOrThrow();
   const hosting = (JSON.parse(row.definition) as SoftwareDefinition)['software-types'][row.software_type]?.shared ?? {};
-  return { id: row.id, title: row.title, nodeId: row.node_id, nodeName: row.node_name, hosting };
+  const software = { id: row.software_id, hash: row.hash, parameter_schemas: row.parameter_schemas };
+  return { id: row.id, title: row.title, nodeId: row.node_id, nodeName: row.node_name, type: row.software_type, software, hosting };
 }
 
 /**
@@ -366,6 +369,32 @@ async function fitOn(trx: Transaction<Tables>, claims: SharedClaims, host: HostR
   return backends instanceof PledgerError ? { problem: backends } : { backends };
 }
 
+/**
+ * Whether `host` takes the shared instance: its release's schema for shared instances
+ * accepts the parameters, and the claims they make there fit.
+ */
+async function fitsHost(trx: Transaction<Tables>, row: SharedRow, host: HostRow): Promise<{ claims: SharedClaims; backends: string[] } | { problem: PledgerError }> {
+  const refused = refusedByHost(host, host.type, row.parameters);
+  if (refused) return { problem: refused };
+  let claims: SharedClaims;
+  try {
+    claims = claimsFor(row, host.hosting);
+  } catch (error) {
+    if (error instanceof PledgerError) return { problem: error };
+    throw error;
+  }
+  const fit = await fitOn(trx, claims, host);
+  return 'problem' in fit ? fit : { claims, backends: fit.backends };
+}
+
+/** Records the shared instance's route and backends on its host again, when they changed. */
+async function rehost(trx: Transaction<Tables>, claims: SharedClaims, host: HostRow, backends: string[]): Promise<void> {
+  const current = await trx.selectFrom('shared_backends').select('partition_id').where('instance_id', '=', claims.id).orderBy('partition_id').execute();
+  if (claims.route !== claims.heldRoute || current.map((r) => r.partition_id).join(' ') !== backends.join(' ')) {
+    await hostOn(trx, claims, host, backends);
+  }
+}
+
 function routeTaken(claims: SharedClaims, host: HostRow): PledgerError {
   return new PledgerError('CONFLICT', `the route ${claims.routeLabel} is taken on ${host.title}: another shared instance holds it`, {
     hint: 'choose another value, or ask whoever holds it to release it',
@@ -384,7 +413,8 @@ async function hostOn(trx: Transaction<Tables>, claims: SharedClaims, host: Host
 
 /**
  * Finds a host for a shared instance and attaches it, or records why none fits. When the
- * hosts that would fit are refused for its route or its backends, a request (`refuse`)
+ * hosts that would fit refuse it (their release's schema for shared instances, its
+ * route or its backends), a request (`refuse`)
  * gets the reason as its error; otherwise the instance waits with it as its message.
  */
 async function attachShared(trx: Transaction<Tables>, sharedId: string, previousMessage: string | null, refuse = false): Promise<boolean> {
@@ -401,7 +431,8 @@ async function attachShared(trx: Transaction<Tables>, sharedId: string, previous
     .innerJoin('accounts', 'accounts.id', 'host.owner_id')
     .innerJoin('partitions', 'partitions.id', 'host.partition_id')
     .innerJoin('nodes', 'nodes.id', 'partitions.node_id')
-    .select(['host.id', 'host.title', 'software.definition', 'nodes.id as node_id', 'nodes.name as node_name'])
+    .select(['host.id', 'host.title', 'software.definition', 'software.id as software_id', 'software.hash', 'software.parameter_schemas'])
+    .select(['nodes.id as node_id', 'nodes.name as node_name'])
     .where('software.name', '=', shared.name)
     .where('host.software_type', '=', shared.software_type)
     .where('host.state', '=', 'started')
@@ -430,14 +461,14 @@ async function attachShared(trx: Transaction<Tables>, sharedId: string, previous
     const row = await sharedRow(trx, sharedId);
     for (const candidate of fitting) {
       const hosting = (JSON.parse(candidate.definition) as SoftwareDefinition)['software-types'][shared.software_type]?.shared ?? {};
-      const host = { id: candidate.id, title: candidate.title, nodeId: candidate.node_id, nodeName: candidate.node_name, hosting };
-      const claims = claimsFor(row, hosting);
-      const fit = await fitOn(trx, claims, host);
+      const software = { id: candidate.software_id, hash: candidate.hash, parameter_schemas: candidate.parameter_schemas };
+      const host = { id: candidate.id, title: candidate.title, nodeId: candidate.node_id, nodeName: candidate.node_name, type: shared.software_type, software, hosting };
+      const fit = await fitsHost(trx, row, host);
       if ('problem' in fit) {
         refused ??= fit.problem;
         continue;
       }
-      await hostOn(trx, claims, host, fit.backends);
+      await hostOn(trx, fit.claims, host, fit.backends);
       await redeploy(trx, host.id, `shared instance ${sharedId} attached`);
       return true;
     }
@@ -475,27 +506,61 @@ export async function partitionTaken(trx: Transaction<Tables>, partitionId: stri
 
 /**
  * After a request of an ordinary instance: a host that starts takes the shared
- * instances waiting for one; a host that stops or goes hands its own to another host.
+ * instances waiting for one; a host that stops or goes hands its own to another host;
+ * a host that now runs another release or type keeps only the shared instances that
+ * release still takes, and hands the others to another host.
  */
-export async function hostsChanged(trx: Transaction<Tables>, instance: { id: string; state: RequestedState; wasStarted: boolean; hostsShared: boolean }): Promise<void> {
-  if (!instance.hostsShared) return;
-  if (instance.state === 'started' && !instance.wasStarted) {
-    const waiting = await trx
-      .selectFrom('instances')
-      .select(['id', 'message'])
-      .where('shared', '=', 1)
-      .where('state', '=', 'started')
-      .where('host_id', 'is', null)
-      .orderBy('created_at')
-      .orderBy('id')
-      .execute();
-    for (const shared of waiting) await attachShared(trx, shared.id, shared.message);
+export async function hostsChanged(
+  trx: Transaction<Tables>,
+  instance: { id: string; state: RequestedState; wasStarted: boolean; hostsShared: boolean; releaseChanged: boolean },
+): Promise<void> {
+  if (!instance.hostsShared && !instance.releaseChanged) return;
+  if (instance.state === 'started' && instance.wasStarted) {
+    if (!instance.releaseChanged) return;
+    await recheckHosted(trx, instance.id);
+    if (instance.hostsShared) await attachWaiting(trx);
+  } else if (instance.state === 'started' && instance.hostsShared) {
+    await attachWaiting(trx);
   } else if (instance.state !== 'started' && instance.wasStarted) {
     const hosted = await trx.selectFrom('instances').select(['id']).where('host_id', '=', instance.id).where('state', '!=', 'destroyed').orderBy('id').execute();
     for (const shared of hosted) {
       const reason = `its host was ${instance.state}`;
       await record(trx, { kind: 'instance.unallocated', data: { instanceId: shared.id, reason } }, { actor: 'master', subject: shared.id });
       await attachShared(trx, shared.id, reason);
+    }
+  }
+}
+
+async function attachWaiting(trx: Transaction<Tables>): Promise<void> {
+  const waiting = await trx
+    .selectFrom('instances')
+    .select(['id', 'message'])
+    .where('shared', '=', 1)
+    .where('state', '=', 'started')
+    .where('host_id', 'is', null)
+    .orderBy('created_at')
+    .orderBy('id')
+    .execute();
+  for (const shared of waiting) await attachShared(trx, shared.id, shared.message);
+}
+
+/**
+ * Checks the shared instances of a host that changed release against what it runs
+ * now: its schema, its routes and its backends. One it refuses leaves for another
+ * host, or waits saying why.
+ */
+async function recheckHosted(trx: Transaction<Tables>, hostId: string): Promise<void> {
+  const hosted = await trx.selectFrom('instances').select(['id']).where('host_id', '=', hostId).where('state', '!=', 'destroyed').orderBy('id').execute();
+  if (hosted.length === 0) return;
+  const host = await hostOf(trx, hostId);
+  for (const { id } of hosted) {
+    const fit = await fitsHost(trx, await sharedRow(trx, id), host);
+    if ('problem' in fit) {
+      const reason = `its host ${host.title} now runs ${host.software.id}, which refuses it: ${fit.problem.message}`;
+      await record(trx, { kind: 'instance.unallocated', data: { instanceId: id, reason } }, { actor: 'master', subject: id });
+      await attachShared(trx, id, reason);
+    } else {
+      await rehost(trx, fit.claims, host, fit.backends);
     }
   }
 }

@@ -449,6 +449,40 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
       expect(await movements()).toBe(between);
     });
 
+    it('checks a shared instance’s parameters against its host’s schema, not the looser one of the version it names, recording nothing', async () => {
+      const bobSite2 = await backendOf('bob-site-2');
+      const before = await movements();
+      // router@0.9.0 takes any string: the gateway runs 1.0.0, whose pattern would let none of these into its configuration.
+      for (const host of ['evil.example; include /etc/passwd', 'Shop.Example\n}']) {
+        const answer = await call(bob, 'PUT', '/api/v1/instances/loose-route', { software: 'router@0.9.0', shared: true, sla: { host: 'gateway' }, parameters: { backend: bobSite2, host } });
+        expect(answer.status, host).toBe(422);
+        expect(answer.body.error.message).toBe('invalid parameters for router@1.0.0 shared default on gateway: host must match pattern "^[a-z0-9.-]+$"');
+      }
+      expect(await movements()).toBe(before);
+      expect((await call(bob, 'GET', '/api/v1/instances/loose-route')).status).toBe(404);
+      expect((await routes()).map((r) => r.host)).not.toContain('evil.example; include /etc/passwd');
+    });
+
+    it('passes over a host whose schema refuses a shared instance for one whose schema takes it', async () => {
+      // node-a is full: node-c takes the older host.
+      expect((await call(admin, 'POST', '/api/v1/supplies', { software: 'router@0.9.0', node: 'node-c' })).status).toBeLessThan(300);
+      expect((await call(admin, 'PUT', '/api/v1/instances/old-gateway', { software: 'router@0.9.0', sla: { node: 'node-c' } })).body).toMatchObject({ node: 'node-c' });
+      const answer = await call(bob, 'PUT', '/api/v1/instances/loose-route', { software: 'router@0.9.0', shared: true, parameters: { backend: 'http://10.1.1.1:80/', host: 'Old_Style' } });
+      expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+      expect(answer.body).toMatchObject({ status: 'allocated' });
+      expect(answer.body).toMatchObject({ node: 'node-c' });
+      expect((await routes()).map((r) => r.host)).not.toContain('Old_Style');
+    });
+
+    it('takes a shared instance off a host that moves to a release whose schema refuses it', async () => {
+      const upgraded = await call(admin, 'PUT', '/api/v1/instances/old-gateway', { software: 'router@1.0.0' });
+      expect(upgraded.status, JSON.stringify(upgraded.body)).toBe(200);
+      const route = await view(bob, 'loose-route');
+      expect(route).toMatchObject({ status: 'unallocated', node: null });
+      expect(route.message).toBe('invalid parameters for router@1.0.0 shared default on gateway: host must match pattern "^[a-z0-9.-]+$"');
+      await call(admin, 'DELETE', '/api/v1/instances/old-gateway');
+    });
+
     it('has the database refuse a second holder of a route, whatever process writes it', async () => {
       const holder = await database.db.selectFrom('instances').select(['host_id', 'shared_route']).where('title', '=', 'shop-route').executeTakeFirstOrThrow();
       expect(holder.shared_route).toBe(JSON.stringify(['www.shop.example']));
