@@ -12,7 +12,7 @@ import { record } from '../ledger/movements.js';
 import { BANK_ACCOUNT, receivableAccount } from './accounts.js';
 import { unitFraction } from './close.js';
 import { loadSettings, type BillingSettings } from './journal.js';
-import { formatAmount, formatPrice, formatQuotient, int, parseAmount } from './money.js';
+import { exact, exactSum, formatAmount, formatPrice, formatQuotient, int, parseAmount } from './money.js';
 
 /** The account a request is about: the caller's own, or for an operator the one named. */
 export async function subjectAccount(db: Kysely<Tables>, caller: AccountRow, name: string | undefined): Promise<AccountRow> {
@@ -29,12 +29,13 @@ function invoiceRows(db: Kysely<Tables>, filter: { ownerId?: string; period?: st
   let query = db
     .selectFrom('invoices as v')
     .innerJoin('accounts as a', 'a.id', 'v.owner_id')
-    .selectAll('v')
+    .select(['v.id', 'v.owner_id', 'v.period', 'v.currency', 'v.tax_rate_basis_points', 'v.issued_at', 'v.due_at'])
+    .select([exact('v.subtotal').as('subtotal'), exact('v.tax').as('tax'), exact('v.total').as('total')])
     .select('a.name as account_name')
     .select((eb) =>
       eb
         .selectFrom('payments as p')
-        .select((e) => e.fn.sum<string | number | null>('p.amount').as('paid'))
+        .select(exactSum('p.amount').as('paid'))
         .whereRef('p.invoice_id', '=', 'v.id')
         .as('paid'),
     );
@@ -76,7 +77,12 @@ export async function getInvoice(db: Kysely<Tables>, caller: AccountRow, id: str
   const [row] = await invoiceRows(db, { id, ...(caller.role === 'admin' ? {} : { ownerId: caller.id }) });
   if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${id}`, { hint: 'list your invoices with `pledger billing invoices`' });
   const settings = await loadSettings(db);
-  const lines = await db.selectFrom('invoice_lines').selectAll().where('invoice_id', '=', id).orderBy('line').execute();
+  const lines = await db
+    .selectFrom('invoice_lines')
+    .select(['instance_title', 'software_id', 'software_type', 'usage_month', 'resource', exact('quantity').as('quantity'), exact('unit_price').as('unit_price'), exact('amount').as('amount')])
+    .where('invoice_id', '=', id)
+    .orderBy('line')
+    .execute();
   return {
     ...summary(row, settings, now),
     lines: lines.map((l) => {
@@ -238,7 +244,7 @@ export async function statement(db: Kysely<Tables>, account: AccountRow): Promis
   const rows = await db
     .selectFrom('journal_postings as p')
     .innerJoin('journal_transactions as t', 't.id', 'p.transaction_id')
-    .select(['t.id', 't.date', 't.kind', 't.reference', 't.description', 'p.amount'])
+    .select(['t.id', 't.date', 't.kind', 't.reference', 't.description', exact('p.amount').as('amount')])
     .where('p.account', '=', receivableAccount(account.name))
     .orderBy('t.date')
     .orderBy('t.id')

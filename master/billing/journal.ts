@@ -11,7 +11,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
-import { int } from './money.js';
+import { exactSum, int } from './money.js';
 import type { BilledUsageHoursTable } from './tables.js';
 
 /** The master's tables with the column migration 0003 adds to usage_hours. */
@@ -324,7 +324,7 @@ export async function loadSettings(db: Db): Promise<BillingSettings> {
 export async function accountBalance(db: Db, account: string): Promise<bigint> {
   const row = await db
     .selectFrom('journal_postings')
-    .select((eb) => eb.fn.sum<string | number | null>('amount').as('sum'))
+    .select(exactSum('amount').as('sum'))
     .where('account', '=', account)
     .executeTakeFirst();
   return int(row?.sum);
