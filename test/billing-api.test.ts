@@ -36,6 +36,7 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     web = await f.instance(alice, 'web <b>&</b>');
     cache = await f.instance(alice, 'cache');
     db = await f.instance(bob, 'db');
+    await f.instance(alice, 'spare');
   });
   afterAll(async () => {
     await f?.close();
@@ -230,7 +231,7 @@ describe.each(testEngines())('billing API on %s', (engine) => {
 
     const late = await f.call(f.admin, 'POST', '/api/v1/billing/dunning', { asOf: new Date(dueAt + 8 * 86_400_000).toISOString() });
     expect(late.body.held).toEqual(['alice', 'bob']);
-    expect(late.body.instances.sort()).toEqual(['alice/cache', 'alice/web <b>&</b>', 'bob/db']);
+    expect(late.body.instances.sort()).toEqual(['alice/cache', 'alice/spare', 'alice/web <b>&</b>', 'bob/db']);
     expect((await f.call(alice, 'GET', '/api/v1/instances/cache')).body.state).toBe('stopped');
     const history = (await f.call(alice, 'GET', '/api/v1/instances/cache/history')).body as { kind: string; actor: string; data: { reason?: string; state?: string } }[];
     const held = history.find((m) => m.kind === 'instance.held')!;
@@ -238,6 +239,29 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     expect(history.at(-1)).toMatchObject({ kind: 'instance.requested', actor: 'master', data: { state: 'stopped' } });
     const balance = (await f.call(alice, 'GET', '/api/v1/billing/balance')).body;
     expect(balance.hold).toMatchObject({ invoice: 'INV-2026-09-00001', reason: held.data.reason, destroyed: false });
+
+    // Held: nothing of alice's starts again, and nothing new is created, until she pays.
+    await expectUnchanged(async () => {
+      for (const [title, body] of [
+        ['cache', { software: 'greeter', state: 'started' }],
+        ['more', { software: 'greeter' }],
+        ['more', { software: 'greeter', state: 'stopped' }],
+      ] as const) {
+        const refused = await f.call(alice, 'PUT', `/api/v1/instances/${title}`, body);
+        expect(refused.status).toBe(402);
+        expect(refused.body.error).toMatchObject({ code: 'PAYMENT_REQUIRED', hint: expect.stringMatching(/^pay invoice INV-2026-09-00001 /) });
+        expect(refused.body.error.message).toMatch(/until invoice INV-2026-09-00001 is paid$/);
+      }
+      expect((await f.call(alice, 'PUT', '/api/v1/instances/cache', { software: 'greeter', state: 'stopped' })).status).toBe(200);
+    });
+    expect((await f.call(alice, 'GET', '/api/v1/instances/cache')).body.state).toBe('stopped');
+    expect((await f.call(alice, 'GET', '/api/v1/instances/more')).status).toBe(404);
+    // A customer who owes nothing is not held by others' debts.
+    const carol = await f.customer('carol');
+    expect((await f.call(carol, 'PUT', '/api/v1/instances/more', { software: 'greeter' })).body.state).toBe('started');
+    // Destroying stays allowed; a destroyed instance is not started again by the payment, nor recreated meanwhile.
+    expect((await f.call(alice, 'PUT', '/api/v1/instances/spare', { software: 'greeter', state: 'destroyed' })).body.state).toBe('destroyed');
+    expect((await f.call(alice, 'PUT', '/api/v1/instances/spare', { software: 'greeter' })).status).toBe(402);
 
     // Running dunning again changes nothing.
     await expectUnchanged(() => f.call(f.admin, 'POST', '/api/v1/billing/dunning', { asOf: new Date(dueAt + 9 * 86_400_000).toISOString() }));

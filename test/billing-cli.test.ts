@@ -124,6 +124,27 @@ describe('pledger billing', () => {
     expect(statement.stdout).toMatch(/payment\s+INV-2026-10-00001\s+-4\.00\s+0\.50/);
   });
 
+  it('refuses to start anything of a customer held for non-payment, with exit code 8 and the invoice to pay', async () => {
+    const { dueAt } = (await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).json<InvoiceView>();
+    const dunning = await pledger(['billing', 'dunning', '--as-of', new Date(Date.parse(dueAt) + 8 * 86_400_000).toISOString(), '--json'], { env: asAdmin });
+    expect(dunning.json()).toMatchObject({ held: ['alice'], instances: ['alice/web'] });
+    expect((await pledger(['info', 'web', '--json'], { env: asAlice })).json<{ state: string }>().state).toBe('stopped');
+    await expectUnchanged(async () => {
+      const started = await pledger(['request', 'web', 'hello', '--state', 'started'], { env: asAlice });
+      expect(started.exitCode).toBe(8);
+      expect(started.stderr).toBe(
+        `error: "web" cannot be started: the instances of alice are stopped until invoice ${invoiceId} is paid\n` +
+          `hint: pay invoice ${invoiceId} (\`pledger billing invoice ${invoiceId}\` shows what it owes): the instances stopped for it start again then`,
+      );
+      const created = await pledger(['request', 'blog', 'hello'], { env: asAlice });
+      expect(created.exitCode).toBe(8);
+      expect(created.stderr).toMatch(/^error: "blog" cannot be created: /);
+    });
+    const paid = await pledger(['billing', 'pay', invoiceId, '0.50'], { env: asAdmin });
+    expect(paid.stdout).toBe(`paid 0.50 EUR on ${invoiceId}; outstanding 0.00 EUR\nstarted again: web`);
+    expect((await pledger(['info', 'web', '--json'], { env: asAlice })).json<{ state: string }>().state).toBe('started');
+  });
+
   it('exports the month to a file that hledger accepts', async () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'pledger-cli-export-')), 'october.journal');
     const exported = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'hledger', '--output', file], { env: asAdmin });
