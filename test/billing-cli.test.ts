@@ -157,6 +157,36 @@ describe('pledger billing', () => {
     expect(refused.exitCode).toBe(3);
   });
 
+  it('credits an invoice once its payments are reversed, and says so when asked again', async () => {
+    await expectUnchanged(async () => {
+      const byUser = await pledger(['billing', 'credit', invoiceId], { env: asAlice });
+      expect(byUser.exitCode).toBe(3);
+      const paid = await pledger(['billing', 'credit', invoiceId], { env: asAdmin });
+      expect(paid.exitCode).toBe(5);
+      expect(paid.stderr).toBe(
+        `error: invoice ${invoiceId} has 4.50 EUR paid on it: a credit note reverses an unpaid invoice\nhint: reverse its payments first with \`pledger billing reverse-payment ID --reason TEXT\``,
+      );
+    });
+    const { entries } = (await pledger(['billing', 'statement', '--json'], { env: asAlice })).json<{ entries: { kind: string; transaction: string }[] }>();
+    for (const entry of entries.filter((e) => e.kind === 'payment')) {
+      const reversed = await pledger(['billing', 'reverse-payment', entry.transaction.slice('payment:'.length), '--reason', 'sent back'], { env: asAdmin });
+      expect(reversed.exitCode, reversed.stderr).toBe(0);
+    }
+    const credited = await pledger(['billing', 'credit', invoiceId, '--reason', 'goodwill'], { env: asAdmin });
+    expect(credited.stdout).toBe(`credited ${invoiceId} to alice: 4.50 EUR taken off`);
+    await expectUnchanged(async () => {
+      const again = await pledger(['billing', 'credit', invoiceId], { env: asAdmin });
+      expect(again.exitCode).toBe(0);
+      expect(again.stdout).toMatch(new RegExp(`^${invoiceId} was credited already at \\S+: nothing changed$`));
+    });
+    expect((await pledger(['billing', 'invoices', '--json'], { env: asAlice })).json<InvoiceSummary[]>()).toMatchObject([{ id: invoiceId, status: 'credited', outstanding: '0.00' }]);
+    expect((await pledger(['billing', 'balance', '--json'], { env: asAlice })).json<BalanceView>()).toMatchObject({ balance: '0.00' });
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'pledger-cli-credit-')), 'now.journal');
+    await pledger(['billing', 'export', '--period', new Date().toISOString().slice(0, 7), '--format', 'hledger', '--output', file], { env: asAdmin });
+    expect(readFileSync(file, 'utf8')).toContain(`(${invoiceId}) Credit note for ${invoiceId} to alice: goodwill`);
+    execFileSync('hledger', ['check', '--strict', '-f', file], { stdio: 'pipe' });
+  });
+
   it('rebuilds the projections from the movements, leaving invoices and balances as they were', async () => {
     const before = (await pledger(['billing', 'balance', '--json'], { env: asAlice })).stdout;
     const invoice = (await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).stdout;
