@@ -83,6 +83,10 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
   if (!existing && state === 'destroyed') {
     throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
   }
+  // Dunning stops and lifts holds as the actor `master`; nobody else starts anything of a
+  // customer held for non-payment, nor adds to what they have.
+  const starts = !existing || existing.state === 'destroyed' ? state !== 'destroyed' : state === 'started' && existing.state !== 'started';
+  if (starts && actor !== 'master') await refuseIfHeld(trx, owner, title, !existing || existing.state === 'destroyed');
   const unchanged =
     existing &&
     existing.software_id === software.id &&
@@ -147,6 +151,17 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
   }
   if (existing && existing.state !== state) await cascadeState(trx, owner, existing.id, title, existing.root_id ?? existing.id, state);
   return instanceId;
+}
+
+async function refuseIfHeld(trx: Transaction<Tables>, owner: AccountRow, title: string, isNew: boolean): Promise<void> {
+  const { rows } = await sql<{ invoice_id: string }>`select invoice_id from billing_holds where account_id = ${owner.id}`.execute(trx);
+  const invoice = rows[0]?.invoice_id;
+  if (invoice === undefined) return;
+  throw new PledgerError(
+    'PAYMENT_REQUIRED',
+    `${isNew ? `"${title}" cannot be created` : `"${title}" cannot be started`}: the instances of ${owner.name} are stopped until invoice ${invoice} is paid`,
+    { hint: `pay invoice ${invoice} (\`pledger billing invoice ${invoice}\` shows what it owes): the instances stopped for it start again then` },
+  );
 }
 
 /** The same object with its keys in order, so that two equal SLAs compare equal as JSON. */

@@ -537,8 +537,11 @@ const invoiceFields = {
   tax: Amount,
   total: Amount,
   paid: Amount,
+  /** What a credit note took off it: its total, or nothing. */
+  credited: Amount,
   outstanding: Amount,
-  status: Type.Union([Type.Literal('paid'), Type.Literal('open'), Type.Literal('overdue')]),
+  /** `credited`: a credit note reversed it; nothing is owed on it. */
+  status: Type.Union([Type.Literal('paid'), Type.Literal('open'), Type.Literal('overdue'), Type.Literal('credited')]),
   issuedAt: Timestamp,
   dueAt: Timestamp,
 };
@@ -574,6 +577,24 @@ export const PaymentView = Type.Object({
   restarted: Type.Array(Type.String()),
 });
 export type PaymentView = Static<typeof PaymentView>;
+
+const Reason = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+export const CreditNoteCreate = Type.Object({ reason: Type.Optional(Reason) }, { additionalProperties: false });
+export type CreditNoteCreate = Static<typeof CreditNoteCreate>;
+export const CreditNoteView = Type.Object({
+  invoice: InvoiceId,
+  account: Name,
+  /** The invoice's total, taken off the customer's receivable. */
+  amount: Amount,
+  currency: Currency,
+  reason: Type.String(),
+  creditedAt: Timestamp,
+  /** False when the invoice was credited already: nothing changed. */
+  credited: Type.Boolean(),
+  /** Instances started again because nothing is overdue any more. */
+  restarted: Type.Array(Type.String()),
+});
+export type CreditNoteView = Static<typeof CreditNoteView>;
 
 export const BillingHold = Type.Object({ invoice: InvoiceId, reason: Type.String(), since: Timestamp, destroyed: Type.Boolean() });
 export const BalanceView = Type.Object({

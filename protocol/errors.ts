@@ -29,6 +29,12 @@ export const ERRORS = {
     exitCode: 3,
     hint: 'this needs another account: ask an operator',
   },
+  /** A customer held for non-payment asked to start an instance or for a new one. */
+  PAYMENT_REQUIRED: {
+    status: 402,
+    exitCode: 8,
+    hint: 'pay the overdue invoice: `pledger billing balance` names it',
+  },
   NOT_FOUND: { status: 404, exitCode: 4, hint: 'check the name' },
   INSTANCE_NOT_FOUND: { status: 404, exitCode: 4, hint: 'list your instances with `pledger list`' },
   SOFTWARE_NOT_FOUND: {

@@ -36,6 +36,7 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     web = await f.instance(alice, 'web <b>&</b>');
     cache = await f.instance(alice, 'cache');
     db = await f.instance(bob, 'db');
+    await f.instance(alice, 'spare');
   });
   afterAll(async () => {
     await f?.close();
@@ -230,7 +231,7 @@ describe.each(testEngines())('billing API on %s', (engine) => {
 
     const late = await f.call(f.admin, 'POST', '/api/v1/billing/dunning', { asOf: new Date(dueAt + 8 * 86_400_000).toISOString() });
     expect(late.body.held).toEqual(['alice', 'bob']);
-    expect(late.body.instances.sort()).toEqual(['alice/cache', 'alice/web <b>&</b>', 'bob/db']);
+    expect(late.body.instances.sort()).toEqual(['alice/cache', 'alice/spare', 'alice/web <b>&</b>', 'bob/db']);
     expect((await f.call(alice, 'GET', '/api/v1/instances/cache')).body.state).toBe('stopped');
     const history = (await f.call(alice, 'GET', '/api/v1/instances/cache/history')).body as { kind: string; actor: string; data: { reason?: string; state?: string } }[];
     const held = history.find((m) => m.kind === 'instance.held')!;
@@ -238,6 +239,29 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     expect(history.at(-1)).toMatchObject({ kind: 'instance.requested', actor: 'master', data: { state: 'stopped' } });
     const balance = (await f.call(alice, 'GET', '/api/v1/billing/balance')).body;
     expect(balance.hold).toMatchObject({ invoice: 'INV-2026-09-00001', reason: held.data.reason, destroyed: false });
+
+    // Held: nothing of alice's starts again, and nothing new is created, until she pays.
+    await expectUnchanged(async () => {
+      for (const [title, body] of [
+        ['cache', { software: 'greeter', state: 'started' }],
+        ['more', { software: 'greeter' }],
+        ['more', { software: 'greeter', state: 'stopped' }],
+      ] as const) {
+        const refused = await f.call(alice, 'PUT', `/api/v1/instances/${title}`, body);
+        expect(refused.status).toBe(402);
+        expect(refused.body.error).toMatchObject({ code: 'PAYMENT_REQUIRED', hint: expect.stringMatching(/^pay invoice INV-2026-09-00001 /) });
+        expect(refused.body.error.message).toMatch(/until invoice INV-2026-09-00001 is paid$/);
+      }
+      expect((await f.call(alice, 'PUT', '/api/v1/instances/cache', { software: 'greeter', state: 'stopped' })).status).toBe(200);
+    });
+    expect((await f.call(alice, 'GET', '/api/v1/instances/cache')).body.state).toBe('stopped');
+    expect((await f.call(alice, 'GET', '/api/v1/instances/more')).status).toBe(404);
+    // A customer who owes nothing is not held by others' debts.
+    const carol = await f.customer('carol');
+    expect((await f.call(carol, 'PUT', '/api/v1/instances/more', { software: 'greeter' })).body.state).toBe('started');
+    // Destroying stays allowed; a destroyed instance is not started again by the payment, nor recreated meanwhile.
+    expect((await f.call(alice, 'PUT', '/api/v1/instances/spare', { software: 'greeter', state: 'destroyed' })).body.state).toBe('destroyed');
+    expect((await f.call(alice, 'PUT', '/api/v1/instances/spare', { software: 'greeter' })).status).toBe(402);
 
     // Running dunning again changes nothing.
     await expectUnchanged(() => f.call(f.admin, 'POST', '/api/v1/billing/dunning', { asOf: new Date(dueAt + 9 * 86_400_000).toISOString() }));
@@ -261,6 +285,51 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     expect(destroyed.body).toMatchObject({ destroyed: ['bob'], instances: ['bob/db'] });
     expect((await f.call(bob, 'GET', '/api/v1/instances/db')).body.state).toBe('destroyed');
     expect((await f.call(bob, 'GET', '/api/v1/billing/balance')).body.hold).toMatchObject({ destroyed: true });
+  });
+
+  it('credits an unpaid invoice with a reversing entry dated now, once, and only for operators', async () => {
+    const thisMonth = new Date().toISOString().slice(0, 7);
+    const before = (await f.call(bob, 'GET', '/api/v1/billing/invoices/INV-2026-09-00002')).body;
+    expect(before.status).toBe('open');
+    await expectUnchanged(async () => {
+      expect((await f.call(bob, 'POST', '/api/v1/billing/invoices/INV-2026-09-00002/credit', {})).status).toBe(403);
+      expect((await f.call(f.admin, 'POST', '/api/v1/billing/invoices/INV-2026-09-09999/credit', {})).status).toBe(404);
+      expect((await f.call(f.admin, 'POST', '/api/v1/billing/invoices/INV-2026-09-00002/credit', { reason: 'a\nb' })).status).toBe(400);
+      expect((await f.call(f.admin, 'POST', '/api/v1/billing/invoices/INV-2026-09-00002/credit', { reason: 'x', amount: '1' })).status).toBe(400);
+      const paid = await f.call(f.admin, 'POST', '/api/v1/billing/invoices/INV-2026-09-00001/credit', {});
+      expect(paid.status).toBe(409);
+      expect(paid.body.error).toMatchObject({ message: 'invoice INV-2026-09-00001 has 1.22 EUR paid on it: a credit note reverses an unpaid invoice', hint: expect.stringMatching(/reverse-payment/) });
+    });
+
+    const credited = await f.call(f.admin, 'POST', '/api/v1/billing/invoices/INV-2026-09-00002/credit', { reason: 'service outage' });
+    expect(credited.status).toBe(201);
+    expect(credited.body).toMatchObject({ invoice: 'INV-2026-09-00002', account: 'bob', amount: before.total, currency: 'EUR', reason: 'service outage', credited: true, restarted: [] });
+    await expectUnchanged(async () => {
+      const again = await f.call(f.admin, 'POST', '/api/v1/billing/invoices/INV-2026-09-00002/credit', { reason: 'twice' });
+      expect(again.status).toBe(200);
+      expect(again.body).toEqual({ ...credited.body, credited: false });
+      const payment = await f.call(f.admin, 'POST', '/api/v1/billing/payments', { invoice: 'INV-2026-09-00002', amount: '0.01' });
+      expect(payment.status).toBe(409);
+      expect(payment.body.error.message).toBe('invoice INV-2026-09-00002 is credited: nothing is owed on it');
+    });
+
+    const after = (await f.call(bob, 'GET', '/api/v1/billing/invoices/INV-2026-09-00002')).body;
+    expect(after).toEqual({ ...before, status: 'credited', credited: before.total, outstanding: '0.00' });
+    const balance = (await f.call(bob, 'GET', '/api/v1/billing/balance')).body;
+    expect(balance).toMatchObject({ balance: '0.00', overdue: '0.00', hold: null });
+    const statement = (await f.call(bob, 'GET', '/api/v1/billing/statement')).body;
+    expect(statement.entries.map((e: { kind: string; reference: string; amount: string; balance: string }) => [e.kind, e.reference, e.amount, e.balance])).toEqual([
+      ['invoice', 'INV-2026-09-00002', before.total, before.total],
+      ['credit', 'INV-2026-09-00002', `-${before.total}`, '0.00'],
+    ]);
+
+    // The closed period keeps its invoice entry as it was; the credit note belongs to this month.
+    const journal = f.database.db.selectFrom('journal_transactions').selectAll();
+    const note = await journal.where('id', '=', 'credit:INV-2026-09-00002').executeTakeFirstOrThrow();
+    expect(note).toMatchObject({ kind: 'credit', period: thisMonth, reference: 'INV-2026-09-00002', reverses: 'invoice:INV-2026-09-00002', description: 'Credit note for INV-2026-09-00002 to bob: service outage' });
+    const postings = async (id: string) =>
+      (await f.database.db.selectFrom('journal_postings').select(['account', 'amount']).where('transaction_id', '=', id).orderBy('line').execute()).map((p) => [p.account, BigInt(p.amount)]);
+    expect(await postings('credit:INV-2026-09-00002')).toEqual((await postings('invoice:INV-2026-09-00002')).map(([account, amount]) => [account, -(amount as bigint)]));
   });
 
   it('exports the journal as CSV, JSON, and journals that hledger and bean-check accept', async () => {
@@ -292,6 +361,11 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     writeFileSync(beancountFile, payments.text);
     execFileSync('bean-check', [beancountFile], { stdio: 'pipe' });
     expect(payments.text).toContain('Payment bank 42 from alice for INV-2026-09-00001');
+    expect(payments.text).toContain('"INV-2026-09-00002" "Credit note for INV-2026-09-00002 to bob: service outage"');
+    writeFileSync(hledgerFile, (await f.call(f.admin, 'GET', `/api/v1/billing/export?period=${thisMonth}&format=hledger`)).text);
+    execFileSync('hledger', ['check', '--strict', '-f', hledgerFile], { stdio: 'pipe' });
+    const bob = execFileSync('hledger', ['balance', '-f', hledgerFile, '--flat', '--no-total', 'Receivable:C-bob']).toString();
+    expect(bob).toMatch(/^\s*-0\.06 EUR\s+Assets:Receivable:C-bob/);
     expect((await f.call(f.admin, 'GET', '/api/v1/billing/export?period=2026-09&format=xml')).status).toBe(400);
   });
 
@@ -305,9 +379,12 @@ describe.each(testEngines())('billing API on %s', (engine) => {
         settings: await d.selectFrom('billing_settings').selectAll().orderBy('key').execute(),
         instances: await d.selectFrom('instances').selectAll().orderBy('id').execute(),
         journal: await d.selectFrom('journal_postings').selectAll().orderBy('transaction_id').orderBy('line').execute(),
+        credits: await d.selectFrom('credit_notes').selectAll().orderBy('invoice_id').execute(),
+        invoices: await d.selectFrom('invoices').selectAll().orderBy('id').execute(),
       };
     };
     const live = await snapshot();
+    expect(live.credits).toHaveLength(1);
     expect(live.usage.every((u) => (u as { billed_period?: string | null }).billed_period !== null)).toBe(true);
     await rebuildProjections(f.database.db);
     expect(await snapshot()).toEqual(live);

@@ -124,6 +124,27 @@ describe('pledger billing', () => {
     expect(statement.stdout).toMatch(/payment\s+INV-2026-10-00001\s+-4\.00\s+0\.50/);
   });
 
+  it('refuses to start anything of a customer held for non-payment, with exit code 8 and the invoice to pay', async () => {
+    const { dueAt } = (await pledger(['billing', 'invoice', invoiceId, '--json'], { env: asAlice })).json<InvoiceView>();
+    const dunning = await pledger(['billing', 'dunning', '--as-of', new Date(Date.parse(dueAt) + 8 * 86_400_000).toISOString(), '--json'], { env: asAdmin });
+    expect(dunning.json()).toMatchObject({ held: ['alice'], instances: ['alice/web'] });
+    expect((await pledger(['info', 'web', '--json'], { env: asAlice })).json<{ state: string }>().state).toBe('stopped');
+    await expectUnchanged(async () => {
+      const started = await pledger(['request', 'web', 'hello', '--state', 'started'], { env: asAlice });
+      expect(started.exitCode).toBe(8);
+      expect(started.stderr).toBe(
+        `error: "web" cannot be started: the instances of alice are stopped until invoice ${invoiceId} is paid\n` +
+          `hint: pay invoice ${invoiceId} (\`pledger billing invoice ${invoiceId}\` shows what it owes): the instances stopped for it start again then`,
+      );
+      const created = await pledger(['request', 'blog', 'hello'], { env: asAlice });
+      expect(created.exitCode).toBe(8);
+      expect(created.stderr).toMatch(/^error: "blog" cannot be created: /);
+    });
+    const paid = await pledger(['billing', 'pay', invoiceId, '0.50'], { env: asAdmin });
+    expect(paid.stdout).toBe(`paid 0.50 EUR on ${invoiceId}; outstanding 0.00 EUR\nstarted again: web`);
+    expect((await pledger(['info', 'web', '--json'], { env: asAlice })).json<{ state: string }>().state).toBe('started');
+  });
+
   it('exports the month to a file that hledger accepts', async () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'pledger-cli-export-')), 'october.journal');
     const exported = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'hledger', '--output', file], { env: asAdmin });
@@ -134,6 +155,36 @@ describe('pledger billing', () => {
     expect(csv.stdout.split('\n')[0]).toBe('date,transaction,kind,reference,description,account,currency,amount');
     const refused = await pledger(['billing', 'export', '--period', '2026-10', '--format', 'csv'], { env: asAlice });
     expect(refused.exitCode).toBe(3);
+  });
+
+  it('credits an invoice once its payments are reversed, and says so when asked again', async () => {
+    await expectUnchanged(async () => {
+      const byUser = await pledger(['billing', 'credit', invoiceId], { env: asAlice });
+      expect(byUser.exitCode).toBe(3);
+      const paid = await pledger(['billing', 'credit', invoiceId], { env: asAdmin });
+      expect(paid.exitCode).toBe(5);
+      expect(paid.stderr).toBe(
+        `error: invoice ${invoiceId} has 4.50 EUR paid on it: a credit note reverses an unpaid invoice\nhint: reverse its payments first with \`pledger billing reverse-payment ID --reason TEXT\``,
+      );
+    });
+    const { entries } = (await pledger(['billing', 'statement', '--json'], { env: asAlice })).json<{ entries: { kind: string; transaction: string }[] }>();
+    for (const entry of entries.filter((e) => e.kind === 'payment')) {
+      const reversed = await pledger(['billing', 'reverse-payment', entry.transaction.slice('payment:'.length), '--reason', 'sent back'], { env: asAdmin });
+      expect(reversed.exitCode, reversed.stderr).toBe(0);
+    }
+    const credited = await pledger(['billing', 'credit', invoiceId, '--reason', 'goodwill'], { env: asAdmin });
+    expect(credited.stdout).toBe(`credited ${invoiceId} to alice: 4.50 EUR taken off`);
+    await expectUnchanged(async () => {
+      const again = await pledger(['billing', 'credit', invoiceId], { env: asAdmin });
+      expect(again.exitCode).toBe(0);
+      expect(again.stdout).toMatch(new RegExp(`^${invoiceId} was credited already at \\S+: nothing changed$`));
+    });
+    expect((await pledger(['billing', 'invoices', '--json'], { env: asAlice })).json<InvoiceSummary[]>()).toMatchObject([{ id: invoiceId, status: 'credited', outstanding: '0.00' }]);
+    expect((await pledger(['billing', 'balance', '--json'], { env: asAlice })).json<BalanceView>()).toMatchObject({ balance: '0.00' });
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'pledger-cli-credit-')), 'now.journal');
+    await pledger(['billing', 'export', '--period', new Date().toISOString().slice(0, 7), '--format', 'hledger', '--output', file], { env: asAdmin });
+    expect(readFileSync(file, 'utf8')).toContain(`(${invoiceId}) Credit note for ${invoiceId} to alice: goodwill`);
+    execFileSync('hledger', ['check', '--strict', '-f', file], { stdio: 'pipe' });
   });
 
   it('rebuilds the projections from the movements, leaving invoices and balances as they were', async () => {

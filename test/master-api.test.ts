@@ -3,6 +3,8 @@
  * allocation, node reports, isolation between tenants and nodes, and the rule that a
  * refused request changes nothing in the ledger.
  */
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initMaster } from '../master/server.js';
 import { buildApp, type App } from '../master/app.js';
@@ -27,7 +29,7 @@ describe.each(testEngines())('master API on %s', (engine) => {
   // Answers are checked field by field with expect(): typing each one adds nothing.
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   type Body = Record<string, any>;
-  const call = async (token: string | null, method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: unknown, headers: Record<string, string> = {}) => {
+  const call = async (token: string | null, method: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE', url: string, payload?: unknown, headers: Record<string, string> = {}) => {
     const response = await app.inject({
       method,
       url,
@@ -330,5 +332,29 @@ describe.each(testEngines())('master API on %s', (engine) => {
     const live = await snapshot();
     await rebuildProjections(database.db);
     expect(await snapshot()).toEqual(live);
+  });
+
+  it('rebuilds with source and binary cache entries present, and keeps those entries', async () => {
+    const upload = async (url: string, body: Buffer, type: string) => {
+      const response = await app.inject({ method: 'PUT', url, payload: body, headers: { authorization: `Bearer ${nodeA}`, 'content-type': type } });
+      expect(response.statusCode).toBe(201);
+    };
+    const source = Buffer.from('a source archive');
+    await upload(`/api/v1/node/sources/${createHash('sha256').update(source).digest('hex')}`, source, 'application/octet-stream');
+    expect((await call(admin, 'PATCH', '/api/v1/nodes/node-a', { binaryCacheUpload: true })).status).toBe(200);
+    const part = gzipSync(Buffer.from('a built part'));
+    const query = new URLSearchParams({ platform: 'debian-12/x86_64', prefix: '', sha256: createHash('sha256').update(part).digest('hex') });
+    await upload(`/api/v1/node/binaries/${'b'.repeat(64)}?${query}`, part, 'application/gzip');
+    const caches = async () => ({
+      sources: await database.db.selectFrom('source_cache' as never).selectAll().execute(),
+      binaries: await database.db.selectFrom('binary_cache' as never).selectAll().execute(),
+    });
+    const before = await caches();
+    expect(before.sources).toHaveLength(1);
+    expect(before.binaries).toHaveLength(1);
+    const nodes = await database.db.selectFrom('nodes').selectAll().orderBy('id').execute();
+    await rebuildProjections(database.db);
+    expect(await caches()).toEqual(before);
+    expect(await database.db.selectFrom('nodes').selectAll().orderBy('id').execute()).toEqual(nodes);
   });
 });

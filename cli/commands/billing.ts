@@ -13,6 +13,7 @@ import type {
   BillingCloseResult,
   BillingSettingsUpdate,
   BillingSettingsView,
+  CreditNoteView,
   DunningResult,
   InvoiceSummary,
   InvoiceView,
@@ -173,6 +174,7 @@ export function registerBillingCommands(program: Command): void {
             [`tax ${v.taxRateBasisPoints / 100} %`, money(v.tax, v.currency)],
             ['total', money(v.total, v.currency)],
             ['paid', money(v.paid, v.currency)],
+            ...(v.status === 'credited' ? [['credited', money(v.credited, v.currency)] as [string, string]] : []),
             ['outstanding', money(v.outstanding, v.currency)],
           ]),
         ].join('\n'),
@@ -206,6 +208,24 @@ export function registerBillingCommands(program: Command): void {
       const g = globals(command);
       const reversal = await (await userClient(g)).call<PaymentView>('POST', `/api/v1/billing/payments/${encodeURIComponent(payment)}/reverse`, { reason: options.reason });
       print(g, reversal, (r) => `reversed: ${money(r.amount, r.currency)} on ${r.invoice}; outstanding ${money(r.outstanding, r.currency)}`);
+    });
+
+  billing
+    .command('credit')
+    .description('reverse an unpaid invoice whole with a credit note (operators): a reversing entry dated now; crediting again changes nothing')
+    .argument('<invoice>', 'INV-YYYY-MM-NNNNN')
+    .option('--reason <text>', 'why, kept in the journal')
+    .action(async (invoice, options, command) => {
+      const g = globals(command);
+      const note = await (await userClient(g)).call<CreditNoteView>('POST', `/api/v1/billing/invoices/${encodeURIComponent(invoice)}/credit`, {
+        ...(options.reason !== undefined ? { reason: options.reason } : {}),
+      });
+      print(g, note, (n) =>
+        [
+          n.credited ? `credited ${n.invoice} to ${n.account}: ${money(n.amount, n.currency)} taken off` : `${n.invoice} was credited already at ${n.creditedAt}: nothing changed`,
+          ...(n.restarted.length > 0 ? [`started again: ${n.restarted.join(', ')}`] : []),
+        ].join('\n'),
+      );
     });
 
   billing

@@ -16,7 +16,7 @@ import type { Tables } from '../db/tables.js';
 import { record, recordMany, type MovementEntry } from '../ledger/movements.js';
 import { receivableAccount, revenueAccount, TAX_ACCOUNT } from './accounts.js';
 import { billingDb, loadSettings, RESOURCES, type InvoiceData, type InvoiceLineData, type JournalTransaction, type Resource } from './journal.js';
-import { divRound, int, PRICE_DECIMALS } from './money.js';
+import { divRound, exactSum, int, PRICE_DECIMALS } from './money.js';
 import { loadPriceVersions, PriceBook } from './prices.js';
 
 const GIB = 1024n ** 3n;
@@ -123,10 +123,10 @@ export async function closePeriod(database: Database, period: string, actor: str
         'u.software_type',
         sql<string>`substr(u.hour, 1, 7)`.as('month'),
         (eb) => eb.fn.countAll<number | string>().as('hours'),
-        (eb) => eb.fn.sum<number | string | null>('u.uptime_seconds').as('uptime'),
-        (eb) => eb.fn.sum<number | string | null>('u.cpu_ms').as('cpu'),
-        (eb) => eb.fn.sum<number | string | null>('u.memory_byte_seconds').as('memory'),
-        (eb) => eb.fn.sum<number | string | null>('u.disk_byte_seconds').as('disk'),
+        exactSum('u.uptime_seconds').as('uptime'),
+        exactSum('u.cpu_ms').as('cpu'),
+        exactSum('u.memory_byte_seconds').as('memory'),
+        exactSum('u.disk_byte_seconds').as('disk'),
       ])
       .where('u.billed_period', 'is', null)
       .where('u.hour', '<', end)

@@ -14,7 +14,7 @@ import type { Tables } from '../db/tables.js';
 import { requestInstance } from '../instances.js';
 import { record } from '../ledger/movements.js';
 import { loadSettings } from './journal.js';
-import { formatAmount, int } from './money.js';
+import { exact, exactSum, formatAmount, int } from './money.js';
 
 const DAY = 86_400_000;
 
@@ -30,15 +30,16 @@ async function overdueBy(db: Kysely<Tables>, days: number, asOf: Date): Promise<
   const cutoff = new Date(asOf.getTime() - days * DAY).toISOString();
   const rows = await db
     .selectFrom('invoices as v')
-    .select(['v.id', 'v.owner_id', 'v.due_at', 'v.total'])
-    .select((eb) => eb.selectFrom('payments as p').select((e) => e.fn.sum<string | number | null>('p.amount').as('paid')).whereRef('p.invoice_id', '=', 'v.id').as('paid'))
+    .select(['v.id', 'v.owner_id', 'v.due_at', exact('v.total').as('total')])
+    .select((eb) => eb.selectFrom('payments as p').select(exactSum('p.amount').as('paid')).whereRef('p.invoice_id', '=', 'v.id').as('paid'))
+    .select((eb) => eb.selectFrom('credit_notes as c').select(exact('c.amount').as('credited')).whereRef('c.invoice_id', '=', 'v.id').as('credited'))
     .where('v.due_at', '<', cutoff)
     .orderBy('v.due_at')
     .orderBy('v.id')
     .execute();
   const found = new Map<string, OverdueInvoice>();
   for (const r of rows) {
-    const outstanding = int(r.total) - int(r.paid);
+    const outstanding = int(r.total) - int(r.paid) - int(r.credited);
     if (outstanding > 0n && !found.has(r.owner_id)) found.set(r.owner_id, { id: r.id, ownerId: r.owner_id, dueAt: r.due_at, outstanding });
   }
   return found;

@@ -11,7 +11,7 @@ import type { Kysely } from 'kysely';
 import type { ExportFormat } from '../../protocol/api.js';
 import type { Tables } from '../db/tables.js';
 import { loadSettings, type BillingSettings } from './journal.js';
-import { formatAmount, int } from './money.js';
+import { exact, formatAmount, int } from './money.js';
 
 const BATCH = 2000;
 
@@ -47,7 +47,7 @@ async function* transactions(db: Kysely<Tables>, period: string): AsyncGenerator
     after = heads[heads.length - 1]!.id;
     const postings = await db
       .selectFrom('journal_postings')
-      .select(['transaction_id', 'account', 'currency', 'amount'])
+      .select(['transaction_id', 'account', 'currency', exact('amount').as('amount')])
       .where('transaction_id', 'in', heads.map((h) => h.id))
       .orderBy('transaction_id')
       .orderBy('line')

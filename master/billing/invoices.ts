@@ -4,15 +4,15 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
-import type { BalanceView, BillingResource, InvoiceSummary, InvoiceView, PaymentCreate, PaymentView, StatementView } from '../../protocol/api.js';
+import type { BalanceView, BillingResource, CreditNoteView, InvoiceSummary, InvoiceView, PaymentCreate, PaymentView, StatementView } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { AccountRow } from '../accounts.js';
 import type { Tables } from '../db/tables.js';
 import { record } from '../ledger/movements.js';
 import { BANK_ACCOUNT, receivableAccount } from './accounts.js';
 import { unitFraction } from './close.js';
-import { loadSettings, type BillingSettings } from './journal.js';
-import { formatAmount, formatPrice, formatQuotient, int, parseAmount } from './money.js';
+import { loadSettings, type BillingSettings, type JournalTransaction } from './journal.js';
+import { exact, exactSum, formatAmount, formatPrice, formatQuotient, int, parseAmount } from './money.js';
 
 /** The account a request is about: the caller's own, or for an operator the one named. */
 export async function subjectAccount(db: Kysely<Tables>, caller: AccountRow, name: string | undefined): Promise<AccountRow> {
@@ -29,25 +29,32 @@ function invoiceRows(db: Kysely<Tables>, filter: { ownerId?: string; period?: st
   let query = db
     .selectFrom('invoices as v')
     .innerJoin('accounts as a', 'a.id', 'v.owner_id')
-    .selectAll('v')
+    .select(['v.id', 'v.owner_id', 'v.period', 'v.currency', 'v.tax_rate_basis_points', 'v.issued_at', 'v.due_at'])
+    .select([exact('v.subtotal').as('subtotal'), exact('v.tax').as('tax'), exact('v.total').as('total')])
     .select('a.name as account_name')
     .select((eb) =>
       eb
         .selectFrom('payments as p')
-        .select((e) => e.fn.sum<string | number | null>('p.amount').as('paid'))
+        .select(exactSum('p.amount').as('paid'))
         .whereRef('p.invoice_id', '=', 'v.id')
         .as('paid'),
-    );
+    )
+    .select((eb) => eb.selectFrom('credit_notes as c').select(exact('c.amount').as('credited')).whereRef('c.invoice_id', '=', 'v.id').as('credited'));
   if (filter.ownerId !== undefined) query = query.where('v.owner_id', '=', filter.ownerId);
   if (filter.period !== undefined) query = query.where('v.period', '=', filter.period);
   if (filter.id !== undefined) query = query.where('v.id', '=', filter.id);
   return query.orderBy('v.id').execute();
 }
 
+/** What an invoice still owes: its total, less what was paid and what a credit note took off. */
+function owed(row: InvoiceRow): bigint {
+  return int(row.total) - int(row.paid) - int(row.credited);
+}
+
 function summary(row: InvoiceRow, settings: BillingSettings, now: Date): InvoiceSummary {
   const paid = int(row.paid);
-  const outstanding = int(row.total) - paid;
-  const status = outstanding <= 0n ? 'paid' : Date.parse(row.due_at) < now.getTime() ? 'overdue' : 'open';
+  const outstanding = owed(row);
+  const status = row.credited !== null ? 'credited' : outstanding <= 0n ? 'paid' : Date.parse(row.due_at) < now.getTime() ? 'overdue' : 'open';
   const money = (v: bigint) => formatAmount(v, settings.decimals);
   return {
     id: row.id,
@@ -59,6 +66,7 @@ function summary(row: InvoiceRow, settings: BillingSettings, now: Date): Invoice
     tax: money(int(row.tax)),
     total: money(int(row.total)),
     paid: money(paid),
+    credited: money(int(row.credited)),
     outstanding: money(outstanding),
     status,
     issuedAt: row.issued_at,
@@ -76,7 +84,12 @@ export async function getInvoice(db: Kysely<Tables>, caller: AccountRow, id: str
   const [row] = await invoiceRows(db, { id, ...(caller.role === 'admin' ? {} : { ownerId: caller.id }) });
   if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${id}`, { hint: 'list your invoices with `pledger billing invoices`' });
   const settings = await loadSettings(db);
-  const lines = await db.selectFrom('invoice_lines').selectAll().where('invoice_id', '=', id).orderBy('line').execute();
+  const lines = await db
+    .selectFrom('invoice_lines')
+    .select(['instance_title', 'software_id', 'software_type', 'usage_month', 'resource', exact('quantity').as('quantity'), exact('unit_price').as('unit_price'), exact('amount').as('amount')])
+    .where('invoice_id', '=', id)
+    .orderBy('line')
+    .execute();
   return {
     ...summary(row, settings, now),
     lines: lines.map((l) => {
@@ -108,7 +121,8 @@ export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, ac
     const [row] = await invoiceRows(trx, { id: input.invoice });
     if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${input.invoice}`);
     const amount = parseAmount(input.amount, settings.decimals);
-    const outstanding = int(row.total) - int(row.paid);
+    if (row.credited !== null) throw new PledgerError('CONFLICT', `invoice ${row.id} is credited: nothing is owed on it`, { hint: 'record the payment against the invoice it belongs to' });
+    const outstanding = owed(row);
     if (amount <= 0n) throw new PledgerError('BAD_REQUEST', 'a payment must be more than zero', { hint: 'a refund is a reversal: see the billing documentation' });
     if (amount > outstanding) {
       throw new PledgerError('CONFLICT', `invoice ${row.id} owes ${formatAmount(outstanding, settings.decimals)} ${row.currency}: ${input.amount} is more than that`);
@@ -206,8 +220,70 @@ export async function reversePayment(db: Kysely<Tables>, paymentId: string, reas
       currency: payment.currency,
       paidAt: reversedAt,
       reference,
-      outstanding: formatAmount(int(invoice!.total) - int(invoice!.paid) + amount, settings.decimals),
+      outstanding: formatAmount(owed(invoice!) + amount, settings.decimals),
     };
+  });
+}
+
+/**
+ * A credit note: reverses an issued invoice whole, with a new journal entry dated now
+ * that has the invoice's postings negated (the closed period is never edited), and
+ * marks the invoice credited. Crediting it again changes nothing and answers the credit
+ * note it has. An invoice with payments on it is refused: reverse them first, so that
+ * a credit never leaves money owed back to the customer unaccounted.
+ */
+export async function creditInvoice(db: Kysely<Tables>, invoiceId: string, reason: string | undefined, actor: string): Promise<Omit<CreditNoteView, 'restarted'> & { ownerId: string }> {
+  const creditedAt = new Date().toISOString();
+  return db.transaction().execute(async (trx) => {
+    const settings = await loadSettings(trx);
+    const [row] = await invoiceRows(trx, { id: invoiceId });
+    if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${invoiceId}`, { hint: 'list the invoices with `pledger billing invoices`' });
+    const existing = async (credited: boolean) => {
+      const note = await trx.selectFrom('credit_notes').select(['currency', 'reason', 'credited_at', exact('amount').as('amount')]).where('invoice_id', '=', row.id).executeTakeFirstOrThrow();
+      return {
+        invoice: row.id,
+        account: row.account_name,
+        amount: formatAmount(int(note.amount), settings.decimals),
+        currency: note.currency,
+        reason: note.reason,
+        creditedAt: note.credited_at,
+        credited,
+        ownerId: row.owner_id,
+      };
+    };
+    if (row.credited !== null) return existing(false);
+    const paid = int(row.paid);
+    if (paid !== 0n) {
+      throw new PledgerError('CONFLICT', `invoice ${row.id} has ${formatAmount(paid, settings.decimals)} ${row.currency} paid on it: a credit note reverses an unpaid invoice`, {
+        hint: 'reverse its payments first with `pledger billing reverse-payment ID --reason TEXT`',
+      });
+    }
+    const postings = await trx
+      .selectFrom('journal_postings')
+      .select(['account', 'currency', exact('amount').as('amount')])
+      .where('transaction_id', '=', `invoice:${row.id}`)
+      .orderBy('line')
+      .execute();
+    const note = reason ?? '';
+    const transaction: JournalTransaction | null =
+      postings.length === 0
+        ? null
+        : {
+            id: `credit:${row.id}`,
+            date: creditedAt,
+            period: creditedAt.slice(0, 7),
+            kind: 'credit',
+            reference: row.id,
+            description: `Credit note for ${row.id} to ${row.account_name}${note ? `: ${note}` : ''}`,
+            reverses: `invoice:${row.id}`,
+            postings: postings.map((p) => ({ account: p.account, currency: p.currency, amount: (-int(p.amount)).toString() })),
+          };
+    const recorded = await record(
+      trx,
+      { kind: 'invoice.credited', data: { invoiceId: row.id, ownerId: row.owner_id, amount: int(row.total).toString(), currency: row.currency, reason: note, transaction } },
+      { id: `credit:${row.id}`, actor, subject: row.owner_id, at: creditedAt },
+    );
+    return existing(recorded);
   });
 }
 
@@ -215,18 +291,18 @@ export async function reversePayment(db: Kysely<Tables>, paymentId: string, reas
 export async function balance(db: Kysely<Tables>, account: AccountRow, now = new Date()): Promise<BalanceView> {
   const settings = await loadSettings(db);
   const invoices = await invoiceRows(db, { ownerId: account.id });
-  let owed = 0n;
+  let total = 0n;
   let overdue = 0n;
   for (const row of invoices) {
-    const outstanding = int(row.total) - int(row.paid);
-    owed += outstanding;
+    const outstanding = owed(row);
+    total += outstanding;
     if (outstanding > 0n && Date.parse(row.due_at) < now.getTime()) overdue += outstanding;
   }
   const hold = await db.selectFrom('billing_holds').selectAll().where('account_id', '=', account.id).executeTakeFirst();
   return {
     account: account.name,
     currency: settings.currency,
-    balance: formatAmount(owed, settings.decimals),
+    balance: formatAmount(total, settings.decimals),
     overdue: formatAmount(overdue, settings.decimals),
     hold: hold ? { invoice: hold.invoice_id, reason: hold.reason, since: hold.since, destroyed: hold.destroyed === 1 } : null,
   };
@@ -238,7 +314,7 @@ export async function statement(db: Kysely<Tables>, account: AccountRow): Promis
   const rows = await db
     .selectFrom('journal_postings as p')
     .innerJoin('journal_transactions as t', 't.id', 'p.transaction_id')
-    .select(['t.id', 't.date', 't.kind', 't.reference', 't.description', 'p.amount'])
+    .select(['t.id', 't.date', 't.kind', 't.reference', 't.description', exact('p.amount').as('amount')])
     .where('p.account', '=', receivableAccount(account.name))
     .orderBy('t.date')
     .orderBy('t.id')

@@ -11,7 +11,7 @@
 import type { Kysely, Transaction } from 'kysely';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
-import { int } from './money.js';
+import { exactSum, int } from './money.js';
 import type { BilledUsageHoursTable } from './tables.js';
 
 /** The master's tables with the column migration 0003 adds to usage_hours. */
@@ -34,7 +34,7 @@ export interface JournalTransaction {
   /** When it happened, an ISO timestamp: it orders statements; exports print its day. */
   date: string;
   period: string;
-  kind: 'invoice' | 'payment' | 'reversal';
+  kind: 'invoice' | 'payment' | 'reversal' | 'credit';
   reference: string;
   description: string;
   reverses: string | null;
@@ -112,6 +112,14 @@ export type BillingMovement =
       kind: 'payment.reversed';
       data: { paymentId: string; reversalId: string; invoiceId: string; amount: string; currency: string; reference: string; transaction: JournalTransaction };
     }
+  /**
+   * A credit note: the invoice reversed whole, by a journal entry dated when it was
+   * issued (`transaction` null for an invoice of nothing, which posted nothing).
+   */
+  | {
+      kind: 'invoice.credited';
+      data: { invoiceId: string; ownerId: string; amount: string; currency: string; reason: string; transaction: JournalTransaction | null };
+    }
   | { kind: 'billing.held'; data: { accountId: string; invoiceId: string; reason: string; instanceIds: string[] } }
   | { kind: 'billing.destroyed'; data: { accountId: string; invoiceId: string; reason: string; instanceIds: string[] } }
   | { kind: 'billing.released'; data: { accountId: string; reason: string } }
@@ -125,6 +133,7 @@ export const BILLING_KINDS: ReadonlySet<string> = new Set<BillingMovement['kind'
   'billing.closed',
   'payment.recorded',
   'payment.reversed',
+  'invoice.credited',
   'billing.held',
   'billing.destroyed',
   'billing.released',
@@ -290,6 +299,16 @@ export async function applyBilling(db: Db, movement: BillingMovement, at: string
       await insertTransaction(db, d.transaction);
       return;
     }
+    case 'invoice.credited': {
+      const d = movement.data;
+      await db
+        .insertInto('credit_notes')
+        .values({ invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, reason: d.reason, credited_at: at })
+        .onConflict((oc) => oc.column('invoice_id').doNothing())
+        .execute();
+      if (d.transaction) await insertTransaction(db, d.transaction);
+      return;
+    }
     case 'billing.held': {
       const d = movement.data;
       await db
@@ -324,7 +343,7 @@ export async function loadSettings(db: Db): Promise<BillingSettings> {
 export async function accountBalance(db: Db, account: string): Promise<bigint> {
   const row = await db
     .selectFrom('journal_postings')
-    .select((eb) => eb.fn.sum<string | number | null>('amount').as('sum'))
+    .select(exactSum('amount').as('sum'))
     .where('account', '=', account)
     .executeTakeFirst();
   return int(row?.sum);

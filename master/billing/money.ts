@@ -3,12 +3,27 @@
  * currency (cents for EUR), carried as bigint through every computation so that a
  * month of memory byte-seconds (well past 2^53) stays exact.
  */
+import { sql, type RawBuilder } from 'kysely';
 import { PledgerError } from '../../protocol/errors.js';
 
 /** A database integer (PostgreSQL answers bigints as strings) as a bigint. */
 export function int(value: number | string | bigint | null | undefined): bigint {
   if (value === null || value === undefined) return 0n;
   return typeof value === 'bigint' ? value : BigInt(value);
+}
+
+/**
+ * The sum of an integer column, or one integer column as it is, as exact decimal text:
+ * better-sqlite3 answers integers as JavaScript numbers, which round past 2^53 (a
+ * month of a 4 GiB instance's memory byte-seconds is past it). PostgreSQL's numeric
+ * and bigint print exactly too. Read the result with `int()`.
+ */
+export function exactSum(column: string): RawBuilder<string | null> {
+  return sql<string | null>`cast(sum(${sql.ref(column)}) as text)`;
+}
+
+export function exact(column: string): RawBuilder<string> {
+  return sql<string>`cast(${sql.ref(column)} as text)`;
 }
 
 /** `numerator / denominator`, rounded half away from zero: the one rounding rule of billing. */

@@ -77,6 +77,15 @@ export interface PaymentsTable {
   reference: string;
 }
 
+/** One row per invoice a credit note reversed (migration 0012), append-only. */
+export interface CreditNotesTable {
+  invoice_id: string;
+  amount: BigInteger;
+  currency: string;
+  reason: string;
+  credited_at: string;
+}
+
 export interface JournalTransactionsTable {
   id: string;
   date: string;
@@ -108,6 +117,7 @@ declare module '../db/tables.js' {
     invoices: InvoicesTable;
     invoice_lines: InvoiceLinesTable;
     payments: PaymentsTable;
+    credit_notes: CreditNotesTable;
     journal_transactions: JournalTransactionsTable;
     journal_postings: JournalPostingsTable;
   }

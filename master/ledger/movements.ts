@@ -7,7 +7,7 @@
  * (`rebuildProjections`).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { CompiledQuery, sql, type Kysely, type Transaction } from 'kysely';
+import { CompiledQuery, sql, SqliteAdapter, type Kysely, type Transaction } from 'kysely';
 import type { ConnectionParameters, Labels, NodeScope, Parameters, PartitionDefinition, PromiseState, RequestedState, Resources, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
@@ -593,6 +593,11 @@ const PROJECTIONS = [...BILLING_PROJECTIONS, 'usage_hours', 'instance_promises',
  */
 export async function rebuildProjections(db: Kysely<Tables>): Promise<number> {
   return db.transaction().execute(async (trx) => {
+    // The source and binary caches are content, not projections, and point at the nodes
+    // that uploaded them: their foreign keys are checked at commit, when every node is
+    // back under its own id (deferrable on PostgreSQL since migration 0012).
+    if (trx.getExecutor().adapter instanceof SqliteAdapter) await sql`PRAGMA defer_foreign_keys = ON`.execute(trx);
+    else await sql`SET CONSTRAINTS ALL DEFERRED`.execute(trx);
     // Instances and partitions point at each other: break the cycle before deleting.
     await trx.updateTable('instances').set({ partition_id: null }).execute();
     for (const table of PROJECTIONS) await trx.deleteFrom(table).execute();

@@ -1,7 +1,7 @@
 /**
- * The billing API: settings, price lists, closing periods, invoices, payments,
- * balances, statements, dunning and exports. Operators manage prices, close periods,
- * record payments and export; every account reads its own invoices, balance and
+ * The billing API: settings, price lists, closing periods, invoices, credit notes,
+ * payments, balances, statements, dunning and exports. Operators manage prices, close
+ * periods, credit invoices, record payments and export; every account reads its own invoices, balance and
  * statement, and nobody else's.
  */
 import { Readable } from 'node:stream';
@@ -14,6 +14,8 @@ import {
   BillingCloseResult,
   BillingSettingsUpdate,
   BillingSettingsView,
+  CreditNoteCreate,
+  CreditNoteView,
   DunningResult,
   DunningRun,
   ExportQuery,
@@ -33,7 +35,7 @@ import { closePeriod } from '../billing/close.js';
 import { releaseIfSettled, runDunning } from '../billing/dunning.js';
 import { exportJournal, EXPORT_CONTENT_TYPES } from '../billing/export.js';
 import { renderInvoice } from '../billing/html.js';
-import { balance, getInvoice, listInvoices, recordPayment, reversePayment, statement, subjectAccount } from '../billing/invoices.js';
+import { balance, creditInvoice, getInvoice, listInvoices, recordPayment, reversePayment, statement, subjectAccount } from '../billing/invoices.js';
 import { loadSettings } from '../billing/journal.js';
 import { listPrices, setPrice } from '../billing/prices.js';
 import type { Database } from '../db/database.js';
@@ -93,6 +95,14 @@ export async function billingRoutes(app: App, database: Database): Promise<void>
   app.get('/billing/invoices/:id/html', { schema: { params: InvoiceParams } }, async (request, reply) => {
     const invoice = await getInvoice(db, request.account, request.params.id);
     return reply.type('text/html; charset=utf-8').send(renderInvoice(invoice));
+  });
+
+  app.post('/billing/invoices/:id/credit', { schema: { params: InvoiceParams, body: CreditNoteCreate, response: { 200: CreditNoteView, 201: CreditNoteView } } }, async (request, reply) => {
+    requireAdmin(request);
+    const { ownerId, ...note } = await creditInvoice(db, request.params.id, request.body.reason, actor(request));
+    // A credited invoice is owed no more: a hold it caused is lifted like after a payment.
+    const restarted = await releaseIfSettled(db, ownerId);
+    return reply.code(note.credited ? 201 : 200).send({ ...note, restarted });
   });
 
   app.post('/billing/payments', { schema: { body: PaymentCreate, response: { 201: PaymentView } } }, async (request, reply) => {

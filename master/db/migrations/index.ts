@@ -16,6 +16,7 @@ import { usageByHour } from './0008-usage-by-hour.js';
 import { resources } from './0009-resources.js';
 import { sharedClaims } from './0010-shared-claims.js';
 import { binaryCacheUploaders } from './0011-binary-cache-uploaders.js';
+import { creditNotes } from './0012-credit-notes.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
@@ -30,6 +31,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0009-resources': resources(engine),
     '0010-shared-claims': sharedClaims(engine),
     '0011-binary-cache-uploaders': binaryCacheUploaders(engine),
+    '0012-credit-notes': creditNotes(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
