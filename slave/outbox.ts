@@ -190,6 +190,11 @@ async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<
     return undefined;
   } catch (error) {
     if (!isRefusal(error)) return error;
+    if (batch.length === 1 && isTooEarly(error)) {
+      // The master's clock says the hour is not over: the report keeps until it is.
+      log.error('the master refused an event for now: kept for the next run', { event: batch[0]!.id, reason: errorMessage(error) });
+      return undefined;
+    }
     if (batch.length === 1) {
       log.error('the master refused an event: dropped', { event: batch[0], reason: errorMessage(error) });
       delivered.add(batch[0]!.id);
@@ -203,7 +208,12 @@ async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<
   return undefined;
 }
 
-/** The master understood the request and said no: sending it again would not help. */
+/** A refusal that holds only until the master's clock catches up. */
+function isTooEarly(error: unknown): boolean {
+  return error instanceof PledgerError && error.code === 'TOO_EARLY';
+}
+
+/** The master understood the request and said no: sending it again would not help (unless it was too early). */
 function isRefusal(error: unknown): boolean {
   return error instanceof PledgerError && error.status >= 400 && error.status < 500 && error.code !== 'UNAUTHENTICATED';
 }
