@@ -450,7 +450,9 @@ function checkHourEnded(event: UsageEvent, now: number): void {
     throw new PledgerError('BAD_REQUEST', `usage event ${event.id}: ${event.hour} is not the start of a UTC hour`);
   }
   if (start + HOUR_MS > now + USAGE_CLOCK_SKEW_MS) {
-    throw new PledgerError('TOO_EARLY', `usage event ${event.id}: the hour ${event.hour} has not ended yet by the master's clock (${new Date(now).toISOString()})`);
+    throw new PledgerError('TOO_EARLY', `usage event ${event.id}: the hour ${event.hour} has not ended yet by the master's clock (${new Date(now).toISOString()})`, {
+      details: { event: event.id },
+    });
   }
 }
 

@@ -138,6 +138,8 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
       expect(answer.status, bad.id).toBe(status);
       expect(JSON.stringify(answer.body.error), bad.id).toMatch(message);
     }
+    // The node is told which event to keep for later.
+    expect((await send([...good, refusals[0]![0]])).body.error).toMatchObject({ code: 'TOO_EARLY', details: { event: 'bounded-current' } });
     expect(await f.movements()).toBe(before);
     expect(await usageRows()).toEqual(rows);
 

@@ -85,21 +85,24 @@ describe('outbox', () => {
     const outbox = new Outbox(path.join(scratch, 'c', 'node.db'));
     // The hour under way by any clock within the master's allowance: the node's clock is ahead.
     const hour = new Date(Math.floor((Date.now() + 6 * 60_000) / 3_600_000) * 3_600_000).toISOString();
-    const early: NodeEvent = {
-      id: usageEventId('i-1', hour),
+    const early = (instance: string): NodeEvent => ({
+      id: usageEventId(instance, hour),
       at: new Date().toISOString(),
       type: 'instance.usage',
       partition: 'part0',
-      instance: 'i-1',
+      instance,
       hour,
       cpuMilliseconds: 1,
       memoryByteSeconds: 0,
       diskByteSeconds: 0,
       uptimeSeconds: 1,
-    };
-    await outbox.add(early);
+    });
+    const kept = [early('i-1'), early('i-2')];
+    await outbox.add(kept[0]!);
     await outbox.add(built(supplied[0]!));
-    expect(await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 1, pending: 1, offline: false });
-    expect((await outbox.pending()).map((e) => e.id)).toEqual([early.id]);
+    await outbox.add(kept[1]!);
+    await outbox.add(built(supplied[1]!));
+    expect(await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 2, pending: 2, offline: false });
+    expect((await outbox.pending()).map((e) => e.id)).toEqual(kept.map((e) => e.id));
   });
 });
