@@ -4,7 +4,21 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
-import type { DesiredState, EventsReceipt, Labels, NodeCredential, NodeEvent, NodeRegister, NodeUpdate, NodeView, PartitionDefinition, Parameters, Resources } from '../protocol/api.js';
+import {
+  USAGE_CLOCK_SKEW_MS,
+  type DesiredState,
+  type EventsReceipt,
+  type Labels,
+  type NodeCredential,
+  type NodeEvent,
+  type NodeRegister,
+  type NodeUpdate,
+  type NodeView,
+  type PartitionDefinition,
+  type Parameters,
+  type Resources,
+  type UsageEvent,
+} from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { AccountRow } from './accounts.js';
 import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
@@ -240,7 +254,8 @@ export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: Nod
     const context = await eventContext(trx, node, events);
     // Every event is checked before anything is written.
     const usage = events.filter((event) => event.type === 'instance.usage');
-    const hours = usage.map((event) => usageHour(context, node, event));
+    const now = Date.now();
+    const hours = usage.map((event) => usageHour(context, node, event, now));
     const planned = events.filter((event) => event.type !== 'instance.usage').map((event) => ({ event, ...planEvent(context, node, event) }));
     const recorded = await recordNew(trx, planned);
     const [counted] = usage.length === 0 ? [[]] : await recordUsage(trx, [{ nodeId: node.id, actor: `node:${node.name}`, hours }]);
@@ -281,6 +296,7 @@ const usageQueues = new WeakMap<Kysely<Tables>, { waiting: WaitingReport[]; drai
 
 /** Events per shared transaction: 20 full reports. */
 const SHARED_TRANSACTION_EVENTS = 10_000;
+const HOUR_MS = 3_600_000;
 
 /**
  * Usage reports arriving together (a fleet reports at the top of every hour) are
@@ -323,7 +339,8 @@ async function applyUsageTogether(db: Kysely<Tables>, reports: WaitingReport[]):
       const checked: UsageReport[] = [];
       for (const { node, events } of reports) {
         const context = await eventContext(trx, node, events);
-        checked.push({ nodeId: node.id, actor: `node:${node.name}`, hours: events.map((event) => usageHour(context, node, event)) });
+        const now = Date.now();
+        checked.push({ nodeId: node.id, actor: `node:${node.name}`, hours: events.map((event) => usageHour(context, node, event, now)) });
       }
       const counted = await recordUsage(trx, checked);
       return reports.map(({ events }, i) => receiptOf(events, new Map(events.map((event, j) => [event, counted[i]![j]!]))));
@@ -397,8 +414,9 @@ function hostedInstance(context: EventContext, node: NodeRow, event: Exclude<Nod
 }
 
 /** Checks a usage event, and turns it into the hour it reports. */
-function usageHour(context: EventContext, node: NodeRow, event: NodeEvent): UsageHour {
+function usageHour(context: EventContext, node: NodeRow, event: NodeEvent, now: number): UsageHour {
   if (event.type !== 'instance.usage') throw new PledgerError('INTERNAL', `${event.type} is not a usage event`);
+  checkHourEnded(event, now);
   const pid = partitionId(node.id, event.partition);
   const instance = context.instances.get(event.instance);
   // Usage may follow an instance out of its partition: the node meters the last hour
@@ -417,6 +435,25 @@ function usageHour(context: EventContext, node: NodeRow, event: NodeEvent): Usag
     diskByteSeconds: event.diskByteSeconds,
     uptimeSeconds: event.uptimeSeconds,
   };
+}
+
+/**
+ * A node bills only hours that are over: an hour still running, or to come, could be
+ * billed again with other figures or for time that never happened. The schema has
+ * fixed the shape of `hour` and the bounds of each quantity; this checks that it names
+ * a real hour and that the hour has ended by the master's clock, with some leeway for a
+ * node's clock running ahead.
+ */
+function checkHourEnded(event: UsageEvent, now: number): void {
+  const start = Date.parse(event.hour);
+  if (Number.isNaN(start) || new Date(start).toISOString() !== event.hour) {
+    throw new PledgerError('BAD_REQUEST', `usage event ${event.id}: ${event.hour} is not the start of a UTC hour`);
+  }
+  if (start + HOUR_MS > now + USAGE_CLOCK_SKEW_MS) {
+    throw new PledgerError('TOO_EARLY', `usage event ${event.id}: the hour ${event.hour} has not ended yet by the master's clock (${new Date(now).toISOString()})`, {
+      details: { event: event.id },
+    });
+  }
 }
 
 /** Checks that an event (other than usage) is this node's to send, and turns it into the movement it records. */

@@ -379,6 +379,18 @@ export const BangEvent = Type.Object(
 export type BangEvent = Static<typeof BangEvent>;
 
 /**
+ * The most CPUs a node can have: Linux's own ceiling (NR_CPUS is at most 8192). The
+ * master knows no node's CPU count, so this is the bound no true report can pass.
+ */
+export const MAX_NODE_CPUS = 8192;
+
+/**
+ * How far a node's clock may run ahead of the master's: a usage hour is accepted once
+ * it has ended by the master's clock give or take this.
+ */
+export const USAGE_CLOCK_SKEW_MS = 5 * 60_000;
+
+/**
  * What one instance consumed during one whole hour (UTC), in integer units. The node
  * sends one per instance and completed hour; its id is derived from (instance, hour), so
  * a record sent again is recognised whatever happened to the node in between.
@@ -391,8 +403,8 @@ export const UsageEvent = Type.Object(
     instance: Type.String({ minLength: 1, maxLength: 64 }),
     /** Start of the hour: 2026-11-22T04:00:00.000Z. */
     hour: Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:00:00\\.000Z$' }),
-    /** CPU time of the partition's process trees (user + system). */
-    cpuMilliseconds: Type.Integer({ minimum: 0 }),
+    /** CPU time of the partition's process trees (user + system): at most an hour of every CPU a Linux kernel can run. */
+    cpuMilliseconds: Type.Integer({ minimum: 0, maximum: 3600 * 1000 * MAX_NODE_CPUS }),
     /** Resident memory integrated over the hour. */
     memoryByteSeconds: Type.Integer({ minimum: 0 }),
     /** Disk use of the partition integrated over the hour. */

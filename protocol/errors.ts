@@ -50,6 +50,12 @@ export const ERRORS = {
     exitCode: 2,
     hint: 'fix software.yaml; docs/software-releases.md describes the format',
   },
+  /** A report about a period that has not ended yet: refused now, welcome later. */
+  TOO_EARLY: {
+    status: 400,
+    exitCode: 2,
+    hint: "the node's clock is ahead of the master's: check the time synchronisation of both",
+  },
   PAYLOAD_TOO_LARGE: { status: 413, exitCode: 2, hint: 'send less data' },
   MASTER_UNREACHABLE: {
     status: 503,

@@ -10,7 +10,7 @@
  * Services are the supervisor's: this module tells it what must run in each partition
  * (`ensure`) or that nothing must (`stop`), and never starts or kills a service itself.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import type { DesiredInstance, InstanceEvent } from '../protocol/api.js';
 import type { NodeConfig } from './config.js';
 import type { MasterClient } from '../protocol/client.js';
@@ -22,7 +22,7 @@ import { connectMaster, pullDesiredState } from './master.js';
 import { newEvent, openOutbox, type Outbox } from './outbox.js';
 import { deletePartitionState, readPartitionState, writePartitionState, type LocalStatus, type PartitionState } from './partition-state.js';
 import { withLock } from './lock.js';
-import { lockPath, partitionPath } from './paths.js';
+import { lockPath, partitionPath, promiseResultsPath } from './paths.js';
 import { stopProcessGroup, type ServiceRecord } from './processes.js';
 import { checkPromises } from './promises.js';
 import { notePromiseResults } from './promise-cycle.js';
@@ -277,6 +277,8 @@ async function stopInstance(run: Run, partition: DesiredPartition, instance: Des
   if (local?.serial === instance.serial && local.status === 'stopped') return { item: itemName(partition, instance), status: 'unchanged' };
   await stopServices(run, partition.reference, local?.services ?? {});
   await writePartitionState(run.config.root, partition.reference, { instanceId: instance.id, serial: instance.serial, status: 'stopped', services: {} });
+  // Nothing holds while stopped: started again, its promises begin afresh, since-times and all.
+  await rm(promiseResultsPath(run.config.root, partition.reference), { force: true });
   run.log.info('instance stopped', { partition: partition.reference, instance: instance.title });
   await report(run, partition, instance.id, instance.serial, 'instance.stopped');
   return { item: itemName(partition, instance), status: 'done', message: 'stopped' };

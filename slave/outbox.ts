@@ -190,6 +190,13 @@ async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<
     return undefined;
   } catch (error) {
     if (!isRefusal(error)) return error;
+    const early = tooEarly(error, batch);
+    if (early) {
+      // The master's clock says that hour is not over: the report keeps until it is, the rest goes on.
+      log.error('the master refused an event for now: kept for the next run', { event: early.id, reason: errorMessage(error) });
+      const rest = batch.filter((event) => event !== early);
+      return rest.length === 0 ? undefined : deliver(master, rest, delivered, log);
+    }
     if (batch.length === 1) {
       log.error('the master refused an event: dropped', { event: batch[0], reason: errorMessage(error) });
       delivered.add(batch[0]!.id);
@@ -203,7 +210,14 @@ async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<
   return undefined;
 }
 
-/** The master understood the request and said no: sending it again would not help. */
+/** The event of the batch that the master refused only until its clock catches up, if that was the refusal. */
+function tooEarly(error: unknown, batch: NodeEvent[]): NodeEvent | undefined {
+  if (!(error instanceof PledgerError) || error.code !== 'TOO_EARLY') return undefined;
+  const id = (error.details as { event?: unknown } | undefined)?.event;
+  return batch.find((event) => event.id === id) ?? (batch.length === 1 ? batch[0] : undefined);
+}
+
+/** The master understood the request and said no: sending it again would not help (unless it was too early). */
 function isRefusal(error: unknown): boolean {
   return error instanceof PledgerError && error.status >= 400 && error.status < 500 && error.code !== 'UNAUTHENTICATED';
 }

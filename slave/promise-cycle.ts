@@ -44,13 +44,17 @@ interface StoredResults {
 
 const MAX_MESSAGE = 2048;
 
-async function readResults(root: string, reference: string, instance: { id: string; serial: number }): Promise<StoredResults | undefined> {
+async function readStoredResults(root: string, reference: string): Promise<StoredResults | undefined> {
   try {
-    const stored = (await readJsonFile(promiseResultsPath(root, reference))) as StoredResults | undefined;
-    return stored?.instance === instance.id && stored.serial === instance.serial ? stored : undefined;
+    return (await readJsonFile(promiseResultsPath(root, reference))) as StoredResults | undefined;
   } catch {
     return undefined;
   }
+}
+
+async function readResults(root: string, reference: string, instance: { id: string; serial: number }): Promise<StoredResults | undefined> {
+  const stored = await readStoredResults(root, reference);
+  return stored?.instance === instance.id && stored.serial === instance.serial ? stored : undefined;
 }
 
 /**
@@ -68,12 +72,18 @@ export async function notePromiseResults(
   options: { summaryMs?: number; bangAfter?: Record<string, number | undefined>; now?: number; periodic?: boolean } = {},
 ): Promise<string[]> {
   const now = options.now ?? Date.now();
-  const stored = await readResults(root, reference, instance);
+  const kept = await readStoredResults(root, reference);
+  const stored = kept?.instance === instance.id && kept.serial === instance.serial ? kept : undefined;
+  // A redeployment (a later serial of the same instance) starts afresh: its promises,
+  // failing streaks and bangs are its own. But a promise whose state it did not change
+  // has been in that state since before: "ok since" must not mean "redeployed at".
+  const before = !stored && kept?.instance === instance.id && kept.serial < instance.serial ? kept.promises : {};
   const promises: Record<string, StoredPromise> = { ...stored?.promises };
   let changed = stored === undefined;
   const banging: string[] = [];
   for (const result of results) {
     const previous = promises[result.name];
+    const earlier = previous ?? before[result.name];
     if (previous?.status !== result.status) changed = true;
     const failures = result.ok || !options.periodic ? 0 : (previous?.failures ?? 0) + 1;
     const limit = options.bangAfter?.[result.name];
@@ -82,7 +92,7 @@ export async function notePromiseResults(
     promises[result.name] = {
       status: result.status,
       message: result.message.slice(0, MAX_MESSAGE),
-      since: previous?.status === result.status ? previous.since : new Date(now).toISOString(),
+      since: earlier?.status === result.status ? earlier.since : new Date(now).toISOString(),
       checkedAt: now,
       failures,
       banged: failures > 0 && (bang || Boolean(previous?.banged)),

@@ -111,4 +111,43 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
     expect(await f.movements()).toBe(before);
     expect(await usageRows()).toEqual(rows);
   });
+
+  it('refuses a batch whole when a usage event bills an hour not over by the master\'s clock, or more than an hour can hold', async () => {
+    const before = await f.movements();
+    const rows = await usageRows();
+    const good = [usage(instances[1]!, 600, 'bounded-event-1'), usage(instances[2]!, 600, 'bounded-event-2')];
+    const hourStart = (offsetMs: number) => new Date(Math.floor((Date.now() + offsetMs) / 3_600_000) * 3_600_000).toISOString();
+    const at = (hour: string, id: string) => ({ ...usage(instances[3]!, 0, id), hour }) as NodeEvent;
+    const refusals: [NodeEvent, number, RegExp][] = [
+      // The hour under way, even allowing for a node's clock 5 minutes ahead.
+      [at(hourStart(6 * 60_000), 'bounded-current'), 400, /the hour .* has not ended yet by the master's clock/],
+      [at(hourStart(3_600_000 + 6 * 60_000), 'bounded-next'), 400, /has not ended yet/],
+      [at('2027-06-01T00:00:00.000Z', 'bounded-future'), 400, /has not ended yet/],
+      [at('2026-02-30T00:00:00.000Z', 'bounded-no-such-day'), 400, /is not the start of a UTC hour/],
+      [at('2026-10-01T24:00:00.000Z', 'bounded-no-such-hour'), 400, /is not the start of a UTC hour/],
+      [at('2026-10-01T00:30:00.000Z', 'bounded-half-hour'), 400, /hour/],
+      [{ ...usage(instances[3]!, 601, 'bounded-uptime'), uptimeSeconds: 3601 } as NodeEvent, 400, /uptimeSeconds/],
+      [{ ...usage(instances[3]!, 601, 'bounded-cpu'), cpuMilliseconds: 3600 * 1000 * 8192 + 1 } as NodeEvent, 400, /cpuMilliseconds/],
+      [{ ...usage(instances[3]!, 601, 'bounded-negative-cpu'), cpuMilliseconds: -1 } as NodeEvent, 400, /cpuMilliseconds/],
+      [{ ...usage(instances[3]!, 601, 'bounded-negative-memory'), memoryByteSeconds: -1 } as NodeEvent, 400, /memoryByteSeconds/],
+      [{ ...usage(instances[3]!, 601, 'bounded-negative-disk'), diskByteSeconds: -5 } as NodeEvent, 400, /diskByteSeconds/],
+      [{ ...usage(instances[3]!, 601, 'bounded-negative-uptime'), uptimeSeconds: -1 } as NodeEvent, 400, /uptimeSeconds/],
+    ];
+    for (const [bad, status, message] of refusals) {
+      const answer = await send([...good, bad]);
+      expect(answer.status, bad.id).toBe(status);
+      expect(JSON.stringify(answer.body.error), bad.id).toMatch(message);
+    }
+    // The node is told which event to keep for later.
+    expect((await send([...good, refusals[0]![0]])).body.error).toMatchObject({ code: 'TOO_EARLY', details: { event: 'bounded-current' } });
+    expect(await f.movements()).toBe(before);
+    expect(await usageRows()).toEqual(rows);
+
+    // What may be true passes: the hour that ended last, every CPU Linux can run busy all hour.
+    const justEnded = at(hourStart(-3_600_000), 'bounded-just-ended');
+    const busiest = { ...usage(instances[3]!, 601, 'bounded-busiest'), cpuMilliseconds: 3600 * 1000 * 8192 } as NodeEvent;
+    const answer = await send([...good, justEnded, busiest]);
+    expect(answer.status).toBe(200);
+    expect((answer.body as EventsReceipt).applied).toEqual(['bounded-event-1', 'bounded-event-2', 'bounded-just-ended', 'bounded-busiest']);
+  });
 });

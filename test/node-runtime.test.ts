@@ -56,6 +56,13 @@ const release = () =>
       '      idle: [/bin/sleep, "300"]',
       '    promises:',
       '      checked: { command: [/bin/true], interval: 5 }',
+      '  steady:',
+      '    parameters: schema/steady.json',
+      '    services:',
+      '      idle: [/bin/sleep, "300"]',
+      '    promises:',
+      '      up: { command: [/bin/true] }',
+      '      flag: { file: var/flag, timeout: 1 }',
       '  crashing:',
       '    services:',
       '      crash: [/bin/sh, -c, "date +%s%3N >> var/starts; exit 3"]',
@@ -63,6 +70,7 @@ const release = () =>
     ].join('\n'),
     'burn.cjs': BURNER,
     'broken.conf.njk': 'colour = {{ parameters.colour }}\n',
+    'schema/steady.json': JSON.stringify({ type: 'object', properties: { round: { type: 'integer' } }, additionalProperties: false }),
   });
 
 /** What the supervisor is told: restarts after 300, 600, then 1200 ms at most; never a crash loop. */
@@ -88,12 +96,14 @@ describe('the node runtime, through the CLI', () => {
   };
 
   /**
-   * Closes the hour of the samples taken so far (the meter's clock an hour ahead is the
-   * only thing chosen), reports it, and returns what the master recorded of `title`.
+   * Takes a usage sample as if it were an hour earlier: the hour it lands in is over by
+   * the time `reportedUsage` closes it, for the master's clock as for the node's (the
+   * master takes no usage for an hour not over). The meter's clock is the only thing chosen.
    */
+  const sampleUsage = () => f.node('usage', { NODE_OPTIONS: '--import=data:text/javascript,Date.now=(n=>()=>n()-3600000)(Date.now)' });
+  /** Closes the hour of the samples taken so far, reports it, and returns what the master recorded of `title`. */
   const reportedUsage = async (title: string) => {
-    const anHourLater = { NODE_OPTIONS: '--import=data:text/javascript,Date.now=(n=>()=>n()+3600000)(Date.now)' };
-    const closing = await f.node('usage', anHourLater);
+    const closing = await f.node('usage');
     expect(closing.exitCode, closing.stderr).toBe(0);
     expect(closing.json<{ hoursReported: number }>().hoursReported).toBeGreaterThanOrEqual(1);
     const report = await f.node('report');
@@ -129,10 +139,10 @@ describe('the node runtime, through the CLI', () => {
     expect(run.exitCode, run.stdout + run.stderr).toBe(0);
     expect(await info('burn')).toMatchObject({ status: 'started', ready: true });
 
-    expect((await f.node('usage')).json()).toEqual({ partitions: 1, hoursReported: 0 });
+    expect((await sampleUsage()).json()).toEqual({ partitions: 1, hoursReported: 0 });
     const baseline = Date.now();
     await sleep(1500);
-    expect((await f.node('usage')).exitCode).toBe(0);
+    expect((await sampleUsage()).exitCode).toBe(0);
     const metered = Date.now() - baseline;
     const usage = await reportedUsage('burn');
     expect(usage.cpu).toBeGreaterThan(0);
@@ -148,12 +158,12 @@ describe('the node runtime, through the CLI', () => {
     const run = await deploy('forks', 'forking');
     expect(run.exitCode, run.stdout + run.stderr).toBe(0);
     const dir = await partitionDir('forks');
-    expect((await f.node('usage')).exitCode).toBe(0);
+    expect((await sampleUsage()).exitCode).toBe(0);
     writeFileSync(path.join(dir, 'var', 'go'), '');
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && !existsSync(path.join(dir, 'var', 'done'))) await sleep(100);
     expect(existsSync(path.join(dir, 'var', 'done'))).toBe(true);
-    expect((await f.node('usage')).exitCode).toBe(0);
+    expect((await sampleUsage()).exitCode).toBe(0);
 
     // What the children used, as the kernel counts it for the service, which reaped them all.
     const leader = (await f.node('boot')).json<{ service: string; pid: number }[]>().find((s) => s.service === 'work')!.pid;
@@ -206,6 +216,46 @@ describe('the node runtime, through the CLI', () => {
     expect(Date.parse(recovered.since)).toBeGreaterThan(Date.parse(failing.since));
     expect((await json())[0]).toMatchObject({ status: 'ok', since: recovered.since });
     await destroy('flagged');
+  });
+
+  it('keeps a promise\'s since-time across redeployments that leave its state as it was, and moves it when one changes it', async () => {
+    const request = async (round: number) => {
+      expect((await user('request', 'steady', 'runtime', '--type', 'steady', '--state', 'started', '--parameters', `round:=${round}`)).exitCode).toBe(0);
+      return f.node('instance');
+    };
+    const shown = async () => {
+      const view = await info('steady');
+      return { serial: view.serial, promises: Object.fromEntries(view.promises.map((p) => [p.name, { status: p.status, since: p.since }])) };
+    };
+    expect((await request(0)).exitCode).toBe(2);
+    const first = await shown();
+    expect(first.promises).toEqual({ up: { status: 'ok', since: expect.any(String) }, flag: { status: 'critical', since: expect.any(String) } });
+
+    await sleep(1100);
+    expect((await request(1)).exitCode).toBe(2);
+    const redeployed = await shown();
+    expect(redeployed.serial).toBeGreaterThan(first.serial);
+    expect(redeployed.promises).toEqual(first.promises);
+
+    const flag = path.join(await partitionDir('steady'), 'var', 'flag');
+    writeFileSync(flag, '');
+    chownSync(flag, f.agent.uid, f.agent.gid);
+    await sleep(1100);
+    expect((await request(2)).exitCode).toBe(0);
+    const fixed = await shown();
+    expect(fixed.serial).toBeGreaterThan(redeployed.serial);
+    expect(fixed.promises.up).toEqual(first.promises.up);
+    expect(fixed.promises.flag!.status).toBe('ok');
+    expect(Date.parse(fixed.promises.flag!.since)).toBeGreaterThan(Date.parse(first.promises.flag!.since));
+
+    // Stopped, nothing held: started again, every promise starts afresh.
+    expect((await user('request', 'steady', 'runtime', '--state', 'stopped')).exitCode).toBe(0);
+    expect((await f.node('instance')).exitCode).toBe(0);
+    await sleep(1100);
+    expect((await request(3)).exitCode).toBe(0);
+    const restarted = await shown();
+    expect(Date.parse(restarted.promises.up!.since)).toBeGreaterThan(Date.parse(fixed.promises.flag!.since));
+    await destroy('steady');
   });
 
   it('exits 1 when a deployment fails: a template that uses an undefined value', async () => {

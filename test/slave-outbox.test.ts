@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../protocol/client.js';
 import { silentLogger } from '../slave/log.js';
 import { newEvent, Outbox } from '../slave/outbox.js';
-import type { NodeView } from '../protocol/api.js';
+import { usageEventId } from '../slave/usage.js';
+import type { NodeEvent, NodeView } from '../protocol/api.js';
 import { startInProcessMaster, type InProcessMaster } from './helpers/master-in-process.js';
 import { greeterRelease, writeTree } from './helpers/tree.js';
 
@@ -78,5 +79,30 @@ describe('outbox', () => {
     const unauthorized = await outbox.flush(new MasterClient({ url: master.url, token: 'plg_n_wrong' }), silentLogger);
     expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false });
     expect(await outbox.pending()).toHaveLength(1);
+  });
+
+  it('keeps a usage report the master finds too early, and delivers the rest', async () => {
+    const outbox = new Outbox(path.join(scratch, 'c', 'node.db'));
+    // The hour under way by any clock within the master's allowance: the node's clock is ahead.
+    const hour = new Date(Math.floor((Date.now() + 6 * 60_000) / 3_600_000) * 3_600_000).toISOString();
+    const early = (instance: string): NodeEvent => ({
+      id: usageEventId(instance, hour),
+      at: new Date().toISOString(),
+      type: 'instance.usage',
+      partition: 'part0',
+      instance,
+      hour,
+      cpuMilliseconds: 1,
+      memoryByteSeconds: 0,
+      diskByteSeconds: 0,
+      uptimeSeconds: 1,
+    });
+    const kept = [early('i-1'), early('i-2')];
+    await outbox.add(kept[0]!);
+    await outbox.add(built(supplied[0]!));
+    await outbox.add(kept[1]!);
+    await outbox.add(built(supplied[1]!));
+    expect(await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 2, pending: 2, offline: false });
+    expect((await outbox.pending()).map((e) => e.id)).toEqual(kept.map((e) => e.id));
   });
 });
