@@ -25,7 +25,7 @@ import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
 import { billingRoutes } from './routes/billing-api.js';
 import { binaryCacheKeyRoutes, binaryCacheRoutes, sourceCacheRoutes } from './routes/cache-api.js';
 import { nodeRoutes } from './routes/node-api.js';
-import { userRoutes } from './routes/user-api.js';
+import { softwareUploadRoutes, userRoutes } from './routes/user-api.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -58,12 +58,6 @@ export function buildApp({ database, logger = false }: AppOptions): App {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  app.addContentTypeParser(
-    ['application/gzip', 'application/octet-stream'],
-    { parseAs: 'buffer', bodyLimit: MAX_SOFTWARE_ARCHIVE_BYTES },
-    (_request, body, done) => done(null, body),
-  );
-
   app.setErrorHandler((error: FastifyError, request, reply) => sendError(reply, toPledgerError(error, request)));
   app.setNotFoundHandler((request, reply) =>
     sendError(reply, new PledgerError('NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)),
@@ -82,6 +76,10 @@ export function buildApp({ database, logger = false }: AppOptions): App {
       await userRoutes(scope, db);
       await billingRoutes(scope, database);
       await binaryCacheKeyRoutes(scope, db);
+      await scope.register(async (archives) => {
+        acceptArchives(archives);
+        await softwareUploadRoutes(archives, db);
+      });
     },
     { prefix: API_PREFIX },
   );
@@ -94,13 +92,34 @@ export function buildApp({ database, logger = false }: AppOptions): App {
         await touchNode(db, node.id);
       });
       await nodeRoutes(scope, db);
-      await sourceCacheRoutes(scope, db);
-      await binaryCacheRoutes(scope, db);
+      await scope.register(async (archives) => {
+        acceptArchives(archives);
+        await sourceCacheRoutes(archives, db);
+        await binaryCacheRoutes(archives, db);
+      });
     },
     { prefix: `${API_PREFIX}/node` },
   );
   return app;
 }
+
+/**
+ * Lets the routes of a scope take archives (a release, a source, a built part) as raw
+ * bytes, up to the largest archive. Only the few routes that receive archives are in
+ * such a scope: every other route reads JSON, up to 1 MiB, and refuses any other body
+ * with 415 before reading it, so nobody can make the master hold 64 MiB per request on
+ * a route that never needed it.
+ */
+function acceptArchives(scope: App): void {
+  scope.addContentTypeParser(
+    ['application/gzip', 'application/octet-stream'],
+    { parseAs: 'buffer', bodyLimit: MAX_SOFTWARE_ARCHIVE_BYTES },
+    (_request, body, done) => done(null, body),
+  );
+}
+
+/** Problems named in one refusal: a body can break its schema in as many places as it has bytes. */
+const MAX_PROBLEMS = 10;
 
 function bearer(request: FastifyRequest): string {
   const header = request.headers.authorization;
@@ -117,9 +136,18 @@ function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerEr
       const extra = v.keyword === 'additionalProperties' ? ` (${(v.params as { additionalProperty: string }).additionalProperty})` : '';
       return `${where} ${v.message ?? 'is invalid'}${extra}`;
     });
-    return new PledgerError('BAD_REQUEST', `invalid request: ${[...new Set(problems)].join('; ')}`, { details: error.validation });
+    const distinct = [...new Set(problems)];
+    const more = distinct.length > MAX_PROBLEMS ? `; and ${distinct.length - MAX_PROBLEMS} more` : '';
+    return new PledgerError('BAD_REQUEST', `invalid request: ${distinct.slice(0, MAX_PROBLEMS).join('; ')}${more}`, {
+      details: error.validation.slice(0, MAX_PROBLEMS),
+    });
   }
   if (error.statusCode === 413) return new PledgerError('PAYLOAD_TOO_LARGE', 'the request body is too large');
+  if (error.statusCode === 415) {
+    return new PledgerError('BAD_REQUEST', `invalid request: this route does not take ${request.headers['content-type'] ?? 'a body without a type'}`, {
+      hint: 'send JSON (Content-Type: application/json)',
+    });
+  }
   if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
     // fastify's own refusals: malformed JSON, unsupported content type...
     return new PledgerError('BAD_REQUEST', `invalid request: ${error.message}`);

@@ -142,6 +142,30 @@ describe.each(testEngines())('master API on %s', (engine) => {
     expect((await call(alice, 'GET', '/api/v1/instances')).body).toEqual([]);
   });
 
+  it('takes archives only on the routes that receive them, and names at most ten problems of a bad body', async () => {
+    await expectUnchanged(async () => {
+      // Bytes sent to a JSON route are refused by their type, not parsed and checked byte by byte.
+      const bytes = await call(alice, 'PUT', '/api/v1/instances/web', Buffer.alloc(64 * 1024, 1), { 'content-type': 'application/octet-stream' });
+      expect(bytes.status).toBe(400);
+      expect(bytes.body.error.message).toBe('invalid request: this route does not take application/octet-stream');
+      const supply = await call(admin, 'POST', '/api/v1/supplies', Buffer.alloc(1024), { 'content-type': 'application/gzip' });
+      expect(supply.status).toBe(400);
+
+      // A body breaking its schema in thousands of places gets a short answer.
+      const keys = Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`extra${i}`, i]));
+      const response = await app.inject({ method: 'PUT', url: '/api/v1/instances/web', payload: { software: 'greeter', ...keys }, headers: { authorization: `Bearer ${alice}` } });
+      expect(response.statusCode).toBe(400);
+      expect(response.body.length).toBeLessThan(8 * 1024);
+      const error = (JSON.parse(response.body) as Body).error;
+      expect(error.message).toMatch(/\(extra0\).*; and 4990 more$/);
+      expect(error.details).toHaveLength(10);
+
+      // Only operators publish, and a user is refused before the archive is read.
+      const publish = await call(alice, 'POST', '/api/v1/software', Buffer.alloc(1024), { 'content-type': 'application/gzip' });
+      expect(publish.status).toBe(403);
+    });
+  });
+
   it('keeps an instance unallocated, with the reason, until a node has its release and a free partition', async () => {
     const requested = await call(alice, 'PUT', '/api/v1/instances/web', { software: 'greeter', parameters: { greeting: 'hi' } });
     expect(requested.status).toBe(200);

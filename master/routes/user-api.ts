@@ -83,12 +83,6 @@ export async function userRoutes(app: App, db: Kysely<Tables>): Promise<void> {
     { schema: { params: Type.Object({ ref: SoftwareRef }), response: { 200: SoftwareView } } },
     async (request) => softwareView(await resolveSoftware(db, request.params.ref)),
   );
-  app.post('/software', { schema: { response: { 200: SoftwareView, 201: SoftwareView } } }, async (request, reply) => {
-    requireAdmin(request);
-    if (!Buffer.isBuffer(request.body)) throw new PledgerError('BAD_REQUEST', 'send the release as a gzipped tar (Content-Type: application/gzip)');
-    const { software, created } = await publishSoftware(db, request.body, actor(request));
-    return reply.code(created ? 201 : 200).send(software);
-  });
   app.post('/supplies', { schema: { body: SupplyRequest, response: { 200: SupplyView } } }, async (request) => {
     requireAdmin(request);
     return supply(db, request.body, actor(request));
@@ -129,6 +123,23 @@ export async function userRoutes(app: App, db: Kysely<Tables>): Promise<void> {
         software: `${current.software.name}@${current.software.version}`,
         state: 'destroyed',
       });
+    },
+  );
+}
+
+/**
+ * Publishing a release: its body is an archive (up to 64 MiB), so the route lives in a
+ * scope that accepts archives (see `acceptArchives`). Only operators publish, and that
+ * is checked before the body is read.
+ */
+export async function softwareUploadRoutes(app: App, db: Kysely<Tables>): Promise<void> {
+  app.post(
+    '/software',
+    { schema: { response: { 200: SoftwareView, 201: SoftwareView } }, onRequest: async (request) => requireAdmin(request) },
+    async (request, reply) => {
+      if (!Buffer.isBuffer(request.body)) throw new PledgerError('BAD_REQUEST', 'send the release as a gzipped tar (Content-Type: application/gzip)');
+      const { software, created } = await publishSoftware(db, request.body, actor(request));
+      return reply.code(created ? 201 : 200).send(software);
     },
   );
 }
