@@ -20,6 +20,7 @@
  */
 import type { Kysely, Transaction } from 'kysely';
 import type { ChildrenRequest, ChildrenState, ChildState, ConnectionParameters, NodeEvent, RequestedState, Sla } from '../protocol/api.js';
+import { MAX_TITLE_LENGTH } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { SoftwareDefinition, SoftwareTypeDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
@@ -84,6 +85,14 @@ export async function requestChildren(db: Kysely<Tables>, node: NodeRow, referen
     for (const child of body.requests) {
       if (names.has(child.name)) throw new PledgerError('BAD_REQUEST', `the sub-instance "${child.name}" is requested twice`);
       names.add(child.name);
+      // Every title reaches the node in its desired state, where one longer than the
+      // protocol allows would make the node refuse the whole document.
+      const title = `${parent.title}/${child.name}`;
+      if (title.length > MAX_TITLE_LENGTH) {
+        throw new PledgerError('BAD_REQUEST', `the sub-instance title "${title.slice(0, 40)}…" would be ${title.length} characters long, over ${MAX_TITLE_LENGTH}`, {
+          hint: 'request the parent under a shorter title',
+        });
+      }
       const expected = Object.hasOwn(declared, child.name) ? declared[child.name] : undefined;
       const matches =
         expected &&

@@ -15,7 +15,9 @@ export { API_PREFIX } from './api-prefix.js';
 /** Account and node names: short, lower case, safe in paths and URLs. */
 export const Name = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' });
 /** An instance title is free text chosen by its owner, without control characters. */
-export const Title = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+/** The longest instance title, a sub-instance's `PARENT/NAME` included. */
+export const MAX_TITLE_LENGTH = 200;
+export const Title = Type.String({ minLength: 1, maxLength: MAX_TITLE_LENGTH, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
 export const SoftwareName = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
 export const SoftwareVersion = Type.String({ pattern: '^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$' });
 /** `NAME` (the latest version published) or `NAME@VERSION`. */
@@ -383,6 +385,13 @@ export type BangEvent = Static<typeof BangEvent>;
  * master knows no node's CPU count, so this is the bound no true report can pass.
  */
 export const MAX_NODE_CPUS = 8192;
+/**
+ * The most byte-seconds of memory or disk one partition reports for one hour: 1 TiB held
+ * for the hour. A safe integer, and a month of hours at this bound (744 × 2^40 × 3600 ≈
+ * 2.9 × 10^18) still sums within a signed 64-bit integer, so a node cannot make the
+ * month's close overflow, nor store a value SQLite would keep as a float.
+ */
+export const MAX_BYTE_SECONDS_PER_HOUR = 3600 * 2 ** 40;
 
 /**
  * How far a node's clock may run ahead of the master's: a usage hour is accepted once
@@ -405,10 +414,10 @@ export const UsageEvent = Type.Object(
     hour: Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:00:00\\.000Z$' }),
     /** CPU time of the partition's process trees (user + system): at most an hour of every CPU a Linux kernel can run. */
     cpuMilliseconds: Type.Integer({ minimum: 0, maximum: 3600 * 1000 * MAX_NODE_CPUS }),
-    /** Resident memory integrated over the hour. */
-    memoryByteSeconds: Type.Integer({ minimum: 0 }),
-    /** Disk use of the partition integrated over the hour. */
-    diskByteSeconds: Type.Integer({ minimum: 0 }),
+    /** Resident memory integrated over the hour: at most 1 TiB held for the hour. */
+    memoryByteSeconds: Type.Integer({ minimum: 0, maximum: MAX_BYTE_SECONDS_PER_HOUR }),
+    /** Disk use of the partition integrated over the hour: at most 1 TiB held for the hour. */
+    diskByteSeconds: Type.Integer({ minimum: 0, maximum: MAX_BYTE_SECONDS_PER_HOUR }),
     /** Seconds of the hour the instance was started (0 to 3600). */
     uptimeSeconds: Type.Integer({ minimum: 0, maximum: 3600 }),
   },

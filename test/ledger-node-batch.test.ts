@@ -129,6 +129,9 @@ describe.each(testEngines())('node event batches on %s', (engine) => {
       [{ ...usage(instances[3]!, 601, 'bounded-uptime'), uptimeSeconds: 3601 } as NodeEvent, 400, /uptimeSeconds/],
       [{ ...usage(instances[3]!, 601, 'bounded-cpu'), cpuMilliseconds: 3600 * 1000 * 8192 + 1 } as NodeEvent, 400, /cpuMilliseconds/],
       [{ ...usage(instances[3]!, 601, 'bounded-negative-cpu'), cpuMilliseconds: -1 } as NodeEvent, 400, /cpuMilliseconds/],
+      // More than 1 TiB held all hour, or a number SQLite would keep as a float and a close could not sum.
+      [{ ...usage(instances[3]!, 601, 'bounded-memory'), memoryByteSeconds: 3600 * 2 ** 40 + 1 } as NodeEvent, 400, /memoryByteSeconds/],
+      [{ ...usage(instances[3]!, 601, 'bounded-huge-disk'), diskByteSeconds: 1e300 } as NodeEvent, 400, /diskByteSeconds/],
       [{ ...usage(instances[3]!, 601, 'bounded-negative-memory'), memoryByteSeconds: -1 } as NodeEvent, 400, /memoryByteSeconds/],
       [{ ...usage(instances[3]!, 601, 'bounded-negative-disk'), diskByteSeconds: -5 } as NodeEvent, 400, /diskByteSeconds/],
       [{ ...usage(instances[3]!, 601, 'bounded-negative-uptime'), uptimeSeconds: -1 } as NodeEvent, 400, /uptimeSeconds/],

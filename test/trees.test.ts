@@ -228,6 +228,18 @@ describe.each(testEngines())('instance trees on %s', (engine) => {
     expect(await movements()).toBe(before);
   });
 
+  it('refuses a child whose title would be longer than a title may be, changing nothing', async () => {
+    const long = 'l'.repeat(199);
+    expect((await call(alice, 'PUT', `/api/v1/instances/${long}`, { software: 'app', parameters: { size: 1 } })).status).toBe(200);
+    const before = await movements();
+    const answer = await requestChildren(long, [{ name: 'db', software: 'store', parameters: { size: '1' } }]);
+    expect(answer.status).toBe(400);
+    expect(answer.body.error.message).toMatch(/would be 202 characters long, over 200/);
+    expect(await movements()).toBe(before);
+    expect(((await call(alice, 'GET', '/api/v1/instances')).body as { title: string }[]).map((i) => i.title)).not.toContain(`${long}/db`);
+    await call(alice, 'DELETE', `/api/v1/instances/${long}`);
+  });
+
   it('refuses a node asking for an instance it does not host', async () => {
     const other = await call(admin, 'POST', '/api/v1/nodes', { name: 'node-z' });
     const shop = (await hosted('shop'))!;
