@@ -2,9 +2,12 @@
  * The master's caches.
  *
  * The source cache: source archives stored by their sha256. A node uploads what it
- * downloaded from upstream; the master checks the content against the hash it is filed
- * under before keeping it, so a node can only add the bytes a release asked for, never
- * replace them. Any node fetches them when upstream is gone.
+ * downloaded from upstream. The route takes an upload only when a release supplied to
+ * that node names the hash as a part's source (see routes/cache-api.ts), and
+ * `storeSource` checks the content against that hash before keeping it: so a node can
+ * add only the bytes a release asked for, never replace them, and the cache holds at
+ * most one archive (of at most MAX_SOFTWARE_ARCHIVE_BYTES, the body limit) per source
+ * the published releases name. Any node fetches them when upstream is gone.
  *
  * The binary cache: archives of built parts, filed by part hash, platform and node
  * path (see protocol/binary-cache.ts). The master checks what it receives against the

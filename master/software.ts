@@ -129,6 +129,25 @@ export async function archiveForNode(db: Kysely<Tables>, nodeId: string, hash: s
   return Buffer.from(row.archive);
 }
 
+/**
+ * Whether a release supplied to this node (to build, not to remove) names `sha256` as
+ * the source archive of one of its parts: the only sources that node may file in the
+ * master's source cache.
+ */
+export async function sourceSuppliedTo(db: Kysely<Tables>, nodeId: string, sha256: string): Promise<boolean> {
+  const rows = await db
+    .selectFrom('supplies')
+    .innerJoin('software', 'software.id', 'supplies.software_id')
+    .select('software.definition')
+    .where('supplies.node_id', '=', nodeId)
+    .where('supplies.state', '=', 'available')
+    .execute();
+  return rows.some((row) => {
+    const { parts } = JSON.parse(row.definition) as SoftwareDefinition;
+    return Object.values(parts ?? {}).some((part) => part.source?.sha256 === sha256);
+  });
+}
+
 /** Asks a node to build (available) or remove (destroyed) a release. */
 export async function supply(db: Kysely<Tables>, request: SupplyRequest, actor: string): Promise<SupplyView> {
   const software = await resolveSoftware(db, request.software);

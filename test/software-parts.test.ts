@@ -334,8 +334,38 @@ describe('parts of software releases, built by the node agent', () => {
     expect(readFileSync(path.join(built, 'build.log'), 'utf8')).toContain(`# ${vanishing}: ${vanishing} answered 404 Not Found; fetched from the master's source cache instead`);
   });
 
+  it('refuses with 403 a source that no release supplied to the uploading node names, storing nothing', async () => {
+    const nodeClient = new MasterClient({ url: master.url, token: await master.registerNode('parts-node-4') });
+    const upload = (content: Buffer) =>
+      nodeClient.raw('PUT', `/api/v1/node/sources/${sha256(content)}`, { body: content, headers: { 'content-type': 'application/octet-stream' } });
+    const stray = Buffer.from('bytes no release asked for');
+    await expect(upload(stray)).rejects.toThrow(
+      `no software release supplied to node parts-node-4 names a source with sha256 ${sha256(stray)}: nothing was filed`,
+    );
+    await expect(upload(stray)).rejects.toMatchObject({ status: 403 });
+    await expect(nodeClient.raw('GET', `/api/v1/node/sources/${sha256(stray)}`)).rejects.toThrow(`no source archive with sha256 ${sha256(stray)} in the cache`);
+
+    // Named by a release, but one supplied to another node, or no longer supplied to this one.
+    const other = Buffer.from('a source of a release supplied elsewhere');
+    const dir = release('elsewhere', ['  piece:', `    source: { url: "${httpBase}/elsewhere.tar.gz", sha256: "${sha256(other)}" }`].join('\n'));
+    await master.publish(dir);
+    await master.registerNode('parts-node-5');
+    await master.operator.call('POST', '/api/v1/supplies', { software: 'elsewhere@1.0.0', node: 'parts-node-5', state: 'available' });
+    await expect(upload(other)).rejects.toMatchObject({ status: 403 });
+    await master.operator.call('POST', '/api/v1/supplies', { software: 'elsewhere@1.0.0', node: 'parts-node-4', state: 'available' });
+    await master.operator.call('POST', '/api/v1/supplies', { software: 'elsewhere@1.0.0', node: 'parts-node-4', state: 'destroyed' });
+    await expect(upload(other)).rejects.toMatchObject({ status: 403 });
+    await expect(nodeClient.raw('GET', `/api/v1/node/sources/${sha256(other)}`)).rejects.toThrow(/no source archive/);
+
+    // Once supplied, the same upload is filed.
+    await master.operator.call('POST', '/api/v1/supplies', { software: 'elsewhere@1.0.0', node: 'parts-node-4', state: 'available' });
+    expect((await upload(other)).status).toBe(201);
+    expect((await nodeClient.raw('GET', `/api/v1/node/sources/${sha256(other)}`)).body.equals(other)).toBe(true);
+  });
+
   it('keeps only what matches its sha256 in the source cache, and names what it lacks', async () => {
     const nodeClient = new MasterClient({ url: master.url, token: await master.registerNode('parts-node-3') });
+    await master.operator.call('POST', '/api/v1/supplies', { software: 'vanishing@1.0.0', node: 'parts-node-3', state: 'available' });
     const fake = Buffer.from('not the archive');
     await expect(
       nodeClient.raw('PUT', `/api/v1/node/sources/${sha256(archive)}`, { body: fake, headers: { 'content-type': 'application/octet-stream' } }),

@@ -2,7 +2,8 @@
  * The caches, in the node API.
  *
  * Sources: `PUT /api/v1/node/sources/SHA256` with the bytes of a source archive a node
- * downloaded, `GET` (and `HEAD`) to fetch it back.
+ * downloaded, taken only when a release supplied to that node names it (403 for any
+ * other), `GET` (and `HEAD`) to fetch it back.
  *
  * Built parts: `GET /api/v1/node/binaries/PART?platform=&prefix=` describes the entry a
  * node may use (signed), `GET .../PART/archive?platform=&prefix=` serves its archive,
@@ -17,23 +18,42 @@ import { BinaryCacheKey, BinaryEntry, BinaryKeyQuery, BinaryUploaded, BinaryUplo
 import { PledgerError } from '../../protocol/errors.js';
 import type { App } from '../app.js';
 import { binaryCacheSigningKey, findBinary, readBinary, readSource, storeBinary, storeSource, type CacheTables } from '../cache.js';
+import type { Tables } from '../db/tables.js';
+import { sourceSuppliedTo } from '../software.js';
 
-export async function sourceCacheRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
-  // Its own table, typed here: the cache touches nothing else of the database.
-  const db = database as unknown as Kysely<CacheTables>;
+const SHA256 = /^[0-9a-f]{64}$/;
+
+export async function sourceCacheRoutes(app: App, db: Kysely<Tables>): Promise<void> {
+  // Its own table, typed here: the cache touches no other table but through sourceSuppliedTo.
+  const cache = db as unknown as Kysely<CacheTables>;
   const params = Type.Object({ sha256: Sha256 });
 
   app.get('/sources/:sha256', { schema: { params } }, async (request, reply) => {
-    const content = await readSource(db, request.params.sha256);
+    const content = await readSource(cache, request.params.sha256);
     return reply.type('application/octet-stream').header('cache-control', 'public, max-age=31536000, immutable').send(content);
   });
 
-  app.put('/sources/:sha256', { schema: { params } }, async (request, reply) => {
-    const body = request.body;
-    if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/octet-stream');
-    const stored = await storeSource(db, request.node.id, request.params.sha256, body);
-    return reply.code(stored ? 201 : 200).send({ sha256: request.params.sha256, size: body.length, stored });
-  });
+  app.put(
+    '/sources/:sha256',
+    {
+      schema: { params },
+      // Checked before the body is read: the cache holds what the releases a node builds
+      // ask for, not whatever a node (perhaps a compromised one) wants to keep there.
+      onRequest: async (request) => {
+        const { sha256 } = request.params;
+        if (!SHA256.test(sha256)) throw new PledgerError('BAD_REQUEST', `invalid request: ${sha256} is not a sha256 (64 lowercase hex digits)`);
+        if (!(await sourceSuppliedTo(db, request.node.id, sha256))) {
+          throw new PledgerError('FORBIDDEN', `no software release supplied to node ${request.node.name} names a source with sha256 ${sha256}: nothing was filed`);
+        }
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/octet-stream');
+      const stored = await storeSource(cache, request.node.id, request.params.sha256, body);
+      return reply.code(stored ? 201 : 200).send({ sha256: request.params.sha256, size: body.length, stored });
+    },
+  );
 }
 
 export async function binaryCacheRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
