@@ -22,6 +22,13 @@ import { readMeta, writeMeta, type NodeDatabase } from './node-db.js';
 import { openOutbox, type Outbox } from './outbox.js';
 import { readPartitionState } from './partition-state.js';
 import { lockPath, partitionPath, stateRoot, supervisorStatePath } from './paths.js';
+
+/**
+ * The master's bound on memory and disk byte-seconds per hour (protocol/api.ts, 1 TiB
+ * held for the hour; not imported: the agent loads no schema values). An hour above it
+ * is reported at the bound rather than refused and lost.
+ */
+export const MAX_BYTE_SECONDS_PER_HOUR = 3600 * 2 ** 40;
 import { CLOCK_TICKS_PER_SECOND, processTrees, readProcessTable, type ProcessInfo } from './processes.js';
 
 const HOUR_MS = 3600_000;
@@ -217,8 +224,8 @@ export function reportCompletedHours(db: NodeDatabase, outbox: Outbox, now: numb
         instance: row.instance,
         hour: row.hour,
         cpuMilliseconds: Math.round(row.cpu_ms),
-        memoryByteSeconds: Math.round(row.memory_byte_s),
-        diskByteSeconds: Math.round(row.disk_byte_s),
+        memoryByteSeconds: Math.min(MAX_BYTE_SECONDS_PER_HOUR, Math.round(row.memory_byte_s)),
+        diskByteSeconds: Math.min(MAX_BYTE_SECONDS_PER_HOUR, Math.round(row.disk_byte_s)),
         uptimeSeconds: Math.min(3600, Math.round(row.uptime_s)),
       };
       outbox.addNow(event);

@@ -5,7 +5,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { ProcessInfo } from '../slave/processes.js';
+import { MAX_BYTE_SECONDS_PER_HOUR as NODE_BOUND } from '../slave/usage.js';
 import { cpuSample, cpuTicksSince } from '../slave/usage.js';
+import { MAX_BYTE_SECONDS_PER_HOUR as MASTER_BOUND } from '../protocol/api.js';
 
 const proc = (pid: number, ppid: number, cpuTicks: number, reapedCpuTicks = 0): ProcessInfo => ({
   pid,
@@ -43,5 +45,11 @@ describe('CPU between two samples', () => {
   it('does not bill the past children of a process first seen by an older sample that did not record them', () => {
     const older = { instance: 'i', at: 0, cpu: { '100:700': 10 } };
     expect(cpuTicksSince(older, cpuSample([proc(100, 1, 15, 5000)]))).toBe(5);
+  });
+});
+
+describe('memory and disk of an hour', () => {
+  it('are reported at most at the bound the master accepts, so that a large partition is billed at the bound rather than refused', () => {
+    expect(NODE_BOUND).toBe(MASTER_BOUND);
   });
 });
