@@ -6,7 +6,7 @@
  * tried again only after a backoff.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readlinkSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -96,6 +96,11 @@ describe('parts of software releases, built by the node agent', () => {
     writeFileSync(path.join(files, 'greet-1.0.tar.gz'), archive);
     writeFileSync(path.join(files, 'evil.tar'), rawTar('../evil.txt', 'out of the part'));
     writeFileSync(path.join(files, 'absolute.tar'), rawTar('/tmp/pledger-absolute-evil.txt', 'out of the part'));
+    // Two links that each read as inside; followed, `s` is the parent of the part.
+    const chain = writeTree({ 'p/file.txt': 'x' });
+    symlinkSync('..', path.join(chain, 'p', 'q'));
+    symlinkSync('p/q/..', path.join(chain, 's'));
+    await create({ file: path.join(files, 'chain.tar'), cwd: chain, portable: true }, ['p', 's']);
     http = createServer((request, response) => {
       if (request.url === '/greet-1.0.tar.gz') return response.end(archive);
       if (request.url === '/slow') return setTimeout(() => response.end('late'), 5000);
@@ -181,7 +186,7 @@ describe('parts of software releases, built by the node agent', () => {
     expect(partOf(again.hash, 'top')).toBe(partOf(one.hash, 'top'));
   });
 
-  it('reports a checksum mismatch, a failing step, a timeout and archives leading out of the part (.. or absolute), each with its cause, and builds the others', async () => {
+  it('reports a checksum mismatch, a failing step, a timeout and archives leading out of the part (.. or absolute, or through a chain of links), each with its cause, and builds the others', async () => {
     const wrongSum = '0'.repeat(64);
     const cases = {
       'bad-checksum': [`  src:`, `    source: { url: "${httpBase}/greet-1.0.tar.gz", sha256: "${wrongSum}" }`],
@@ -189,6 +194,7 @@ describe('parts of software releases, built by the node agent', () => {
       'bad-timeout': ['  app:', '    timeout: 1', '    build: [[/bin/sleep, "30"]]'],
       'bad-archive': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'evil.tar')).href}", sha256: ${sha256(readFileSync(path.join(files, 'evil.tar')))} }`],
       'bad-absolute': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'absolute.tar')).href}", sha256: "${sha256(readFileSync(path.join(files, 'absolute.tar')))}" }`],
+      'bad-chain': ['  src:', `    source: { url: "${pathToFileURL(path.join(files, 'chain.tar')).href}", sha256: "${sha256(readFileSync(path.join(files, 'chain.tar')))}" }`],
       'good-one': ['  app:', '    build: [[/bin/true]]'],
     };
     for (const [name, lines] of Object.entries(cases)) await supply(release(name, lines.join('\n')));
@@ -206,8 +212,9 @@ describe('parts of software releases, built by the node agent', () => {
     expect(existsSync(path.join(config.root, 'evil.txt')) || existsSync(path.join(config.root, 'parts', 'evil.txt'))).toBe(false);
     expect(resultOf(run, 'bad-absolute').message).toMatch(/refused archive source: \/tmp\/pledger-absolute-evil\.txt leads out of the part/);
     expect(existsSync('/tmp/pledger-absolute-evil.txt')).toBe(false);
+    expect(resultOf(run, 'bad-chain').message).toMatch(/refused archive source: s links to p\/q\/\.\., which leads out of the part once the links on its way are followed/);
 
-    for (const name of ['bad-checksum', 'bad-step', 'bad-timeout', 'bad-archive', 'bad-absolute']) {
+    for (const name of ['bad-checksum', 'bad-step', 'bad-timeout', 'bad-archive', 'bad-absolute', 'bad-chain']) {
       const seen = await reported(name);
       expect(seen.status).toBe('error');
       expect(seen.message).toBe(resultOf(run, name).message);
@@ -221,7 +228,7 @@ describe('parts of software releases, built by the node agent', () => {
   it('tries a failed build again only after a backoff, without downloading anything meanwhile', async () => {
     const attempts = await readAttempts(config.root);
     const failed = Object.values(attempts);
-    expect(failed).toHaveLength(5);
+    expect(failed).toHaveLength(6);
     for (const a of failed) {
       expect(a.failures).toBe(1);
       expect(Date.parse(a.nextAttemptAt) - Date.now()).toBeGreaterThan(backoffDelay(1) - 30_000);

@@ -38,6 +38,7 @@ import { BUILT_MARKER } from '../paths.js';
 import { checkValue } from '../validate.js';
 import { BinaryEntry } from '../validators.generated.js';
 import { PART_MANIFEST, partPath, partsRoot } from './paths.js';
+import { findEscapingLink } from './links.js';
 import { unpackSource } from './source.js';
 
 export interface BinaryCacheContext {
@@ -192,6 +193,9 @@ export async function uploadBuiltPart(context: BinaryCacheContext, part: { name:
  * than the master takes.
  */
 async function packPart(dir: string, root: string, file: string): Promise<{ sha256: string; size: number; holdsRoot: boolean } | string> {
+  // What every receiver would refuse (see unpackSource) is not worth filing.
+  const escaping = await findEscapingLink(dir);
+  if (escaping) return `${escaping.link} links to ${escaping.target}, out of the part once the links on its way are followed`;
   let refusal: string | undefined;
   const tar = create(
     {

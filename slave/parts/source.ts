@@ -10,6 +10,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { extract } from 'tar';
+import { findEscapingLink } from './links.js';
 
 /** Sources bigger than this are refused while they download. */
 export const MAX_SOURCE_BYTES = 4 * 1024 * 1024 * 1024;
@@ -58,8 +59,9 @@ async function openSource(url: string, signal: AbortSignal): Promise<Readable> {
 
 /**
  * Unpacks a tar archive (plain, gzip, brotli or zstd, as the tar module reads them)
- * into `dir`. An entry with an absolute path or a `..` component, a link pointing out
- * of the part, or a device, is refused with its name, and nothing more is unpacked.
+ * into `dir`, which the caller sets aside and removes on failure. An entry with an
+ * absolute path or a `..` component, a link pointing out of the part (by itself or
+ * through other links of the archive), or a device, is refused with its name.
  */
 export async function unpackSource(file: string, dir: string, strip: number): Promise<void> {
   await mkdir(dir, { recursive: true });
@@ -94,6 +96,13 @@ export async function unpackSource(file: string, dir: string, strip: number): Pr
     throw refusal ?? new SourceError(`cannot unpack ${path.basename(file)}: ${(error as Error).message}`);
   }
   if (refusal) throw refusal;
+  // The filter sees each link alone, as text; only the unpacked tree shows where a chain of them leads.
+  const escaping = await findEscapingLink(dir);
+  if (escaping) {
+    throw new SourceError(
+      `refused archive ${path.basename(file)}: ${escaping.link} links to ${escaping.target}, which leads out of the part once the links on its way are followed`,
+    );
+  }
 }
 
 function escapes(entryPath: string): boolean {
