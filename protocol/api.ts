@@ -14,10 +14,12 @@ export { API_PREFIX } from './api-prefix.js';
 
 /** Account and node names: short, lower case, safe in paths and URLs. */
 export const Name = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' });
-/** An instance title is free text chosen by its owner, without control characters. */
 /** The longest instance title, a sub-instance's `PARENT/NAME` included. */
 export const MAX_TITLE_LENGTH = 200;
-export const Title = Type.String({ minLength: 1, maxLength: MAX_TITLE_LENGTH, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+/** Text on one line, without control characters: titles, references, reasons. */
+const oneLine = (maxLength: number) => Type.String({ minLength: 1, maxLength, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+/** An instance title is free text chosen by its owner, without control characters. */
+export const Title = oneLine(MAX_TITLE_LENGTH);
 export const SoftwareName = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
 export const SoftwareVersion = Type.String({ pattern: '^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$' });
 /** `NAME` (the latest version published) or `NAME@VERSION`. */
@@ -87,7 +89,7 @@ export type AccountWithToken = Static<typeof AccountWithToken>;
 /** Labels an operator sets on a node (`region=eu`, `network=lan`), matched by instance SLAs. */
 export const Labels = StrictRecord(
   Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }),
-  Type.String({ minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }),
+  oneLine(128),
   { maxProperties: 32 },
 );
 export type Labels = Static<typeof Labels>;
@@ -582,7 +584,7 @@ export const BillingCloseResult = Type.Object({
 export type BillingCloseResult = Static<typeof BillingCloseResult>;
 
 export const PaymentCreate = Type.Object(
-  { invoice: InvoiceId, amount: Amount, reference: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' })) },
+  { invoice: InvoiceId, amount: Amount, reference: Type.Optional(oneLine(200)) },
   { additionalProperties: false },
 );
 export type PaymentCreate = Static<typeof PaymentCreate>;
@@ -599,7 +601,7 @@ export const PaymentView = Type.Object({
 });
 export type PaymentView = Static<typeof PaymentView>;
 
-const Reason = Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
+const Reason = oneLine(200);
 export const CreditNoteCreate = Type.Object({ reason: Type.Optional(Reason) }, { additionalProperties: false });
 export type CreditNoteCreate = Static<typeof CreditNoteCreate>;
 export const CreditNoteView = Type.Object({
