@@ -55,7 +55,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
     bodyLimit: 1024 * 1024,
     // A title may hold 200 characters (`MAX_TITLE_LENGTH`), each up to 9 bytes once
     // percent-encoded in a URL: fastify's default of 100 would refuse most of them.
-    maxParamLength: 2048,
+    routerOptions: { maxParamLength: 2048 },
     // Strict validation: an unknown field or a string for a number is a 400, never
     // silently dropped or coerced.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
