@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import type { Account, AccountWithToken } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { AccountsTable, Tables } from './db/tables.js';
+import { writeTransaction } from './db/group-commit.js';
 import { record } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 
@@ -15,7 +16,7 @@ export async function createAccount(
   actor: string,
 ): Promise<AccountWithToken> {
   const token = newSecret('plg_u');
-  await db.transaction().execute(async (trx) => {
+  await writeTransaction(db, async (trx) => {
     const taken = await trx.selectFrom('accounts').select('id').where('name', '=', input.name).executeTakeFirst();
     if (taken) throw new PledgerError('CONFLICT', `an account named "${input.name}" already exists`);
     const accountId = randomUUID();

@@ -8,13 +8,15 @@
  * has enough of each declared resource the instance needs left over, and has a free
  * partition. Among the fitting partitions the first by node name, then by partition
  * reference, wins: allocation is deterministic. It is safe with several master
- * processes: the partition is taken with a conditional update, so two masters never
- * give the same partition twice.
+ * processes: a node's partitions and resources are taken under the node's lock, so two
+ * masters never give the same partition twice nor more than a node has.
  */
 import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
 import type { Resources, Sla } from '../protocol/api.js';
 import type { SoftwareDefinition } from '../protocol/software-release.js';
+import { writeTransaction } from './db/group-commit.js';
 import type { Tables } from './db/tables.js';
+import { lock, locks } from './ledger/locks.js';
 import { record } from './ledger/movements.js';
 import { partitionTaken } from './trees.js';
 
@@ -59,33 +61,52 @@ export function resourceNeeds(definition: SoftwareDefinition, softwareType: stri
  */
 type NodeCondition = RawBuilder<unknown>;
 
-/** Allocates `instance` inside the caller's transaction, or records why it cannot. */
+/** Nodes tried under their lock before an instance waits for a later try. */
+const MAX_NODES_TRIED = 16;
+
+/**
+ * Allocates `instance` inside the caller's transaction, or records why it cannot. The
+ * caller holds the instance's lock.
+ *
+ * The first fitting node is taken under its lock and checked again: another master may
+ * have taken its last partition or resource meanwhile, and then the next node is
+ * tried. Nodes are locked in the order of their names, as every allocation does, so
+ * two allocations never wait for each other in a circle.
+ */
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
   const sla = JSON.parse(instance.sla) as Sla;
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
-  // The first fitting node by name, walking only nodes with a free partition (a partial
-  // index: `> 0` is a literal, not a parameter, or SQLite cannot use it and walks every
-  // node, the full ones first), then its first free partition.
   const conditions = [...matching(sla), open(instance.owner_id), supplied(instance.software_id), alive(cutoff), ...apart(instance, sla), ...withResources(instance.needs)];
-  const { rows: nodes } = await sql<{ id: string; name: string }>`
-    select nodes.id, nodes.name from nodes
-    where ${sql.join(conditions, sql` and `)} and nodes.free_partitions > 0
-    order by nodes.name limit 1`.execute(trx);
-  const node = nodes[0];
-  // A node has few partitions: reading them all by (node, reference) beats letting the
-  // database pick the free ones through the instance index, which spans the fleet.
-  const partition =
-    node &&
-    (
-      await sql<{ id: string; reference: string; instance_id: string | null }>`
-        select id, reference, instance_id from partitions where node_id = ${node.id} order by reference`.execute(trx)
-    ).rows.find((p) => p.instance_id === null);
-  if (partition) {
+  const tried: string[] = [];
+  for (let attempt = 0; attempt < MAX_NODES_TRIED; attempt++) {
+    const notTried = tried.length > 0 ? [sql`nodes.id not in (${sql.join(tried)})`] : [];
+    // The first fitting node by name, walking only nodes with a free partition (a partial
+    // index: `> 0` is a literal, not a parameter, or SQLite cannot use it and walks every
+    // node, the full ones first).
+    const { rows: nodes } = await sql<{ id: string }>`
+      select nodes.id from nodes
+      where ${sql.join([...conditions, ...notTried], sql` and `)} and nodes.free_partitions > 0
+      order by nodes.name limit 1`.execute(trx);
+    const node = nodes[0];
+    if (!node) break;
+    await lock(trx, locks.node(node.id));
+    // Under the lock, read again: its first free partition (one entry of a partial index),
+    // if the node still fits.
+    const { rows: partitions } = await sql<{ id: string; reference: string; name: string }>`
+      select partitions.id, partitions.reference, nodes.name from nodes
+      join partitions on partitions.node_id = nodes.id and partitions.instance_id is null
+      where nodes.id = ${node.id} and ${sql.join(conditions, sql` and `)}
+      order by partitions.reference limit 1`.execute(trx);
+    const partition = partitions[0];
+    if (!partition) {
+      tried.push(node.id);
+      continue;
+    }
     await record(
       trx,
       {
         kind: 'instance.allocated',
-        data: { instanceId: instance.id, partitionId: partition.id, node: node.name, partition: partition.reference, resources: instance.needs },
+        data: { instanceId: instance.id, partitionId: partition.id, node: partition.name, partition: partition.reference, resources: instance.needs },
       },
       { actor, subject: instance.id },
     );
@@ -203,7 +224,8 @@ async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, s
 
 /**
  * Retries every instance that waits for a partition: called when partitions,
- * supplies or node settings change, a partition is freed, or a silent node is back.
+ * supplies or node settings change, a partition is freed, or a silent node is back,
+ * and periodically (master/periodic.ts).
  */
 export async function allocatePending(db: Kysely<Tables>): Promise<void> {
   // Shared instances wait for a host, not a partition (master/trees.ts).
@@ -216,8 +238,9 @@ export async function allocatePending(db: Kysely<Tables>): Promise<void> {
     .orderBy('created_at')
     .execute();
   for (const { id } of waiting) {
-    await db.transaction().execute(async (trx) => {
-      // Read again inside the transaction: another master may have allocated it.
+    await writeTransaction(db, async (trx) => {
+      await lock(trx, locks.instance(id));
+      // Read again under its lock: another master may have allocated it.
       const current = await trx
         .selectFrom('instances')
         .select(['id', 'software_id', 'owner_id', 'sla', 'needs', 'message', 'root_id'])
@@ -228,4 +251,33 @@ export async function allocatePending(db: Kysely<Tables>): Promise<void> {
       if (current) await allocate(trx, { ...current, needs: JSON.parse(current.needs) as Resources }, 'master');
     });
   }
+}
+
+/** Per database: whether a background `allocatePending` runs, and whether another was asked for meanwhile. */
+const pendingRuns = new WeakMap<Kysely<Tables>, { again: boolean }>();
+
+/**
+ * Runs `allocatePending` soon, in the background: for what happens on a request's path
+ * (a node back from silence) that should not make the request wait. Asks made while
+ * one runs are served by one more run after it.
+ */
+export function allocateSoon(db: Kysely<Tables>, onError: (error: unknown) => void): void {
+  const running = pendingRuns.get(db);
+  if (running) {
+    running.again = true;
+    return;
+  }
+  const run = { again: false };
+  pendingRuns.set(db, run);
+  void (async () => {
+    do {
+      run.again = false;
+      try {
+        await allocatePending(db);
+      } catch (error) {
+        onError(error);
+      }
+    } while (run.again);
+    pendingRuns.delete(db);
+  })();
 }

@@ -19,6 +19,7 @@ import { API_PREFIX } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../protocol/software-archive.js';
 import { accountByToken, type AccountRow } from './accounts.js';
+import { allocateSoon } from './allocation.js';
 import type { Database } from './db/database.js';
 import { isBusy, isUniqueViolation } from './db/database.js';
 import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
@@ -33,6 +34,8 @@ declare module 'fastify' {
     account: AccountRow;
     /** The authenticated node, on the node API. */
     node: NodeRow;
+    /** The node had been silent until this call: instances waiting for a partition may fit now. */
+    nodeBack: boolean;
   }
 }
 
@@ -92,7 +95,13 @@ export function buildApp({ database, logger = false }: AppOptions): App {
         const node = await nodeByCredential(db, bearer(request));
         if (!node) throw new PledgerError('UNAUTHENTICATED', 'this node credential is not valid', { hint: 'register the node again with `pledger node register`' });
         request.node = node;
-        await touchNode(db, node.id);
+        request.nodeBack = await touchNode(db, node.id);
+      });
+      // A node back from silence may take the instances waiting for a partition. Its
+      // desired-state poll tries them first, so that it gets them at once; after any
+      // other call they are tried in the background, off the node's path.
+      scope.addHook('onResponse', async (request) => {
+        if (request.nodeBack) allocateSoon(db, (error) => request.log.error({ err: error }, 'allocating after a silent node came back failed'));
       });
       await nodeRoutes(scope, db);
       await scope.register(async (archives) => {

@@ -15,6 +15,7 @@ import type { AccountRow } from './accounts.js';
 import { allocate, resourceNeeds } from './allocation.js';
 import { writeTransaction } from './db/group-commit.js';
 import type { InstancesTable, Tables } from './db/tables.js';
+import { lock, locks, lockShared } from './ledger/locks.js';
 import { record } from './ledger/movements.js';
 import { resolveSoftware, type SoftwareRow } from './software.js';
 import { cascadeState, hostsChanged, placeShared } from './trees.js';
@@ -27,6 +28,10 @@ export async function requestInstance(
   /** Who asks: the owner, or the master itself (stopping for non-payment). */
   actor = `account:${owner.name}`,
 ): Promise<InstanceView> {
+  // A request that changes nothing is a read: no transaction, no lock, nothing to sync.
+  // What it reads is committed, so its answer is the state at that moment.
+  const current = await db.selectFrom('instances').selectAll().where('owner_id', '=', owner.id).where('title', '=', title).executeTakeFirst();
+  if (current && (await decideRequest(db, owner, title, request, { actor }, current)) === UNCHANGED) return getInstance(db, owner, title);
   // Changes the instance as asked; its view is read in the same transaction.
   return writeTransaction(db, async (trx) => {
     await applyRequest(trx, owner, title, request, { actor });
@@ -48,54 +53,10 @@ export interface RequestOrigin {
  */
 export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, title: string, request: InstanceRequest, origin: RequestOrigin): Promise<string> {
   const { actor, parent } = origin;
-  const existing = await trx.selectFrom('instances').selectAll().where('owner_id', '=', owner.id).where('title', '=', title).executeTakeFirst();
-  if (existing?.parent_id && !parent && actor.startsWith('account:')) {
-    const parentRow = await trx.selectFrom('instances').select('title').where('id', '=', existing.parent_id).executeTakeFirst();
-    throw new PledgerError('CONFLICT', `"${title}" is a sub-instance of "${parentRow?.title ?? '?'}": it follows its parent`, {
-      hint: `change or destroy "${parentRow?.title ?? '?'}" instead`,
-    });
-  }
-  if (existing && parent && existing.parent_id !== parent.id) {
-    throw new PledgerError('CONFLICT', `"${title}" already exists outside the tree of "${parent.title}"`);
-  }
-
-  const software = await chooseSoftware(trx, request.software, existing?.software_id);
-  const softwareType = request.softwareType ?? existing?.software_type ?? 'default';
-  const shared = request.shared ?? (existing ? existing.shared === 1 : false);
-  if (existing && shared !== (existing.shared === 1)) {
-    throw new PledgerError('CONFLICT', `"${title}" is ${existing.shared ? '' : 'not '}a shared instance: that cannot change`, {
-      hint: 'destroy it first, or choose another title',
-    });
-  }
-  const { parameters, hostsShared } = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}), {
-    shared,
-    coerce: parent !== undefined,
-  });
-  const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
-  const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
-  const resources = JSON.stringify(sortedKeys(request.resources ?? (existing ? (JSON.parse(existing.resources) as Resources) : {})));
-  if ((existing?.partition_id || existing?.host_id) && (sla !== existing.sla || resources !== existing.resources) && state !== 'destroyed') {
-    throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
-      hint: 'destroy it and request it again with the new SLA',
-    });
-  }
-
-  if (!existing && state === 'destroyed') {
-    throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
-  }
-  // Dunning stops and lifts holds as the actor `master`; nobody else starts anything of a
-  // customer held for non-payment, nor adds to what they have.
-  const starts = !existing || existing.state === 'destroyed' ? state !== 'destroyed' : state === 'started' && existing.state !== 'started';
-  if (starts && actor !== 'master') await refuseIfHeld(trx, owner, title, !existing || existing.state === 'destroyed');
-  const unchanged =
-    existing &&
-    existing.software_id === software.id &&
-    existing.software_type === softwareType &&
-    existing.state === state &&
-    existing.sla === sla &&
-    existing.resources === resources &&
-    existing.parameters === JSON.stringify(parameters);
-  if (unchanged) return existing.id;
+  const existing = await lockedInstance(trx, owner, title, actor);
+  const decided = await decideRequest(trx, owner, title, request, origin, existing);
+  if (decided === UNCHANGED) return existing!.id;
+  const { software, softwareType, shared, parameters, hostsShared, state, sla, resources } = decided;
 
   const instanceId = existing?.id ?? randomUUID();
   const serial = (existing?.serial ?? 0) + 1;
@@ -153,8 +114,103 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
   return instanceId;
 }
 
-async function refuseIfHeld(trx: Transaction<Tables>, owner: AccountRow, title: string, isNew: boolean): Promise<void> {
-  const { rows } = await sql<{ invoice_id: string }>`select invoice_id from billing_holds where account_id = ${owner.id}`.execute(trx);
+/** A request that asks for what the instance already is. */
+const UNCHANGED = Symbol('unchanged');
+
+/** What a request records: its values, checked and completed from the instance as it is. */
+interface Decision {
+  software: SoftwareRow;
+  softwareType: string;
+  shared: boolean;
+  parameters: Parameters;
+  hostsShared: boolean;
+  state: RequestedState;
+  /** JSON, keys sorted. */
+  sla: string;
+  resources: string;
+}
+
+/**
+ * Checks a request against the instance as it is (`existing`, undefined for a new
+ * title) and decides what it records, or that it changes nothing. Only reads: a request
+ * that changes nothing is answered from it without a transaction.
+ */
+async function decideRequest(
+  db: Kysely<Tables>,
+  owner: AccountRow,
+  title: string,
+  request: InstanceRequest,
+  origin: RequestOrigin,
+  existing: InstancesTable | undefined,
+): Promise<Decision | typeof UNCHANGED> {
+  const { actor, parent } = origin;
+  if (existing?.parent_id && !parent && actor.startsWith('account:')) {
+    const parentRow = await db.selectFrom('instances').select('title').where('id', '=', existing.parent_id).executeTakeFirst();
+    throw new PledgerError('CONFLICT', `"${title}" is a sub-instance of "${parentRow?.title ?? '?'}": it follows its parent`, {
+      hint: `change or destroy "${parentRow?.title ?? '?'}" instead`,
+    });
+  }
+  if (existing && parent && existing.parent_id !== parent.id) {
+    throw new PledgerError('CONFLICT', `"${title}" already exists outside the tree of "${parent.title}"`);
+  }
+
+  const software = await chooseSoftware(db, request.software, existing?.software_id);
+  const softwareType = request.softwareType ?? existing?.software_type ?? 'default';
+  const shared = request.shared ?? (existing ? existing.shared === 1 : false);
+  if (existing && shared !== (existing.shared === 1)) {
+    throw new PledgerError('CONFLICT', `"${title}" is ${existing.shared ? '' : 'not '}a shared instance: that cannot change`, {
+      hint: 'destroy it first, or choose another title',
+    });
+  }
+  const { parameters, hostsShared } = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}), {
+    shared,
+    coerce: parent !== undefined,
+  });
+  const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
+  const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
+  const resources = JSON.stringify(sortedKeys(request.resources ?? (existing ? (JSON.parse(existing.resources) as Resources) : {})));
+  if ((existing?.partition_id || existing?.host_id) && (sla !== existing.sla || resources !== existing.resources) && state !== 'destroyed') {
+    throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
+      hint: 'destroy it and request it again with the new SLA',
+    });
+  }
+
+  if (!existing && state === 'destroyed') {
+    throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}" to destroy`);
+  }
+  // Dunning stops and lifts holds as the actor `master`; nobody else starts anything of a
+  // customer held for non-payment, nor adds to what they have.
+  const starts = !existing || existing.state === 'destroyed' ? state !== 'destroyed' : state === 'started' && existing.state !== 'started';
+  if (starts && actor !== 'master') await refuseIfHeld(db, owner, title, !existing || existing.state === 'destroyed');
+  const unchanged =
+    existing &&
+    existing.software_id === software.id &&
+    existing.software_type === softwareType &&
+    existing.state === state &&
+    existing.sla === sla &&
+    existing.resources === resources &&
+    existing.parameters === JSON.stringify(parameters);
+  if (unchanged) return UNCHANGED;
+  return { software, softwareType, shared, parameters, hostsShared, state, sla, resources };
+}
+
+/**
+ * The instance `title` of `owner`, read under its lock (or, while it does not exist, the
+ * lock of its title, so that two requests creating it create one). A request of the
+ * owner also holds their account's lock shared: a hold for non-payment, recorded under
+ * it, cannot slip between the check below and the request.
+ */
+async function lockedInstance(trx: Transaction<Tables>, owner: AccountRow, title: string, actor: string): Promise<InstancesTable | undefined> {
+  if (actor.startsWith('account:')) await lockShared(trx, locks.account(owner.id));
+  await lock(trx, locks.title(owner.id, title));
+  const found = await trx.selectFrom('instances').select('id').where('owner_id', '=', owner.id).where('title', '=', title).executeTakeFirst();
+  if (!found) return undefined;
+  await lock(trx, locks.instance(found.id));
+  return trx.selectFrom('instances').selectAll().where('id', '=', found.id).executeTakeFirstOrThrow();
+}
+
+async function refuseIfHeld(db: Kysely<Tables>, owner: AccountRow, title: string, isNew: boolean): Promise<void> {
+  const { rows } = await sql<{ invoice_id: string }>`select invoice_id from billing_holds where account_id = ${owner.id}`.execute(db);
   const invoice = rows[0]?.invoice_id;
   if (invoice === undefined) return;
   throw new PledgerError(

@@ -22,8 +22,10 @@ import {
 import { PledgerError } from '../protocol/errors.js';
 import type { AccountRow } from './accounts.js';
 import { allocatePending, SILENT_AFTER_MS } from './allocation.js';
+import { writeTransaction } from './db/group-commit.js';
 import type { NodesTable, Tables } from './db/tables.js';
-import { partitionId, record, recordNew, recordUsage, type Movement, type MovementRecord, type UsageHour, type UsageReport } from './ledger/movements.js';
+import { lock, locks } from './ledger/locks.js';
+import { partitionId, record, recordMany, recordUsage, type Movement, type MovementRecord, type UsageHour, type UsageReport } from './ledger/movements.js';
 import { hashSecret, newSecret } from './secrets.js';
 import { afterNodeEvent, sharedOf } from './trees.js';
 
@@ -36,7 +38,9 @@ export type NodeRow = NodesTable;
 export async function registerNode(db: Kysely<Tables>, request: NodeRegister, registrar: AccountRow): Promise<NodeCredential> {
   const credential = newSecret('plg_n');
   const { name } = request;
-  await db.transaction().execute(async (trx) => {
+  // Two registrations of one name: the database keeps names unique, and the one that
+  // loses runs again and is refused here.
+  await writeTransaction(db, async (trx) => {
     const taken = await trx.selectFrom('nodes').select('id').where('name', '=', name).executeTakeFirst();
     if (taken) throw new PledgerError('CONFLICT', `a node named "${name}" is already registered`);
     const ownerId = request.owner === undefined ? registrar.id : await accountId(trx, request.owner);
@@ -56,9 +60,11 @@ export async function registerNode(db: Kysely<Tables>, request: NodeRegister, re
  * tried again.
  */
 export async function updateNode(db: Kysely<Tables>, name: string, update: NodeUpdate, actor: string): Promise<NodeView> {
-  await db.transaction().execute(async (trx) => {
-    const node = await trx.selectFrom('nodes').selectAll().where('name', '=', name).executeTakeFirst();
-    if (!node) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
+  await writeTransaction(db, async (trx) => {
+    const found = await trx.selectFrom('nodes').select('id').where('name', '=', name).executeTakeFirst();
+    if (!found) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
+    await lock(trx, locks.node(found.id));
+    const node = await trx.selectFrom('nodes').selectAll().where('id', '=', found.id).executeTakeFirstOrThrow();
     const labels = update.labels ?? (await labelsOf(trx, [node.id])).get(node.id) ?? {};
     const ownerId = update.owner === undefined ? node.owner_id : update.owner === null ? null : await accountId(trx, update.owner);
     const resources = update.resources ?? declaredResources((await resourcesOf(trx, [node.id])).get(node.id));
@@ -102,15 +108,20 @@ function declaredResources(use: ResourceUse | undefined): Resources {
   return Object.fromEntries(Object.entries(use ?? {}).map(([name, { capacity }]) => [name, capacity]));
 }
 
+export async function nodeById(db: Kysely<Tables>, id: string): Promise<NodeRow | undefined> {
+  return db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
+}
+
 export async function nodeByCredential(db: Kysely<Tables>, credential: string): Promise<NodeRow | undefined> {
   return db.selectFrom('nodes').selectAll().where('credential_hash', '=', hashSecret(credential)).executeTakeFirst();
 }
 
 /**
- * Notes that a node called; written at most once a minute per node. A node back from
- * silence may take instances again: those waiting for a partition are tried again.
+ * Notes that a node called; written at most once a minute per node. Answers whether the
+ * node is back from silence: it may take instances again, and those waiting for a
+ * partition should be tried again.
  */
-export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<void> {
+export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<boolean> {
   const now = new Date();
   const staleBefore = new Date(now.getTime() - 60_000).toISOString();
   const previous = await db.selectFrom('node_heartbeats').select('last_seen_at').where('node_id', '=', nodeId).executeTakeFirst();
@@ -124,7 +135,7 @@ export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<voi
         .where('node_heartbeats.last_seen_at', '<', staleBefore),
     )
     .execute();
-  if (previous && previous.last_seen_at < new Date(now.getTime() - SILENT_AFTER_MS).toISOString()) await allocatePending(db);
+  return previous !== undefined && previous.last_seen_at < new Date(now.getTime() - SILENT_AFTER_MS).toISOString();
 }
 
 export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
@@ -174,7 +185,8 @@ export async function formatPartitions(db: Kysely<Tables>, node: NodeRow, partit
   for (const p of partitions) {
     if (p.ports.first > p.ports.last) throw new PledgerError('BAD_REQUEST', `partition ${p.reference}: its first port is after its last`);
   }
-  const changed = await db.transaction().execute(async (trx) => {
+  const changed = await writeTransaction(db, async (trx) => {
+    await lock(trx, locks.node(node.id));
     const current = await trx.selectFrom('partitions').selectAll().where('node_id', '=', node.id).execute();
     const byReference = new Map(current.map((p) => [p.reference, p]));
     const updates = partitions.filter((p) => {
@@ -193,8 +205,20 @@ export async function formatPartitions(db: Kysely<Tables>, node: NodeRow, partit
   if (changed) await allocatePending(db);
 }
 
-/** The one snapshot a node pulls, and its ETag. */
-export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{ state: DesiredState; etag: string }> {
+/** The shape of the desired state: a master that changes it must change this, so that every node pulls it anew. */
+const DESIRED_STATE_FORMAT = 1;
+
+/**
+ * The ETag of a node's desired state, from its row alone: every movement that changes
+ * what the node is asked to run moves its version on (master/ledger/projections), so an
+ * unchanged poll costs no query and builds nothing.
+ */
+export function desiredStateTag(node: NodeRow): string {
+  return `"${DESIRED_STATE_FORMAT}.${node.desired_version}"`;
+}
+
+/** The one snapshot a node pulls. */
+export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<DesiredState> {
   const software = await db
     .selectFrom('supplies')
     .innerJoin('software', 'software.id', 'supplies.software_id')
@@ -235,8 +259,7 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
             },
     })),
   };
-  const etag = `"${createHash('sha256').update(JSON.stringify(state)).digest('base64url')}"`;
-  return { state, etag };
+  return state;
 }
 
 /**
@@ -250,14 +273,17 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<{
 export async function applyEvents(db: Kysely<Tables>, node: NodeRow, events: NodeEvent[]): Promise<EventsReceipt> {
   if (events.every((event) => event.type === 'instance.usage')) return applyUsage(db, node, events);
   let freed = false;
-  const receipt = await db.transaction().execute(async (trx) => {
+  const receipt = await writeTransaction(db, async (trx) => {
+    // What the events decide on, before reading it: the instances they are about.
+    const instanceIds = events.flatMap((event) => (event.type !== 'instance.usage' && 'instance' in event ? [event.instance] : []));
+    await lock(trx, ...instanceIds.map(locks.instance));
     const context = await eventContext(trx, node, events);
     // Every event is checked before anything is written.
     const usage = events.filter((event) => event.type === 'instance.usage');
     const now = Date.now();
     const hours = usage.map((event) => usageHour(context, node, event, now));
     const planned = events.filter((event) => event.type !== 'instance.usage').map((event) => ({ event, ...planEvent(context, node, event) }));
-    const recorded = await recordNew(trx, planned);
+    const recorded = await recordMany(trx, planned);
     const [counted] = usage.length === 0 ? [[]] : await recordUsage(trx, [{ nodeId: node.id, actor: `node:${node.name}`, hours }]);
     freed = planned.some(({ movement, meta }) => movement.kind === 'instance.destroyed' && recorded.has(meta.id));
     const counts = new Map<NodeEvent, boolean>();
@@ -335,7 +361,7 @@ async function drainUsage(db: Kysely<Tables>, queue: { waiting: WaitingReport[];
 
 async function applyUsageTogether(db: Kysely<Tables>, reports: WaitingReport[]): Promise<void> {
   try {
-    const receipts = await db.transaction().execute(async (trx) => {
+    const receipts = await writeTransaction(db, async (trx) => {
       const checked: UsageReport[] = [];
       for (const { node, events } of reports) {
         const context = await eventContext(trx, node, events);

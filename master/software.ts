@@ -15,6 +15,8 @@ import { PledgerError } from '../protocol/errors.js';
 import { packSoftware, unpackSoftware } from '../protocol/software-archive.js';
 import { loadSoftware, SOFTWARE_FILE, type SoftwareDefinition } from '../protocol/software-release.js';
 import type { SoftwareTable, Tables } from './db/tables.js';
+import { writeTransaction } from './db/group-commit.js';
+import { lock, locks } from './ledger/locks.js';
 import { record } from './ledger/movements.js';
 import { allocatePending } from './allocation.js';
 import { readDefaultPrices, recordDefaultPrices } from './billing/prices.js';
@@ -38,7 +40,7 @@ export async function publishSoftware(
   }
   const { definition, hash, parameterSchemas } = loaded;
   const softwareId = `${definition.name}@${definition.version}`;
-  const created = await db.transaction().execute(async (trx) => {
+  const created = await writeTransaction(db, async (trx) => {
     const existing = await trx.selectFrom('software').select('hash').where('id', '=', softwareId).executeTakeFirst();
     if (existing && existing.hash !== hash) {
       throw new PledgerError('CONFLICT', `${softwareId} is already published with other content`, {
@@ -154,7 +156,8 @@ export async function supply(db: Kysely<Tables>, request: SupplyRequest, actor: 
   const node = await db.selectFrom('nodes').select(['id', 'name']).where('name', '=', request.node).executeTakeFirst();
   if (!node) throw new PledgerError('NODE_NOT_FOUND', `no node named "${request.node}"`);
   const state = request.state ?? 'available';
-  await db.transaction().execute(async (trx) => {
+  await writeTransaction(db, async (trx) => {
+    await lock(trx, locks.node(node.id));
     const current = await trx
       .selectFrom('supplies')
       .select('state')

@@ -25,8 +25,10 @@ import { PledgerError } from '../protocol/errors.js';
 import type { SoftwareDefinition, SoftwareTypeDefinition } from '../protocol/software-release.js';
 import type { AccountRow } from './accounts.js';
 import { isUniqueViolation } from './db/database.js';
+import { writeTransaction } from './db/group-commit.js';
 import type { Tables } from './db/tables.js';
 import { applyRequest, refusedByHost } from './instances.js';
+import { lock, locks } from './ledger/locks.js';
 import { partitionId, record, type Movement } from './ledger/movements.js';
 import type { NodeRow } from './nodes.js';
 
@@ -35,6 +37,7 @@ const MAX_DEPTH = 8;
 
 /** Records a new serial for a started instance, so that its node deploys it again. */
 export async function redeploy(trx: Transaction<Tables>, instanceId: string, reason: string): Promise<void> {
+  await lock(trx, locks.instance(instanceId));
   const row = await trx.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirst();
   if (!row || row.state !== 'started') return;
   await record(trx, { kind: 'instance.redeploy', data: { instanceId, serial: row.serial + 1, reason } }, { actor: 'master', subject: instanceId });
@@ -64,7 +67,8 @@ export async function cascadeState(trx: Transaction<Tables>, owner: AccountRow, 
  * for the serial it was told to deploy: a stale deployment changes nothing.
  */
 export async function requestChildren(db: Kysely<Tables>, node: NodeRow, reference: string, body: ChildrenRequest): Promise<ChildrenState> {
-  return db.transaction().execute(async (trx) => {
+  return writeTransaction(db, async (trx) => {
+    await lock(trx, locks.instance(body.instance));
     const parent = await trx
       .selectFrom('instances')
       .innerJoin('software', 'software.id', 'instances.software_id')
@@ -507,6 +511,7 @@ export async function partitionTaken(trx: Transaction<Tables>, partitionId: stri
     .orderBy('instances.id')
     .execute();
   for (const shared of stale) {
+    await lock(trx, locks.instance(shared.id));
     const reason = 'its backend is no longer an address of one of your instances: request it again with one of yours';
     await record(trx, { kind: 'instance.unallocated', data: { instanceId: shared.id, reason } }, { actor: 'master', subject: shared.id });
     await redeploy(trx, shared.host_id!, `shared instance ${shared.id} lost its backend`);
@@ -533,6 +538,7 @@ export async function hostsChanged(
   } else if (instance.state !== 'started' && instance.wasStarted) {
     const hosted = await trx.selectFrom('instances').select(['id']).where('host_id', '=', instance.id).where('state', '!=', 'destroyed').orderBy('id').execute();
     for (const shared of hosted) {
+      await lock(trx, locks.instance(shared.id));
       const reason = `its host was ${instance.state}`;
       await record(trx, { kind: 'instance.unallocated', data: { instanceId: shared.id, reason } }, { actor: 'master', subject: shared.id });
       await attachShared(trx, shared.id, reason);
@@ -550,7 +556,12 @@ async function attachWaiting(trx: Transaction<Tables>): Promise<void> {
     .orderBy('created_at')
     .orderBy('id')
     .execute();
-  for (const shared of waiting) await attachShared(trx, shared.id, shared.message);
+  for (const shared of waiting) {
+    await lock(trx, locks.instance(shared.id));
+    // Read again under its lock: another master may have attached it meanwhile.
+    const current = await trx.selectFrom('instances').select(['message', 'host_id', 'state']).where('id', '=', shared.id).executeTakeFirstOrThrow();
+    if (current.host_id === null && current.state === 'started') await attachShared(trx, shared.id, current.message);
+  }
 }
 
 /**
@@ -563,6 +574,7 @@ async function recheckHosted(trx: Transaction<Tables>, hostId: string): Promise<
   if (hosted.length === 0) return;
   const host = await hostOf(trx, hostId);
   for (const { id } of hosted) {
+    await lock(trx, locks.instance(id));
     const fit = await fitsHost(trx, await sharedRow(trx, id), host);
     if ('problem' in fit) {
       const reason = `its host ${host.title} now runs ${host.software.id}, which refuses it: ${fit.problem.message}`;
@@ -625,6 +637,7 @@ export async function afterNodeEvent(
   }
   if (event.type !== 'instance.started') return;
   for (const [reference, shared] of Object.entries(event.shared ?? {})) {
+    await lock(trx, locks.instance(reference));
     const row = await trx.selectFrom('instances').select(['host_id', 'connection']).where('id', '=', reference).executeTakeFirst();
     // A shared instance detached meanwhile is no longer this host's to report.
     if (row?.host_id !== event.instance) continue;

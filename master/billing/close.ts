@@ -12,6 +12,8 @@
 import { sql, type Transaction } from 'kysely';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Database } from '../db/database.js';
+import { engineOf } from '../db/engine.js';
+import { writeTransaction } from '../db/group-commit.js';
 import type { Tables } from '../db/tables.js';
 import { record, recordMany, type MovementEntry } from '../ledger/movements.js';
 import { receivableAccount, revenueAccount, TAX_ACCOUNT } from './accounts.js';
@@ -91,13 +93,12 @@ export async function closePeriod(database: Database, period: string, actor: str
   if (Date.parse(end) > now.getTime()) {
     throw new PledgerError('CONFLICT', `the period ${period} is not over: it ends at ${end}`, { hint: 'close a period once it has ended' });
   }
-  return database.db.transaction().execute(async (trx) => {
-    if (database.engine === 'postgres') {
-      // Waits for every transaction that is recording a movement and holds new ones
-      // back until this close commits: the movements' order is then the order in which
-      // they were committed, so a rebuild marks exactly the usage hours this close billed.
-      await sql`LOCK TABLE movements IN SHARE ROW EXCLUSIVE MODE`.execute(trx);
-    }
+  const engine = engineOf(database.db);
+  return writeTransaction(database.db, async (trx) => {
+    // Every transaction recording a movement finishes first, and new ones wait for this
+    // close: the movements' order is then the order in which they were committed, so a
+    // rebuild marks exactly the usage hours this close billed.
+    await engine.lockLedger(trx);
     const already = await trx.selectFrom('billing_periods').selectAll().where('period', '=', period).executeTakeFirst();
     if (already) {
       const ids = await trx.selectFrom('invoices').select('id').where('period', '=', period).orderBy('id').execute();
@@ -107,11 +108,7 @@ export async function closePeriod(database: Database, period: string, actor: str
 
     const settings = await loadSettings(trx);
     const prices = new PriceBook(await loadPriceVersions(trx));
-    if (database.engine === 'postgres') {
-      // Enough memory to add up a month of usage in a hash table rather than sorting
-      // a million rows on disk; for this transaction only.
-      await sql`SET LOCAL work_mem = '64MB'`.execute(trx);
-    }
+    await engine.allowLargeSort(trx);
     // Usage is added up per instance and month first (10,000 groups for a million
     // hours), then joined to the names and sorted.
     const sums = billingDb(trx)

@@ -12,6 +12,8 @@ import type { DunningResult } from '../../protocol/api.js';
 import type { AccountRow } from '../accounts.js';
 import type { Tables } from '../db/tables.js';
 import { requestInstance } from '../instances.js';
+import { writeTransaction } from '../db/group-commit.js';
+import { lock, locks } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';
 import { loadSettings } from './journal.js';
 import { exact, exactSum, formatAmount, int } from './money.js';
@@ -54,7 +56,10 @@ export async function runDunning(db: Kysely<Tables>, asOf = new Date()): Promise
     const reason =
       `invoice ${invoice.id} was due on ${invoice.dueAt.slice(0, 10)} and ${formatAmount(invoice.outstanding, settings.decimals)} ${settings.currency} ` +
       'of it is unpaid: the instances are stopped until it is paid';
-    const hold = await db.transaction().execute(async (trx) => {
+    const hold = await writeTransaction(db, async (trx) => {
+      // Under the account's lock, which its requests hold shared: none starts anything
+      // between the list of its started instances and the hold.
+      await lock(trx, locks.account(owner.id));
       const existing = await trx.selectFrom('billing_holds').selectAll().where('account_id', '=', owner.id).executeTakeFirst();
       if (existing) return { instanceIds: JSON.parse(existing.instances) as string[], created: false };
       const started = await trx.selectFrom('instances').select('id').where('owner_id', '=', owner.id).where('state', '=', 'started').orderBy('title').execute();
@@ -77,7 +82,7 @@ export async function runDunning(db: Kysely<Tables>, asOf = new Date()): Promise
       const instanceIds = JSON.parse(hold.instances) as string[];
       if (hold.destroyed === 0) {
         const reason = `invoice ${invoice.id} is unpaid ${settings.destroyAfterDays} days after it was due: the instances are destroyed`;
-        await db.transaction().execute(async (trx) => {
+        await writeTransaction(db, async (trx) => {
           await record(trx, { kind: 'billing.destroyed', data: { accountId: owner.id, invoiceId: invoice.id, reason, instanceIds } }, { actor: 'master', subject: owner.id });
           for (const instanceId of instanceIds) await record(trx, { kind: 'instance.held', data: { instanceId, reason } }, { actor: 'master', subject: instanceId });
         });
@@ -102,10 +107,15 @@ export async function releaseIfSettled(db: Kysely<Tables>, ownerId: string, asOf
   const owner = await db.selectFrom('accounts').selectAll().where('id', '=', ownerId).executeTakeFirstOrThrow();
   const instanceIds = JSON.parse(hold.instances) as string[];
   const reason = 'the overdue invoices are paid: the instances are started again';
-  await db.transaction().execute(async (trx) => {
+  const released = await writeTransaction(db, async (trx) => {
+    await lock(trx, locks.account(ownerId));
+    // Another payment may have released it meanwhile.
+    if (!(await trx.selectFrom('billing_holds').select('account_id').where('account_id', '=', ownerId).executeTakeFirst())) return false;
     await record(trx, { kind: 'billing.released', data: { accountId: ownerId, reason } }, { actor: 'master', subject: ownerId });
     for (const instanceId of instanceIds) await record(trx, { kind: 'instance.released', data: { instanceId, reason } }, { actor: 'master', subject: instanceId });
+    return true;
   });
+  if (!released) return [];
   return (await requestState(db, owner, instanceIds, 'stopped', 'started')).map((t) => t.slice(owner.name.length + 1));
 }
 

@@ -2,12 +2,14 @@
  * Reading invoices, recording payments, balances and statements. A customer reads only
  * their own; an operator reads anyone's and records payments.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { BalanceView, BillingResource, CreditNoteView, InvoiceSummary, InvoiceView, PaymentCreate, PaymentView, StatementView } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { AccountRow } from '../accounts.js';
+import { writeTransaction } from '../db/group-commit.js';
 import type { Tables } from '../db/tables.js';
+import { lock, locks } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';
 import { BANK_ACCOUNT, receivableAccount } from './accounts.js';
 import { unitFraction } from './close.js';
@@ -110,17 +112,69 @@ export async function getInvoice(db: Kysely<Tables>, caller: AccountRow, id: str
 }
 
 /**
- * Records a payment against an invoice: cash in the bank, the customer's receivable
- * down. A payment larger than what the invoice still owes is refused.
+ * The id of the payment an idempotency key names: the same key always names the same
+ * payment, so a request sent again (after a timeout, by a retrying client) records
+ * nothing new.
  */
-export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, actor: string): Promise<Omit<PaymentView, 'restarted'> & { ownerId: string }> {
-  const paymentId = randomUUID();
-  const paidAt = new Date().toISOString();
-  return db.transaction().execute(async (trx) => {
+function paymentIdFor(idempotencyKey: string | undefined): string {
+  if (idempotencyKey === undefined) return randomUUID();
+  const hex = createHash('sha256').update(`payment\n${idempotencyKey}`).digest('hex');
+  // Shaped as the random ids are (a version-4-like UUID), so that every payment id looks alike.
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+/**
+ * Records a payment against an invoice: cash in the bank, the customer's receivable
+ * down. A payment larger than what the invoice still owes is refused. Decided under the
+ * invoice's lock: two payments of what it owes, at once, are one payment and a refusal.
+ *
+ * With an idempotency key, the same key again answers the payment it recorded first,
+ * and records nothing; the same key for another invoice or amount is refused.
+ */
+export async function recordPayment(
+  db: Kysely<Tables>,
+  input: PaymentCreate,
+  actor: string,
+  idempotencyKey?: string,
+): Promise<Omit<PaymentView, 'restarted'> & { ownerId: string }> {
+  const paymentId = paymentIdFor(idempotencyKey);
+  return writeTransaction(db, async (trx) => {
+    await lock(trx, locks.invoice(input.invoice));
+    const paidAt = new Date().toISOString();
     const settings = await loadSettings(trx);
     const [row] = await invoiceRows(trx, { id: input.invoice });
     if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${input.invoice}`);
     const amount = parseAmount(input.amount, settings.decimals);
+    const answerRecorded = async () => {
+      const first = await trx.selectFrom('payments').select(['invoice_id', 'paid_at', 'reference', 'currency', exact('amount').as('amount')]).where('id', '=', paymentId).executeTakeFirst();
+      if (!first) return undefined;
+      if (first.invoice_id !== row.id || int(first.amount) !== amount || (input.reference !== undefined && input.reference !== first.reference)) {
+        throw new PledgerError('CONFLICT', `the idempotency key ${JSON.stringify(idempotencyKey)} was used for another payment (${formatAmount(int(first.amount), settings.decimals)} ${first.currency} on ${first.invoice_id})`, {
+          hint: 'give each payment its own key, and the same key only when sending the same payment again',
+        });
+      }
+      // What the invoice owed just after it, as the first answer said.
+      const { paidBefore } = await trx
+        .selectFrom('payments')
+        .select(exactSum('amount').as('paidBefore'))
+        .where('invoice_id', '=', row.id)
+        .where((eb) => eb.or([eb('paid_at', '<', first.paid_at), eb.and([eb('paid_at', '=', first.paid_at), eb('id', '<=', paymentId)])]))
+        .executeTakeFirstOrThrow();
+      return {
+        id: paymentId,
+        invoice: row.id,
+        amount: formatAmount(amount, settings.decimals),
+        currency: first.currency,
+        paidAt: first.paid_at,
+        reference: first.reference,
+        outstanding: formatAmount(int(row.total) - int(paidBefore) - int(row.credited), settings.decimals),
+        ownerId: row.owner_id,
+      };
+    };
+    if (idempotencyKey !== undefined) {
+      const answered = await answerRecorded();
+      if (answered) return answered;
+    }
     if (row.credited !== null) throw new PledgerError('CONFLICT', `invoice ${row.id} is credited: nothing is owed on it`, { hint: 'record the payment against the invoice it belongs to' });
     const outstanding = owed(row);
     if (amount <= 0n) throw new PledgerError('BAD_REQUEST', 'a payment must be more than zero', { hint: 'a refund is a reversal: see the billing documentation' });
@@ -128,7 +182,7 @@ export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, ac
       throw new PledgerError('CONFLICT', `invoice ${row.id} owes ${formatAmount(outstanding, settings.decimals)} ${row.currency}: ${input.amount} is more than that`);
     }
     const reference = input.reference ?? paymentId;
-    await record(
+    const recorded = await record(
       trx,
       {
         kind: 'payment.recorded',
@@ -155,6 +209,8 @@ export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, ac
       },
       { id: `payment:${paymentId}`, actor, subject: row.owner_id, at: paidAt },
     );
+    // The same key sent for another invoice at the same moment: that one recorded it first.
+    if (!recorded) return (await answerRecorded())!;
     return {
       id: paymentId,
       invoice: row.id,
@@ -175,8 +231,10 @@ export async function recordPayment(db: Kysely<Tables>, input: PaymentCreate, ac
 export async function reversePayment(db: Kysely<Tables>, paymentId: string, reason: string, actor: string): Promise<Omit<PaymentView, 'restarted'>> {
   const reversedAt = new Date().toISOString();
   const reversalId = `reversal-of-${paymentId}`;
-  return db.transaction().execute(async (trx) => {
+  return writeTransaction(db, async (trx) => {
     const settings = await loadSettings(trx);
+    const found = await trx.selectFrom('payments').select('invoice_id').where('id', '=', paymentId).executeTakeFirst();
+    if (found) await lock(trx, locks.invoice(found.invoice_id));
     const payment = await trx.selectFrom('payments').selectAll().where('id', '=', paymentId).executeTakeFirst();
     if (!payment || int(payment.amount) <= 0n) throw new PledgerError('NOT_FOUND', `no payment ${paymentId}`, { hint: 'payment ids are in `pledger billing statement --json`' });
     if (await trx.selectFrom('payments').select('id').where('id', '=', reversalId).executeTakeFirst()) {
@@ -234,7 +292,8 @@ export async function reversePayment(db: Kysely<Tables>, paymentId: string, reas
  */
 export async function creditInvoice(db: Kysely<Tables>, invoiceId: string, reason: string | undefined, actor: string): Promise<Omit<CreditNoteView, 'restarted'> & { ownerId: string }> {
   const creditedAt = new Date().toISOString();
-  return db.transaction().execute(async (trx) => {
+  return writeTransaction(db, async (trx) => {
+    await lock(trx, locks.invoice(invoiceId));
     const settings = await loadSettings(trx);
     const [row] = await invoiceRows(trx, { id: invoiceId });
     if (!row) throw new PledgerError('NOT_FOUND', `no invoice ${invoiceId}`, { hint: 'list the invoices with `pledger billing invoices`' });

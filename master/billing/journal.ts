@@ -2,8 +2,8 @@
  * The billing movements and their projections: settings, price lists, invoices,
  * payments, holds for non-payment, and the double-entry journal.
  *
- * These are applied by `apply()` in master/ledger/movements.ts like every other
- * movement; this module only holds their cases. Invoices, payments and the journal are
+ * `billing` below is their projection, registered with the others in
+ * master/ledger/appliers.ts. Invoices, payments and the journal are
  * append-only (the database refuses UPDATE and DELETE on them), so their inserts ignore
  * a row that is already there: replaying the movements to rebuild the projections
  * meets them again and leaves them as they are.
@@ -11,6 +11,8 @@
 import type { Kysely, Transaction } from 'kysely';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
+import { NO_LOCKS, type Projection } from '../ledger/applier.js';
+import { locks, type LockKey } from '../ledger/locks.js';
 import { exactSum, int } from './money.js';
 import type { BilledUsageHoursTable } from './tables.js';
 
@@ -126,25 +128,6 @@ export type BillingMovement =
   /** On the instance's own history, so that its owner sees why it was stopped or started. */
   | { kind: 'instance.held' | 'instance.released'; data: { instanceId: string; reason: string } };
 
-export const BILLING_KINDS: ReadonlySet<string> = new Set<BillingMovement['kind']>([
-  'billing.configured',
-  'price.set',
-  'invoice.issued',
-  'billing.closed',
-  'payment.recorded',
-  'payment.reversed',
-  'invoice.credited',
-  'billing.held',
-  'billing.destroyed',
-  'billing.released',
-  'instance.held',
-  'instance.released',
-]);
-
-export function isBillingMovement(movement: { kind: string }): movement is BillingMovement {
-  return BILLING_KINDS.has(movement.kind);
-}
-
 /** The mutable billing projections, emptied before a rebuild. */
 export const BILLING_PROJECTIONS = ['billing_settings', 'prices', 'billing_holds'] as const;
 
@@ -243,93 +226,114 @@ export async function applyIssuedInvoices(db: Db, invoices: InvoiceData[]): Prom
   await insertTransactions(db, issued.flatMap((d) => (d.transaction ? [d.transaction] : [])));
 }
 
-export async function applyBilling(db: Db, movement: BillingMovement, at: string): Promise<void> {
-  switch (movement.kind) {
-    case 'billing.configured': {
-      for (const [key, value] of Object.entries(movement.data.settings)) {
-        const text = JSON.stringify(value);
-        await db
-          .insertInto('billing_settings')
-          .values({ key, value: text })
-          .onConflict((oc) => oc.column('key').doUpdateSet({ value: text }))
-          .execute();
-      }
-      return;
-    }
-    case 'price.set': {
-      const d = movement.data;
-      const values = {
-        currency: d.currency,
-        instance_month: d.prices['instance-month'],
-        instance_hour: d.prices['instance-hour'],
-        cpu_hour: d.prices['cpu-hour'],
-        memory_gib_hour: d.prices['memory-gib-hour'],
-        disk_gib_month: d.prices['disk-gib-month'],
-        set_at: at,
-      };
-      await db
-        .insertInto('prices')
-        .values({ software_name: d.softwareName, software_type: d.softwareType, valid_from: d.validFrom, ...values })
-        .onConflict((oc) => oc.columns(['software_name', 'software_type', 'valid_from']).doUpdateSet(values))
-        .execute();
-      return;
-    }
-    case 'invoice.issued':
-      await applyIssuedInvoices(db, [movement.data]);
-      return;
-    case 'billing.closed': {
-      const { period, until, invoices } = movement.data;
-      await db
-        .insertInto('billing_periods')
-        .values({ period, closed_at: at, invoices })
-        .onConflict((oc) => oc.column('period').doNothing())
-        .execute();
-      await billingDb(db).updateTable('usage_hours').set({ billed_period: period }).where('billed_period', 'is', null).where('hour', '<', until).execute();
-      return;
-    }
-    case 'payment.recorded':
-    case 'payment.reversed': {
-      const d = movement.data;
-      const id = movement.kind === 'payment.reversed' ? movement.data.reversalId : movement.data.paymentId;
-      await db
-        .insertInto('payments')
-        .values({ id, invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, paid_at: at, reference: d.reference })
-        .onConflict((oc) => oc.column('id').doNothing())
-        .execute();
-      await insertTransaction(db, d.transaction);
-      return;
-    }
-    case 'invoice.credited': {
-      const d = movement.data;
-      await db
-        .insertInto('credit_notes')
-        .values({ invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, reason: d.reason, credited_at: at })
-        .onConflict((oc) => oc.column('invoice_id').doNothing())
-        .execute();
-      if (d.transaction) await insertTransaction(db, d.transaction);
-      return;
-    }
-    case 'billing.held': {
-      const d = movement.data;
-      await db
-        .insertInto('billing_holds')
-        .values({ account_id: d.accountId, invoice_id: d.invoiceId, reason: d.reason, since: at, instances: JSON.stringify(d.instanceIds), destroyed: 0 })
-        .onConflict((oc) => oc.column('account_id').doNothing())
-        .execute();
-      return;
-    }
-    case 'billing.destroyed':
-      await db.updateTable('billing_holds').set({ destroyed: 1 }).where('account_id', '=', movement.data.accountId).execute();
-      return;
-    case 'billing.released':
-      await db.deleteFrom('billing_holds').where('account_id', '=', movement.data.accountId).execute();
-      return;
-    case 'instance.held':
-    case 'instance.released':
-      // History only: the stop or start itself is an ordinary instance request.
-      return;
-  }
+const invoiceLock = (d: { invoiceId: string }): LockKey[] => [locks.invoice(d.invoiceId)];
+const accountLock = (d: { accountId: string }): LockKey[] => [locks.account(d.accountId)];
+
+async function applyPayment(db: Db, d: { invoiceId: string; amount: string; currency: string; reference: string; transaction: JournalTransaction }, id: string, at: string): Promise<void> {
+  await db
+    .insertInto('payments')
+    .values({ id, invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, paid_at: at, reference: d.reference })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .execute();
+  await insertTransaction(db, d.transaction);
 }
+
+/**
+ * The billing projections. Money on an invoice (payments, reversals, a credit note) is
+ * decided under the invoice's lock; holds under the account's; a month's close and the
+ * invoices it issues hold the whole ledger back (close.ts).
+ */
+export const billing: Projection<BillingMovement['kind']> = {
+  tables: BILLING_PROJECTIONS,
+  appliers: {
+    'billing.configured': {
+      locks: NO_LOCKS,
+      apply: async (db, { settings }) => {
+        for (const [key, value] of Object.entries(settings)) {
+          const text = JSON.stringify(value);
+          await db
+            .insertInto('billing_settings')
+            .values({ key, value: text })
+            .onConflict((oc) => oc.column('key').doUpdateSet({ value: text }))
+            .execute();
+        }
+      },
+    },
+    'price.set': {
+      locks: NO_LOCKS,
+      apply: async (db, d, at) => {
+        const values = {
+          currency: d.currency,
+          instance_month: d.prices['instance-month'],
+          instance_hour: d.prices['instance-hour'],
+          cpu_hour: d.prices['cpu-hour'],
+          memory_gib_hour: d.prices['memory-gib-hour'],
+          disk_gib_month: d.prices['disk-gib-month'],
+          set_at: at,
+        };
+        await db
+          .insertInto('prices')
+          .values({ software_name: d.softwareName, software_type: d.softwareType, valid_from: d.validFrom, ...values })
+          .onConflict((oc) => oc.columns(['software_name', 'software_type', 'valid_from']).doUpdateSet(values))
+          .execute();
+      },
+    },
+    'invoice.issued': {
+      locks: invoiceLock,
+      apply: (db, d) => applyIssuedInvoices(db, [d]),
+      applyMany: (db, movements) => applyIssuedInvoices(db, movements.map((m) => m.data)),
+    },
+    'billing.closed': {
+      locks: NO_LOCKS,
+      apply: async (db, { period, until, invoices }, at) => {
+        await db
+          .insertInto('billing_periods')
+          .values({ period, closed_at: at, invoices })
+          .onConflict((oc) => oc.column('period').doNothing())
+          .execute();
+        await billingDb(db).updateTable('usage_hours').set({ billed_period: period }).where('billed_period', 'is', null).where('hour', '<', until).execute();
+      },
+    },
+    'payment.recorded': { locks: invoiceLock, apply: (db, d, at) => applyPayment(db, d, d.paymentId, at) },
+    'payment.reversed': { locks: invoiceLock, apply: (db, d, at) => applyPayment(db, d, d.reversalId, at) },
+    'invoice.credited': {
+      locks: invoiceLock,
+      apply: async (db, d, at) => {
+        await db
+          .insertInto('credit_notes')
+          .values({ invoice_id: d.invoiceId, amount: d.amount, currency: d.currency, reason: d.reason, credited_at: at })
+          .onConflict((oc) => oc.column('invoice_id').doNothing())
+          .execute();
+        if (d.transaction) await insertTransaction(db, d.transaction);
+      },
+    },
+    'billing.held': {
+      locks: accountLock,
+      apply: async (db, d, at) => {
+        await db
+          .insertInto('billing_holds')
+          .values({ account_id: d.accountId, invoice_id: d.invoiceId, reason: d.reason, since: at, instances: JSON.stringify(d.instanceIds), destroyed: 0 })
+          .onConflict((oc) => oc.column('account_id').doNothing())
+          .execute();
+      },
+    },
+    'billing.destroyed': {
+      locks: accountLock,
+      apply: async (db, d) => {
+        await db.updateTable('billing_holds').set({ destroyed: 1 }).where('account_id', '=', d.accountId).execute();
+      },
+    },
+    'billing.released': {
+      locks: accountLock,
+      apply: async (db, d) => {
+        await db.deleteFrom('billing_holds').where('account_id', '=', d.accountId).execute();
+      },
+    },
+    // History only: the stop or start itself is an ordinary instance request.
+    'instance.held': { locks: NO_LOCKS, apply: async () => {} },
+    'instance.released': { locks: NO_LOCKS, apply: async () => {} },
+  },
+};
 
 /** The billing settings in force: the defaults, overridden by what the operator configured. */
 export async function loadSettings(db: Db): Promise<BillingSettings> {
@@ -337,14 +341,4 @@ export async function loadSettings(db: Db): Promise<BillingSettings> {
   const settings: Record<string, unknown> = { ...DEFAULT_SETTINGS };
   for (const row of rows) settings[row.key] = JSON.parse(row.value) as unknown;
   return settings as unknown as BillingSettings;
-}
-
-/** The sum of a journal account's postings (all currencies must be the operator's one). */
-export async function accountBalance(db: Db, account: string): Promise<bigint> {
-  const row = await db
-    .selectFrom('journal_postings')
-    .select(exactSum('amount').as('sum'))
-    .where('account', '=', account)
-    .executeTakeFirst();
-  return int(row?.sum);
 }

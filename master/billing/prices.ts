@@ -10,6 +10,7 @@ import { parse as parseYaml } from 'yaml';
 import type { PriceList, PriceListSet } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
+import { writeTransaction } from '../db/group-commit.js';
 import { record } from '../ledger/movements.js';
 import { loadSettings, RESOURCES, type PriceAmounts, type Resource } from './journal.js';
 import { formatPrice, int, parseAmount, PRICE_DECIMALS } from './money.js';
@@ -31,7 +32,7 @@ const COLUMNS: Record<Resource, 'instance_month' | 'instance_hour' | 'cpu_hour' 
 };
 
 export async function setPrice(db: Kysely<Tables>, input: PriceListSet, actor: string): Promise<PriceList> {
-  await db.transaction().execute(async (trx) => {
+  await writeTransaction(db, async (trx) => {
     const settings = await loadSettings(trx);
     const published = await trx.selectFrom('software').select('id').where('name', '=', input.software).executeTakeFirst();
     if (!published) throw new PledgerError('SOFTWARE_NOT_FOUND', `no software release ${input.software} is published`);

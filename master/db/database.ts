@@ -1,19 +1,18 @@
 /**
  * Opens the master's database: SQLite (embedded, the default) or PostgreSQL, behind
- * the same kysely interface. Everything that differs between the two engines is
- * handled here or in the migrations, nowhere else.
+ * the same kysely interface. What differs between the two engines lives in
+ * `engines/`, one file per engine with the same exports, and nowhere else.
  *
  * @example
  *   const database = openDatabase('sqlite:/var/lib/pledger/master.db');
  *   const database = openDatabase('postgres://pledger@127.0.0.1/pledger');
  */
-import SqliteDatabase from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect, type SqliteDatabase as KyselySqlite } from 'kysely';
-import pg from 'pg';
+import type { Kysely } from 'kysely';
+import { ENGINES, engineOf, type Engine } from './engine.js';
 import { enableGroupCommit } from './group-commit.js';
 import type { Tables } from './tables.js';
 
-export type Engine = 'sqlite' | 'postgres';
+export type { Engine } from './engine.js';
 
 export interface Database {
   db: Kysely<Tables>;
@@ -24,78 +23,25 @@ export interface Database {
 }
 
 export function openDatabase(url: string): Database {
-  if (/^postgres(ql)?:\/\//.test(url)) {
-    const pool = new pg.Pool({ connectionString: url, max: 10 });
-    const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
-    return { db, engine: 'postgres', displayUrl: url.replace(/:[^:@/]*@/, ':***@'), close: () => db.destroy() };
-  }
-  const file = url.replace(/^sqlite:/, '');
-  const sqlite = new SqliteDatabase(file);
-  // WAL lets readers go on while one process writes; FULL sync because the ledger
-  // holds money and usage that must survive a power cut; busy_timeout because
-  // several master processes may share the file.
-  sqlite.pragma('journal_mode = WAL');
-  sqlite.pragma('synchronous = FULL');
-  sqlite.pragma('foreign_keys = ON');
-  sqlite.pragma('busy_timeout = 5000');
-  // The ledger's indexes (movement ids, usage by instance and hour) take inserts all
-  // over their B-trees: with SQLite's default 2 MB page cache, a large ledger spends
-  // its time re-reading pages. 64 MB keeps the hot part of them in memory.
-  sqlite.pragma('cache_size = -65536');
-  // A checkpoint copies the pages of the WAL back into the database file (and syncs it).
-  // Every batch of usage reports rewrites pages all over the ledger's indexes: with the
-  // default of a checkpoint every 1,000 pages (4 MB), nearly every batch paid one. At
-  // 10,000 pages (40 MB), a page rewritten by several batches is copied back once.
-  // Durability is the same: each commit is synced to the WAL (synchronous = FULL).
-  sqlite.pragma('wal_autocheckpoint = 10000');
-  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
-  enableGroupCommit(db);
-  return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
-}
-
-/** Prepared statements kept per connection: the master runs a few dozen distinct queries. */
-const CACHED_STATEMENTS = 256;
-
-/**
- * The connection as kysely sees it, with its prepared statements kept and reused. Kysely
- * prepares every query it runs; compiling a statement costs more than running it for
- * the hot ones (a node's report inserts hundreds of rows with one statement), so a
- * statement is prepared once per distinct SQL text. A statement still being iterated
- * (a streamed export) is busy: a query with the same text meanwhile gets its own.
- */
-function withStatementCache(sqlite: SqliteDatabase.Database): KyselySqlite {
-  const statements = new Map<string, SqliteDatabase.Statement>();
-  return {
-    prepare(source: string) {
-      // Every transaction of the master writes. Taking the write lock when it begins
-      // makes a second process wait its turn (busy_timeout) instead of failing later
-      // at its first write because the snapshot it read is no longer the latest.
-      if (source === 'begin') source = 'begin immediate';
-      const cached = statements.get(source);
-      if (cached && !cached.busy) return cached;
-      const statement = sqlite.prepare(source);
-      if (!cached) {
-        if (statements.size >= CACHED_STATEMENTS) statements.delete(statements.keys().next().value!);
-        statements.set(source, statement);
-      }
-      return statement;
-    },
-    close: () => sqlite.close(),
-  } as KyselySqlite;
+  const engine: Engine = /^postgres(ql)?:\/\//.test(url) ? 'postgres' : 'sqlite';
+  const { db, displayUrl } = ENGINES[engine].open(url);
+  // SQLite writes one transaction at a time: requests share commits there (group-commit.ts).
+  if (engine === 'sqlite') enableGroupCommit(db);
+  return { db, engine, displayUrl, close: () => db.destroy() };
 }
 
 /**
- * True when `error` says another process held the database longer than this one
- * waited (SQLite's busy_timeout), or that PostgreSQL had to abort this transaction
- * for a concurrent one (serialization failure, deadlock): trying again succeeds.
+ * True when `error` says the transaction lost a race that running it again wins:
+ * another process held SQLite longer than this one waited, or PostgreSQL aborted it
+ * for a concurrent one.
  */
 export function isBusy(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return (typeof code === 'string' && code.startsWith('SQLITE_BUSY')) || code === '40001' || code === '40P01';
+  return ENGINES.sqlite.isRetryable(error) || ENGINES.postgres.isRetryable(error);
 }
 
 /** True when `error` is a unique-constraint violation, on either engine. */
 export function isUniqueViolation(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+  return ENGINES.sqlite.isUniqueViolation(error) || ENGINES.postgres.isUniqueViolation(error);
 }
+
+export { engineOf };

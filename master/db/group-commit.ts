@@ -16,7 +16,9 @@
  * On PostgreSQL, transactions run side by side on a pool and the server already flushes
  * concurrent commits together: each request keeps a transaction of its own there.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { sql, type Kysely, type Transaction } from 'kysely';
+import { engineOf } from './engine.js';
 import type { Tables } from './tables.js';
 
 export type WriteWork<T> = (trx: Transaction<Tables>) => Promise<T>;
@@ -107,13 +109,32 @@ export function enableGroupCommit(db: Kysely<Tables>): void {
   committers.set(db, new GroupCommitter(db));
 }
 
+/** How many times a transaction that lost a race is run again before its error is the caller's. */
+const MAX_ATTEMPTS = 8;
+
 /**
  * Runs `work` in a write transaction: its own on PostgreSQL, a savepoint of a shared,
  * group-committed one on SQLite. Resolves once its writes are committed.
+ *
+ * A transaction that lost a race (PostgreSQL aborted it for a deadlock, or a key it
+ * inserted was committed meanwhile by another master) is run again from the start: it
+ * then decides on what is committed, and the race is the master's problem, never the
+ * caller's. `work` may therefore run more than once, and must do nothing but use `trx`.
  */
-export function writeTransaction<T>(db: Kysely<Tables>, work: WriteWork<T>): Promise<T> {
+export async function writeTransaction<T>(db: Kysely<Tables>, work: WriteWork<T>): Promise<T> {
   const committer = committers.get(db);
-  return committer ? committer.run(work) : db.transaction().execute(work);
+  if (committer) return committer.run(work);
+  const engine = engineOf(db);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await db.transaction().execute(work);
+    } catch (error) {
+      if (attempt >= MAX_ATTEMPTS || !engine.isRetryable(error)) throw error;
+      // Apart by a random few milliseconds, growing: the transactions that met here
+      // would otherwise meet again.
+      await sleep(Math.random() * 2 ** attempt);
+    }
+  }
 }
 
 /** How the groups went on `db`: none when it does not commit in groups. */

@@ -47,6 +47,8 @@ export interface NodesTable {
   free_partitions: number;
   /** 1 when an operator lets it file built parts in the binary cache, else 0. */
   binary_cache_upload: number;
+  /** Moves on with every movement that changes the node's desired state: the ETag of its polls. */
+  desired_version: number;
 }
 
 export type NodeScope = 'open' | 'owner' | 'closed';
@@ -176,6 +178,13 @@ export interface UsageHoursTable {
   recorded_at: string;
 }
 
+/** Which master process does a piece of periodic work until when: not part of the ledger. */
+export interface MasterLeasesTable {
+  name: string;
+  holder: string;
+  expires_at: string;
+}
+
 export interface Tables {
   movements: MovementsTable;
   accounts: AccountsTable;
@@ -192,4 +201,5 @@ export interface Tables {
   instance_promises: InstancePromisesTable;
   shared_backends: SharedBackendsTable;
   usage_hours: UsageHoursTable;
+  master_leases: MasterLeasesTable;
 }

@@ -39,6 +39,7 @@ import { balance, creditInvoice, getInvoice, listInvoices, recordPayment, revers
 import { loadSettings } from '../billing/journal.js';
 import { listPrices, setPrice } from '../billing/prices.js';
 import type { Database } from '../db/database.js';
+import { writeTransaction } from '../db/group-commit.js';
 import { record } from '../ledger/movements.js';
 
 function requireAdmin(request: FastifyRequest): void {
@@ -50,13 +51,19 @@ const InvoiceParams = Type.Object({ id: InvoiceId });
 const PaymentParams = Type.Object({ id: Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' }) });
 const PaymentReversal = Type.Object({ reason: Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }) }, { additionalProperties: false });
 
+/**
+ * A payment's idempotency key: the same key sent again answers the payment it recorded
+ * first (printable ASCII, as HTTP headers carry it).
+ */
+const PaymentHeaders = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: '^[\\x21-\\x7e]+$' })) });
+
 export async function billingRoutes(app: App, database: Database): Promise<void> {
   const { db } = database;
 
   app.get('/billing/settings', { schema: { response: { 200: BillingSettingsView } } }, async () => loadSettings(db));
   app.put('/billing/settings', { schema: { body: BillingSettingsUpdate, response: { 200: BillingSettingsView } } }, async (request) => {
     requireAdmin(request);
-    await db.transaction().execute(async (trx) => {
+    await writeTransaction(db, async (trx) => {
       const current = await loadSettings(trx);
       const next = { ...current, ...request.body };
       const moneyChanged = next.currency !== current.currency || next.decimals !== current.decimals;
@@ -105,9 +112,9 @@ export async function billingRoutes(app: App, database: Database): Promise<void>
     return reply.code(note.credited ? 201 : 200).send({ ...note, restarted });
   });
 
-  app.post('/billing/payments', { schema: { body: PaymentCreate, response: { 201: PaymentView } } }, async (request, reply) => {
+  app.post('/billing/payments', { schema: { body: PaymentCreate, headers: PaymentHeaders, response: { 201: PaymentView } } }, async (request, reply) => {
     requireAdmin(request);
-    const { ownerId, ...payment } = await recordPayment(db, request.body, actor(request));
+    const { ownerId, ...payment } = await recordPayment(db, request.body, actor(request), request.headers['idempotency-key']);
     const restarted = await releaseIfSettled(db, ownerId);
     return reply.code(201).send({ ...payment, restarted });
   });

@@ -8,17 +8,25 @@ import { Type } from 'typebox';
 import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, Sha256 } from '../../protocol/api.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
-import { applyEvents, desiredState, formatPartitions } from '../nodes.js';
+import { allocatePending } from '../allocation.js';
+import { applyEvents, desiredState, desiredStateTag, formatPartitions, nodeById } from '../nodes.js';
 import { archiveForNode } from '../software.js';
 import { requestChildren } from '../trees.js';
 
 export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   app.get('/desired-state', { schema: { response: { 200: DesiredState } } }, async (request, reply) => {
-    const { state, etag } = await desiredState(db, request.node);
+    // The tag of the node's row as it authenticated: a state built a moment later may be
+    // newer than its tag, never older, so a change is never missed (at worst sent twice).
+    if (request.nodeBack) {
+      await allocatePending(db);
+      request.nodeBack = false;
+      request.node = (await nodeById(db, request.node.id)) ?? request.node;
+    }
+    const etag = desiredStateTag(request.node);
     reply.header('etag', etag).header('cache-control', 'no-cache');
     // A 304 has no body at all: untyped, since the typed reply only knows the 200 schema.
     if (request.headers['if-none-match'] === etag) return (reply as FastifyReply).code(304).send();
-    return state;
+    return desiredState(db, request.node);
   });
 
   app.put(
