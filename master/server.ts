@@ -10,6 +10,7 @@ import { buildApp, type App } from './app.js';
 import { binaryCacheSigningKey, type CacheTables } from './cache.js';
 import { openDatabase } from './db/database.js';
 import { migrate } from './db/migrate.js';
+import { startPeriodicWork } from './periodic.js';
 import { publishBundled } from './software.js';
 
 export interface MasterSettings {
@@ -19,6 +20,8 @@ export interface MasterSettings {
   port: number;
   /** A folder of software releases published at start (the bundled ones), or null. */
   softwareDir: string | null;
+  /** Between two rounds of the master's own work (master/periodic.ts); 30 s when not given. */
+  periodicMs?: number;
 }
 
 /** Creates the schema and the operator account; refuses a database already initialized. */
@@ -64,12 +67,17 @@ export async function serveMaster(settings: MasterSettings): Promise<RunningMast
     await database.close();
     throw new PledgerError('BAD_REQUEST', `cannot listen on ${settings.host}:${settings.port}: ${(error as Error).message}`, { cause: error });
   }
+  const periodic = startPeriodicWork(database.db, {
+    intervalMs: settings.periodicMs ?? 30_000,
+    onError: (error) => app.log.error({ err: error }, 'periodic work failed'),
+  });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : settings.port;
   return {
     app,
     url: `http://${settings.host.includes(':') ? `[${settings.host}]` : settings.host}:${port}`,
     close: async () => {
+      await periodic.stop();
       await app.close();
       await database.close();
     },

@@ -3,6 +3,7 @@
  * balances, statements, dunning and exports. Amounts are decimals in the operator's
  * currency, exactly as written ("12.34"): never turned into floating point.
  */
+import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { Readable, Writable } from 'node:stream';
@@ -187,13 +188,18 @@ export function registerBillingCommands(program: Command): void {
     .argument('<invoice>', 'INV-YYYY-MM-NNNNN')
     .argument('<amount>', 'in the billing currency, e.g. 12.34')
     .option('--reference <text>', 'the bank reference')
+    .option('--idempotency-key <key>', 'names this payment: the same key again records nothing and shows the payment it recorded (default: the bank reference, else a new key)')
     .action(async (invoice, amount, options, command) => {
       const g = globals(command);
-      const payment = await (await userClient(g)).call<PaymentView>('POST', '/api/v1/billing/payments', {
-        invoice,
-        amount,
-        ...(options.reference ? { reference: options.reference } : {}),
-      });
+      // A payment retried after a timeout must not be recorded twice: the bank
+      // reference names one transfer, so it is the natural key when given.
+      const key = options.idempotencyKey ?? (options.reference ? `reference-${createHash('sha256').update(`${invoice}\n${options.reference}`).digest('hex')}` : randomUUID());
+      const payment = await (await userClient(g)).call<PaymentView>(
+        'POST',
+        '/api/v1/billing/payments',
+        { invoice, amount, ...(options.reference ? { reference: options.reference } : {}) },
+        { 'idempotency-key': key },
+      );
       print(g, payment, (p) =>
         [`paid ${money(p.amount, p.currency)} on ${p.invoice}; outstanding ${money(p.outstanding, p.currency)}`, ...(p.restarted.length > 0 ? [`started again: ${p.restarted.join(', ')}`] : [])].join('\n'),
       );
