@@ -38,9 +38,11 @@ const PARTITIONS_PER_NODE = 12;
 const CUSTOMERS = 6;
 const SEEDS_PER_CUSTOMER = 2;
 const NEW_PER_CUSTOMER = 4;
-const OPERATIONS_PER_CUSTOMER = 14;
+/** At most; a customer stops earlier when the load's deadline has passed. */
+const OPERATIONS_PER_CUSTOMER = 80;
 /** Customers send nothing new after this; what is under way finishes. */
 const LOAD_MS = 10_000;
+const KILL_AT_MS = LOAD_MS * 0.4;
 const FLEET_LIFETIME_MS = 170_000;
 
 // Titles ever requested stay below the partitions: any refusal is not for want of room.
@@ -72,6 +74,8 @@ interface Observed {
   /** The last accepted request of each title. */
   expected: Map<string, Expected>;
   payments: Set<string>;
+  /** Payments accepted on the steady invoice, each sent once (and again only when no answer came). */
+  steadyPayments: Set<string>;
   reversals: Set<string>;
   credited: Set<string>;
   closes: number[];
@@ -84,6 +88,8 @@ interface World {
   customers: { name: string; client: FleetClient }[];
   nodes: SimulatedNode[];
   invoices: { id: string; account: string; total: string }[];
+  /** The invoice of a customer outside the load: small payments sent at the moment of the kill land on it. */
+  steadyInvoice: string;
 }
 
 /** Everything before the load: release, nodes, prices, customers with two instances each, October closed. */
@@ -97,6 +103,8 @@ async function prepare(engine: TestEngine): Promise<World> {
     await expectStatus(admin.call('PUT', '/api/v1/billing/prices', { body: PRICES }), 200, 'prices');
     const customers = [];
     for (let c = 0; c < CUSTOMERS; c++) customers.push({ name: `customer-${c}`, client: await createCustomer(admin, `customer-${c}`) });
+    const steady = await createCustomer(admin, 'steady');
+    await expectStatus(steady.call('PUT', '/api/v1/instances/books', { body: { software: 'greeter', parameters: { greeting: 'books' } } }), 200, 'steady books');
     for (const { name, client } of customers) {
       for (let s = 0; s < SEEDS_PER_CUSTOMER; s++) {
         const view = await expectStatus(client.call('PUT', `/api/v1/instances/seed-${s}`, { body: { software: 'greeter', parameters: { greeting: 'seed' } } }), 200, `${name} seed-${s}`);
@@ -107,10 +115,10 @@ async function prepare(engine: TestEngine): Promise<World> {
     for (const node of nodes) node.useHours(OCTOBER_HOURS);
     for (let round = 0; round < OCTOBER_HOURS.length; round++) for (const node of nodes) await node.cycle(true);
     const closed = await expectStatus(admin.call('POST', '/api/v1/billing/close', { body: { period: '2026-10' } }), 200, 'close October');
-    const invoices = (closed.body.invoices as Body[]).map((i) => ({ id: String(i.id), account: String(i.account), total: String(i.total) }));
-    if (invoices.length !== CUSTOMERS) throw new Error(`expected ${CUSTOMERS} invoices for October, got ${closed.text}`);
+    const all = (closed.body.invoices as Body[]).map((i) => ({ id: String(i.id), account: String(i.account), total: String(i.total) }));
+    if (all.length !== CUSTOMERS + 1) throw new Error(`expected ${CUSTOMERS + 1} invoices for October, got ${closed.text}`);
     for (const node of nodes) node.useHours(NOVEMBER_HOURS);
-    return { fleet, admin, customers, nodes, invoices };
+    return { fleet, admin, customers, nodes, invoices: all.filter((i) => i.account !== 'steady'), steadyInvoice: all.find((i) => i.account === 'steady')!.id };
   } catch (error) {
     await fleet.close();
     throw error;
@@ -125,6 +133,7 @@ async function runLoad(world: World, options: { kill: boolean }): Promise<Observ
     unexpected: [],
     expected: new Map(),
     payments: new Set(),
+    steadyPayments: new Set(),
     reversals: new Set(),
     credited: new Set(),
     closes: [],
@@ -156,7 +165,8 @@ async function runLoad(world: World, options: { kill: boolean }): Promise<Observ
       if ((kind === 0 || kind === 3) && created < NEW_PER_CUSTOMER) {
         title = `n${created++}`;
         state = 'started';
-        titles.push({ title, state, seed: false });
+        // Tracked once it exists: a refused creation leaves nothing to change or destroy.
+        titles.push({ title, state: 'destroyed', seed: false });
       } else if (kind === 2) state = 'stopped';
       else if (kind === 4) state = 'started';
       else if (kind === 5 && !pick.seed) state = 'destroyed';
@@ -181,7 +191,10 @@ async function runLoad(world: World, options: { kill: boolean }): Promise<Observ
       } else if (answer.status < 500) {
         observed.unexpected.push(`${name} ${state} ${title}: ${answer.status} ${answer.text.slice(0, 300)}`);
       }
-      await sleep(20 + ((c * 13 + op * 7) % 40));
+      // Paced so that the load lasts until its deadline; around the kill, back to back, so
+      // that the killed master has requests of every customer in flight.
+      const sinceKill = Date.now() - (started + KILL_AT_MS);
+      if (!options.kill || sinceKill < -300 || sinceKill > 700) await sleep(60 + ((c * 13 + op * 7) % 60));
     }
   };
 
@@ -265,10 +278,23 @@ async function runLoad(world: World, options: { kill: boolean }): Promise<Observ
     }
   };
 
+  // At the kill (or at the same moment without one): small payments on the steady
+  // invoice, each with its own idempotency key, in flight on every master. A POST a master
+  // died under is a 502 that the client sends again with the same key: each must be
+  // recorded once, whether or not its first try had committed.
   const kill = async () => {
-    if (!options.kill) return;
-    await sleep(LOAD_MS * 0.4);
-    await fleet.masters[1]!.stop('SIGKILL');
+    await sleep(KILL_AT_MS);
+    const payments = Array.from({ length: 12 }, async () => {
+      const answer = await admin.call('POST', '/api/v1/billing/payments', { body: { invoice: world.steadyInvoice, amount: '0.01' }, headers: { 'idempotency-key': randomUUID() } });
+      note('pay 0.01 on the steady invoice', answer);
+      if (answer.status === 201) observed.steadyPayments.add(String(answer.body.id));
+      else if (answer.status < 500) observed.unexpected.push(`pay 0.01 on the steady invoice: ${answer.status} ${answer.text.slice(0, 300)}`);
+    });
+    if (options.kill) {
+      await sleep(3);
+      await fleet.masters[1]!.stop('SIGKILL');
+    }
+    await Promise.all(payments);
   };
 
   const nodeLoops = nodes.map(node);
@@ -305,6 +331,10 @@ async function inspect(world: World, observed: Observed) {
   for (const id of [...observed.payments, ...observed.reversals]) if (!paymentIds.has(id)) notReflected.push(`payment ${id}: accepted, not recorded`);
   const creditIds = new Set((await query(database, 'select invoice_id from credit_notes')).map((c) => String(c.invoice_id)));
   for (const id of observed.credited) if (!creditIds.has(id)) notReflected.push(`credit note on ${id}: accepted, not recorded`);
+  const steady = await query(database, `select id from payments where invoice_id = '${world.steadyInvoice}'`);
+  if (steady.length !== observed.steadyPayments.size) {
+    notReflected.push(`steady invoice: ${observed.steadyPayments.size} payments accepted (each sent until answered), ${steady.length} recorded`);
+  }
   const periods = await query(database, "select period from billing_periods where period = '2026-11'");
 
   return {
@@ -349,6 +379,9 @@ describe.each(testEngines())('the ledger under concurrent load on %s', (engine) 
         const problems = world.fleet.masters.flatMap((m) => m.problems().slice(0, 3).map((p) => `master ${m.index}: ${p.slice(0, 400)}`));
         await world.fleet.stopMasters();
         const findings = await inspect(world, observed);
+        if (process.env.PLEDGER_TEST_VERBOSE) {
+          console.log(engine, kill, JSON.stringify({ requests: observed.requests, stats: world.admin.stats, payments: observed.payments.size, reversals: observed.reversals.size, credited: [...observed.credited], closes: observed.closes, nodes: world.nodes.map((n) => ({ polls: n.tally.polls, nm: n.tally.notModified, sent: n.tally.eventsSent, refused: n.tally.refused, refusals: n.tally.refusals.slice(0, 2) })), answered: world.fleet.masters.map((m) => m.answered()) }));
+        }
         expect(observed.requests).toBeGreaterThan(100);
         expect(findings, `after ${observed.requests} requests; the masters logged:\n${problems.join('\n')}`).toEqual(clean);
       }, 120_000);

@@ -14,7 +14,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { freshDatabase, type TestDatabase, type TestEngine } from './databases.js';
@@ -281,6 +281,7 @@ async function startHaproxy(work: string, backends: string[]): Promise<{ child: 
       [
         'global',
         '  maxconn 4096',
+        `  stats socket ${path.join(work, `haproxy-${port}.sock`)} mode 600 level user`,
         '  log stderr format raw local0 err',
         'defaults',
         '  mode http',
@@ -288,9 +289,11 @@ async function startHaproxy(work: string, backends: string[]): Promise<{ child: 
         '  timeout connect 2s',
         '  timeout client 120s',
         '  timeout server 120s',
+        // A connection refused by a dead master is sent to another one (haproxy also resends
+        // GET, PUT and DELETE that a master died under); a POST in flight on it is a 502
+        // for the client to send again, as real clients must.
         '  retries 3',
         '  option redispatch 1',
-        '  retry-on conn-failure empty-response',
         'frontend masters_in',
         `  bind 127.0.0.1:${port}`,
         '  default_backend masters',
@@ -307,12 +310,37 @@ async function startHaproxy(work: string, backends: string[]): Promise<{ child: 
     child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
     const url = `http://127.0.0.1:${port}`;
-    const ready = await waitForHttp(url, child, 10_000);
+    const ready = (await waitForHttp(url, child, 10_000)) && (await waitForBackends(path.join(work, `haproxy-${port}.sock`), backends.length, 10_000));
     if (ready) return { child, url };
     await end(child, 'SIGKILL', 0);
     // The port may have been taken between our probe and haproxy's bind: try another.
     if (attempt >= 2) throw new Error(`haproxy did not start:\n${output}\n${readFileSync(config, 'utf8')}`);
   }
+}
+
+/**
+ * Waits until haproxy's health checks see every master up: before that it sends every
+ * request to the first master that passed, and a test would balance nothing.
+ */
+async function waitForBackends(socket: string, count: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const stat = await new Promise<string>((resolve) => {
+      let text = '';
+      const connection = createConnection(socket, () => connection.end('show stat\n'));
+      connection.on('data', (c: Buffer) => (text += c.toString()));
+      connection.on('close', () => resolve(text));
+      connection.on('error', () => resolve(''));
+    });
+    // CSV: pxname,svname,...,status (the 18th column).
+    const up = stat.split('\n').filter((line) => {
+      const fields = line.split(',');
+      return fields[0] === 'masters' && /^m\d+$/.test(fields[1] ?? '') && fields[17] === 'UP';
+    });
+    if (up.length === count) return true;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return false;
 }
 
 /** Waits until `url` answers anything over HTTP (a 401 is an answer) while `child` lives. */
