@@ -69,9 +69,28 @@ export function snapshotDifferences(live: Snapshot, rebuilt: Snapshot, limit = 2
     const onlyRebuilt = [...b].filter((r) => !a.has(r));
     if (onlyLive.length + onlyRebuilt.length === 0) continue;
     differences.push(`${table}: ${onlyLive.length} live rows not in the rebuild, ${onlyRebuilt.length} rebuilt rows not live`);
-    // Paired by their first column (the id, usually) when they can be: easier to read.
-    for (const row of onlyLive.slice(0, limit)) differences.push(`  live:    ${row}`);
-    for (const row of onlyRebuilt.slice(0, limit)) differences.push(`  rebuilt: ${row}`);
+    // Rows with the same key (`id`, or the whole row but its changing columns) are shown
+    // as the columns that differ: what a reader needs to see the race.
+    const keyOf = (row: string) => {
+      const fields = Object.fromEntries(JSON.parse(row) as [string, unknown][]);
+      return 'id' in fields ? `id=${String(fields.id)}` : null;
+    };
+    const rebuiltByKey = new Map(onlyRebuilt.map((r) => [keyOf(r), r]));
+    const paired = new Set<string>();
+    for (const row of onlyLive.slice(0, limit)) {
+      const key = keyOf(row);
+      const other = key === null ? undefined : rebuiltByKey.get(key);
+      if (!other) {
+        differences.push(`  live only:    ${row}`);
+        continue;
+      }
+      paired.add(other);
+      const a = Object.fromEntries(JSON.parse(row) as [string, unknown][]);
+      const b = Object.fromEntries(JSON.parse(other) as [string, unknown][]);
+      const changed = Object.keys({ ...a, ...b }).filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+      differences.push(`  ${key}: ${changed.map((k) => `${k} live ${JSON.stringify(a[k])}, rebuilt ${JSON.stringify(b[k])}`).join('; ')}`);
+    }
+    for (const row of onlyRebuilt.slice(0, limit)) if (!paired.has(row)) differences.push(`  rebuilt only: ${row}`);
   }
   return differences;
 }
