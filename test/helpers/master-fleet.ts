@@ -132,6 +132,8 @@ export interface FleetOptions {
   logLevel?: string;
   /** A database to serve instead of a fresh one (the fleet then leaves it in place at close). */
   database?: string;
+  /** The operator token of `database` when it is initialized already: `master init` is then skipped. */
+  adminToken?: string;
 }
 
 export async function startMasterFleet(options: FleetOptions): Promise<MasterFleet> {
@@ -159,9 +161,12 @@ export async function startMasterFleet(options: FleetOptions): Promise<MasterFle
   };
 
   try {
-    const init = runCli(['master', 'init', '--database', database, '--json'], 60_000);
-    if (init.exitCode !== 0) throw new Error(`master init failed: ${init.stderr}`);
-    const adminToken = (JSON.parse(init.stdout) as { token: string }).token;
+    let adminToken = options.adminToken;
+    if (adminToken === undefined) {
+      const init = runCli(['master', 'init', '--database', database, '--json'], 60_000);
+      if (init.exitCode !== 0) throw new Error(`master init failed: ${init.stderr}`);
+      adminToken = (JSON.parse(init.stdout) as { token: string }).token;
+    }
 
     // One after the other: a SQLite file is migrated by the first, the others find it done.
     const masters: FleetMaster[] = [];
