@@ -16,8 +16,7 @@
  * synchronous FULL, requests committed in groups. The figures include the CPU time the
  * process used: on a shared machine, wall time also counts the waits for others.
  */
-import { randomUUID } from 'node:crypto';
-import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -28,8 +27,8 @@ import { openDatabase } from '../master/db/database.js';
 import { groupCommitStats } from '../master/db/group-commit.js';
 import { migrate } from '../master/db/migrate.js';
 import { requestInstance } from '../master/instances.js';
-import { record } from '../master/ledger/movements.js';
 import type { LoadOptions, LoadResult } from './allocation-load.js';
+import { cpuSeconds, fsyncMilliseconds, publishBenchSoftware, seconds, writeFleet } from './fleet.js';
 
 const { values: options } = parseArgs({
   options: {
@@ -58,40 +57,14 @@ const { db } = database;
 let started = performance.now();
 const { token } = await createAccount(db, { name: 'bench', role: 'admin' }, 'master');
 const owner = await db.selectFrom('accounts').selectAll().where('name', '=', 'bench').executeTakeFirstOrThrow();
-const softwareId = 'bench@1.0.0';
-await db.transaction().execute(async (trx) => {
-  await record(
-    trx,
-    {
-      kind: 'software.published',
-      data: {
-        softwareId,
-        name: 'bench',
-        version: '1.0.0',
-        hash: '0'.repeat(64),
-        description: 'benchmark',
-        definition: { name: 'bench', version: '1.0.0', 'software-types': { default: {} } },
-        parameterSchemas: { default: { type: 'object' } },
-      },
-    },
-    { actor: 'master', subject: softwareId },
-  );
+const softwareId = await publishBenchSoftware(db);
+await writeFleet(db, {
+  nodes: NODES,
+  partitions: PARTITIONS,
+  softwareId,
+  ownerId: owner.id,
+  labels: (n) => ({ region: REGIONS[n % REGIONS.length]!, network: NETWORKS[Math.floor(n / REGIONS.length) % NETWORKS.length]! }),
 });
-const now = new Date().toISOString();
-for (let first = 0; first < NODES; first += 500) {
-  await db.transaction().execute(async (trx) => {
-    for (let n = first; n < Math.min(first + 500, NODES); n++) {
-      const nodeId = randomUUID();
-      const labels = { region: REGIONS[n % REGIONS.length]!, network: NETWORKS[Math.floor(n / REGIONS.length) % NETWORKS.length]! };
-      const name = `node-${String(n).padStart(6, '0')}`;
-      await record(trx, { kind: 'node.registered', data: { nodeId, name, credentialHash: randomUUID(), scope: 'open', ownerId: owner.id, labels } }, { actor: 'master', subject: nodeId });
-      const partitions = Array.from({ length: PARTITIONS }, (_, p) => ({ reference: `part${p}`, ip: '127.0.0.1', ports: { first: 20000 + p * 10, last: 20009 + p * 10 } }));
-      await record(trx, { kind: 'node.formatted', data: { nodeId, partitions } }, { actor: `node:${name}`, subject: nodeId });
-      await record(trx, { kind: 'supply.requested', data: { nodeId, softwareId, state: 'available' } }, { actor: 'master', subject: nodeId });
-      await trx.insertInto('node_heartbeats').values({ node_id: nodeId, last_seen_at: now }).execute();
-    }
-  });
-}
 console.log(`fleet: ${NODES} nodes x ${PARTITIONS} partitions written in ${seconds(started)} s`);
 
 const sla = (i: number) => ({ region: REGIONS[i % REGIONS.length]!, network: NETWORKS[Math.floor(i / REGIONS.length) % NETWORKS.length]! });
@@ -169,29 +142,3 @@ console.log(`one more: ${full.status}, "${full.message}"`);
 
 await database.close();
 rmSync(dir, { recursive: true, force: true });
-
-/** How long the disk takes to flush one small write: the floor of a commit's latency. */
-function fsyncMilliseconds(where: string): string {
-  const file = path.join(where, 'fsync-probe');
-  const fd = openSync(file, 'w');
-  const times = [];
-  for (let i = 0; i < 20; i++) {
-    writeSync(fd, `${i}\n`);
-    const start = performance.now();
-    fsyncSync(fd);
-    times.push(performance.now() - start);
-  }
-  closeSync(fd);
-  rmSync(file);
-  return times.sort((a, b) => a - b)[10]!.toFixed(1);
-}
-
-/** CPU time this process used since `before`: on a busy machine, wall time says less. */
-function cpuSeconds(before: NodeJS.CpuUsage): string {
-  const used = process.cpuUsage(before);
-  return ((used.user + used.system) / 1e6).toFixed(1);
-}
-
-function seconds(since: number): string {
-  return ((performance.now() - since) / 1000).toFixed(1);
-}
