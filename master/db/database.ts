@@ -20,14 +20,35 @@ export interface Database {
   engine: Engine;
   /** The URL without its password, for logs. */
   displayUrl: string;
+  /**
+   * Where the errors of idle pooled connections go (PostgreSQL closed one: a restart, a
+   * failover, `pg_terminate_backend`). The pool drops such a connection and opens another
+   * when one is needed; without a listener, the error would end the process.
+   */
+  onConnectionError(listener: (error: Error) => void): void;
   close(): Promise<void>;
 }
 
 export function openDatabase(url: string): Database {
   if (/^postgres(ql)?:\/\//.test(url)) {
     const pool = new pg.Pool({ connectionString: url, max: 10 });
+    const displayUrl = url.replace(/:[^:@/]*@/, ':***@');
+    let listener = (error: Error): void => void process.stderr.write(`${JSON.stringify({ level: 40, msg: 'idle database connection lost', database: displayUrl, err: error.message })}\n`);
+    pool.on('error', (error) => listener(error));
+    // A connection lost while a query holds it is reported to that query (which fails
+    // and answers 503) and also emitted by the client: the pool listens only to idle
+    // clients, so without this one the emit would end the process.
+    pool.on('connect', (client) => client.on('error', (error) => listener(error)));
     const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
-    return { db, engine: 'postgres', displayUrl: url.replace(/:[^:@/]*@/, ':***@'), close: () => db.destroy() };
+    return {
+      db,
+      engine: 'postgres',
+      displayUrl,
+      onConnectionError: (next) => {
+        listener = next;
+      },
+      close: () => db.destroy(),
+    };
   }
   const file = url.replace(/^sqlite:/, '');
   const sqlite = new SqliteDatabase(file);
@@ -50,7 +71,8 @@ export function openDatabase(url: string): Database {
   sqlite.pragma('wal_autocheckpoint = 10000');
   const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
   enableGroupCommit(db);
-  return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, close: () => db.destroy() };
+  // An embedded file has no connection to lose.
+  return { db, engine: 'sqlite', displayUrl: `sqlite:${file}`, onConnectionError: () => undefined, close: () => db.destroy() };
 }
 
 /** Prepared statements kept per connection: the master runs a few dozen distinct queries. */
@@ -98,4 +120,19 @@ export function isBusy(error: unknown): boolean {
 export function isUniqueViolation(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}
+
+/** PostgreSQL's classes of errors that mean the connection, not the query, failed. */
+const CONNECTION_LOST_CODES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004']);
+const CONNECTION_LOST_MESSAGES = /Connection terminated|connection error and is not queryable|Client was closed|ECONNRESET|ECONNREFUSED|EPIPE|timeout exceeded when trying to connect/i;
+
+/**
+ * True when `error` says the database connection was lost or could not be had (the server
+ * ended it, restarted, or is unreachable for now): the request did not happen, and the
+ * same request succeeds once the pool has a new connection.
+ */
+export function isConnectionLost(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && (CONNECTION_LOST_CODES.has(code) || ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT'].includes(code))) return true;
+  return typeof message === 'string' && CONNECTION_LOST_MESSAGES.test(message);
 }
