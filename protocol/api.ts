@@ -155,6 +155,30 @@ export const NodeUpdate = Type.Object(
   { additionalProperties: false, minProperties: 1 },
 );
 export type NodeUpdate = Static<typeof NodeUpdate>;
+/**
+ * What a node set aside: events the master refused for good (see slave/outbox.ts), kept
+ * on the node. `last` is the latest of them, with the master's reason.
+ */
+export const SetAsideReport = Type.Object(
+  {
+    count: Type.Integer({ minimum: 0 }),
+    last: Type.Optional(
+      Type.Object({ event: EventId, type: Type.String({ maxLength: 64 }), reason: Type.String({ maxLength: 2048 }), at: Timestamp }, { additionalProperties: false }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type SetAsideReport = Static<typeof SetAsideReport>;
+export const SetAsideView = Type.Object({
+  count: Type.Integer(),
+  lastEvent: Type.Union([Type.String(), Type.Null()]),
+  lastType: Type.Union([Type.String(), Type.Null()]),
+  lastReason: Type.Union([Type.String(), Type.Null()]),
+  lastAt: Type.Union([Timestamp, Type.Null()]),
+  /** When the node last told the master. */
+  reportedAt: Timestamp,
+});
+export type SetAsideView = Static<typeof SetAsideView>;
 export const NodeView = Type.Object({
   name: Name,
   labels: Labels,
@@ -168,6 +192,8 @@ export const NodeView = Type.Object({
   freePartitions: Type.Integer(),
   /** Each declared resource: how much the node offers, and how much its instances take. */
   resources: Type.Record(Type.String(), Type.Object({ capacity: Type.Integer(), used: Type.Integer() })),
+  /** Events the node set aside because the master refused them for good; null when there are none. */
+  setAside: Type.Optional(Type.Union([SetAsideView, Type.Null()])),
   /** Releases supplied to the node; `message` says why a build failed, with the end of its log. */
   software: Type.Array(
     Type.Object({

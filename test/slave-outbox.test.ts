@@ -67,17 +67,28 @@ describe('outbox', () => {
     expect(master.answered.slice(from).filter((r) => r.startsWith('POST /api/v1/node/events'))).toEqual(['POST /api/v1/node/events 200']);
   });
 
-  it('drops only the event the master refuses, and keeps everything on a bad credential', async () => {
+  it('delivers around the event the master refuses, sets it aside after bounded retries, and keeps everything on a bad credential', async () => {
     const outbox = new Outbox(path.join(scratch, 'b', 'node.db'));
     const notSupplied = 'f'.repeat(64);
-    for (const hash of [supplied[0]!, notSupplied, supplied[1]!]) await outbox.add(newEvent({ type: 'software.error', software: hash, message: 'failed' }));
-    const result = await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger);
-    expect(result).toEqual({ sent: 3, pending: 0, offline: false });
+    const refused = newEvent({ type: 'software.error', software: notSupplied, message: 'failed' });
+    await outbox.add(newEvent({ type: 'software.error', software: supplied[0]!, message: 'failed' }));
+    await outbox.add(refused);
+    await outbox.add(newEvent({ type: 'software.error', software: supplied[1]!, message: 'failed' }));
+    const client = new MasterClient({ url: master.url, token: credential });
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 2, pending: 1, offline: false });
     expect(await statuses()).toEqual(['1.0.0:error', '2.0.0:error']);
+    // Tried again alone in the next runs, then set aside, whole, with the master's reason.
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 1, offline: false });
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 0, offline: false, setAside: 1 });
+    expect(outbox.setAside().map((s) => s.event)).toEqual([refused]);
+    expect(outbox.setAside()[0]!.reason).toContain(notSupplied);
+    const view = (await master.operator.call<NodeView[]>('GET', '/api/v1/nodes'))[0]!;
+    expect(view.setAside).toEqual(expect.objectContaining({ count: 1, lastEvent: refused.id, lastType: 'software.error' }));
+    expect(view.setAside!.lastReason).toContain(notSupplied);
 
     await outbox.add(built(supplied[0]!));
     const unauthorized = await outbox.flush(new MasterClient({ url: master.url, token: 'plg_n_wrong' }), silentLogger);
-    expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false });
+    expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false, setAside: 1 });
     expect(await outbox.pending()).toHaveLength(1);
   });
 

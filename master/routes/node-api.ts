@@ -5,11 +5,12 @@
 import type { FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
-import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, Sha256, type NodeEvent } from '../../protocol/api.js';
+import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, SetAsideReport, Sha256, type NodeEvent } from '../../protocol/api.js';
 import { storable } from '../../protocol/storable.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
 import { applyEvents, desiredState, formatPartitions } from '../nodes.js';
+import { noteSetAside } from '../set-aside.js';
 import { archiveForNode } from '../software.js';
 import { requestChildren } from '../trees.js';
 
@@ -43,6 +44,12 @@ export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   app.post('/events', { schema: { body: EventsReport, response: { 200: EventsReceipt } } }, async (request) =>
     applyEvents(db, request.node, storableEvents(request.body.events)),
   );
+
+  // The node's count of events it set aside, and the last one's reason (see master/set-aside.ts).
+  app.put('/set-aside', { schema: { body: SetAsideReport, response: { 200: Type.Object({ count: Type.Integer() }) } } }, async (request) => {
+    await noteSetAside(db, request.node.id, request.body);
+    return { count: request.body.count };
+  });
 
   app.get('/software/:hash', { schema: { params: Type.Object({ hash: Sha256 }) } }, async (request, reply) => {
     const archive = await archiveForNode(db, request.node.id, request.params.hash);

@@ -17,6 +17,7 @@ import { resources } from './0009-resources.js';
 import { sharedClaims } from './0010-shared-claims.js';
 import { binaryCacheUploaders } from './0011-binary-cache-uploaders.js';
 import { creditNotes } from './0012-credit-notes.js';
+import { nodeSetAside } from './0013-node-set-aside.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
@@ -32,6 +33,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0010-shared-claims': sharedClaims(engine),
     '0011-binary-cache-uploaders': binaryCacheUploaders(engine),
     '0012-credit-notes': creditNotes(engine),
+    '0013-node-set-aside': nodeSetAside(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
