@@ -49,8 +49,6 @@ export interface FlushOptions {
   respectRetryDelay?: boolean;
 }
 
-/** An event refused on its own by this many runs is set aside. */
-export const SET_ASIDE_AFTER = 3;
 
 /** What one delivery attempt learnt about the events of a batch. */
 interface Outcome {
@@ -129,9 +127,9 @@ export class Outbox {
    * meanwhile, a field it cannot take). A batch refused for a lasting reason (a 4xx other
    * than a bad credential, a rate limit or TOO_EARLY) is split in halves and each half
    * sent again, down to the event refused on its own: so the others flow, at a cost of a
-   * few requests per bad event. That event stays in the outbox, is sent alone in the next
-   * runs (in case the refusal was the master's passing state), and after SET_ASIDE_AFTER
-   * runs that each refused it, it is set aside: moved, whole, to a table of its own, logged,
+   * few requests per bad event. That event stays in the outbox and is sent alone again
+   * once `refusedRetryMs` has passed (in case the refusal was the master's passing state);
+   * at its `setAsideAfter`th refusal it is set aside: moved, whole, to a table of its own, logged,
    * and reported to the master, which shows the count and the last reason in
    * `pledger node list`. Nothing is thrown away.
    *
@@ -149,13 +147,18 @@ export class Outbox {
     let after = 0;
     for (;;) {
       const rows = this.database
-        .prepare('SELECT o.seq, o.body, coalesce(r.refusals, 0) AS refusals FROM outbox o LEFT JOIN outbox_refusals r ON r.id = o.id WHERE o.seq > ? ORDER BY o.seq LIMIT ?')
-        .all(after, BATCH_SIZE) as { seq: number; body: string; refusals: number }[];
+        .prepare(
+          'SELECT o.seq, o.body, coalesce(r.refusals, 0) AS refusals, coalesce(r.refused_at, 0) AS refused_at FROM outbox o LEFT JOIN outbox_refusals r ON r.id = o.id WHERE o.seq > ? ORDER BY o.seq LIMIT ?',
+        )
+        .all(after, BATCH_SIZE) as { seq: number; body: string; refusals: number; refused_at: number }[];
       if (rows.length === 0) break;
       after = rows[rows.length - 1]!.seq;
       const outcome: Outcome = { delivered: new Set(), refused: new Map(), later: new Set() };
-      // An event refused before goes alone, so that it does not take a whole batch down again.
-      const suspects = rows.filter((row) => row.refusals > 0).map((row) => [JSON.parse(row.body) as NodeEvent]);
+      // An event refused before goes alone, so that it does not take a whole batch down
+      // again, and only once its wait is over: a refusal that passes (a busy database)
+      // passes within it, and the runs between do not all count against the event.
+      const due = Date.now() - this.settings.refusedRetryMs;
+      const suspects = rows.filter((row) => row.refusals > 0 && row.refused_at <= due).map((row) => [JSON.parse(row.body) as NodeEvent]);
       const rest = rows.filter((row) => row.refusals === 0).map((row) => JSON.parse(row.body) as NodeEvent);
       for (const batch of [...suspects, ...(rest.length > 0 ? [rest] : [])]) {
         stopped = await deliver(master, batch, outcome, log);
@@ -203,8 +206,10 @@ export class Outbox {
     const db = this.database;
     const refusals = db.transaction(() => {
       const count = ((db.prepare('SELECT refusals FROM outbox_refusals WHERE id = ?').get(id) as { refusals: number } | undefined)?.refusals ?? 0) + 1;
-      if (count < SET_ASIDE_AFTER) {
-        db.prepare('INSERT INTO outbox_refusals (id, refusals, reason) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET refusals = excluded.refusals, reason = excluded.reason').run(id, count, reason);
+      if (count < this.settings.setAsideAfter) {
+        db.prepare(
+          'INSERT INTO outbox_refusals (id, refusals, reason, refused_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET refusals = excluded.refusals, reason = excluded.reason, refused_at = excluded.refused_at',
+        ).run(id, count, reason, Date.now());
         return count;
       }
       db.prepare(
@@ -214,8 +219,8 @@ export class Outbox {
       db.prepare('DELETE FROM outbox_refusals WHERE id = ?').run(id);
       return count;
     })();
-    if (refusals < SET_ASIDE_AFTER) {
-      log.error('the master refused an event: kept, and sent alone next run', { event: id, type: event.type, refusals, reason });
+    if (refusals < this.settings.setAsideAfter) {
+      log.error('the master refused an event: kept, and sent alone again later', { event: id, type: event.type, refusals, reason });
     } else {
       log.error(`the master refused an event ${refusals} times: set aside, the next events go on`, { event: id, type: event.type, reason });
     }

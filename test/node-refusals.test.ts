@@ -5,7 +5,7 @@
  * could hold is kept escaped, and a damaged release archive is a clear build error on
  * the node, never a crash.
  */
-import { chownSync, existsSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import Sqlite from 'better-sqlite3';
@@ -74,6 +74,9 @@ describe.each(testEngines())('node events the master refuses, and damaged releas
     master = await startMaster(db.url);
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
     node = await startNode(master, `refusals-${engine}`, { partitions: 1, ipBase: `127.47.${10 + Math.floor(Math.random() * 200)}.1` });
+    // A refused event is sent again at each run here, rather than a minute later.
+    const settings = JSON.parse(readFileSync(node.config, 'utf8')) as Record<string, unknown>;
+    writeFileSync(node.config, JSON.stringify({ ...settings, outbox: { refusedRetryMs: 0 } }));
     const published = await pledger(['software', 'publish', writeTree(greeterRelease()), '--json'], { env: asAdmin });
     expect(published.exitCode, published.stderr).toBe(0);
     greeterHash = published.json<{ hash: string }>().hash;
@@ -100,7 +103,7 @@ describe.each(testEngines())('node events the master refuses, and damaged releas
     let view = await nodeList();
     expect(view.software).toEqual([expect.objectContaining({ name: 'greeter', status: 'built' })]);
     expect(view.setAside).toBeNull();
-    expect(first.stderr).toContain('the master refused an event: kept, and sent alone next run');
+    expect(first.stderr).toContain('the master refused an event: kept, and sent alone again later');
 
     // The escaped log tail reached the master: with the release built since, the history keeps it.
     const second = await node.run('report');

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../protocol/client.js';
 import { silentLogger } from '../slave/log.js';
+import { OUTBOX_DEFAULTS } from '../slave/config.js';
 import { newEvent, Outbox } from '../slave/outbox.js';
 import { usageEventId } from '../slave/usage.js';
 import type { NodeEvent, NodeView } from '../protocol/api.js';
@@ -68,7 +69,8 @@ describe('outbox', () => {
   });
 
   it('delivers around the event the master refuses, sets it aside after bounded retries, and keeps everything on a bad credential', async () => {
-    const outbox = new Outbox(path.join(scratch, 'b', 'node.db'));
+    // Refused events are tried again at every flush here, rather than a minute later.
+    const outbox = new Outbox(path.join(scratch, 'b', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
     const notSupplied = 'f'.repeat(64);
     const refused = newEvent({ type: 'software.error', software: notSupplied, message: 'failed' });
     await outbox.add(newEvent({ type: 'software.error', software: supplied[0]!, message: 'failed' }));
