@@ -4,7 +4,6 @@
  * by the archive's bytes, so two archives of the same folder are interchangeable.
  */
 import { mkdir } from 'node:fs/promises';
-import { once } from 'node:events';
 import { create, extract, Parser } from 'tar';
 import { PledgerError } from './errors.js';
 

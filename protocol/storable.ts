@@ -21,6 +21,7 @@ export const UNSTORABLE_CLASS = '\\u0000\\ud800-\\udfff';
 export const MAX_JSON_DEPTH = 64;
 
 /** A NUL or a UTF-16 surrogate that is not half of a pair. */
+// eslint-disable-next-line no-control-regex -- the NUL is what this looks for
 const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 const UNSTORABLE_ALL = new RegExp(UNSTORABLE.source, 'g');
 

@@ -6,6 +6,7 @@
  * over-long paths are refused in Pledger's error shape, and the master goes on serving.
  */
 import { createHash } from 'node:crypto';
+import { connect } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApp, type App } from '../master/app.js';
@@ -204,6 +205,28 @@ describe.each(testEngines())('input the master cannot store or must not trust, o
     const unknown = await call(alice, 'GET', `/${'x'.repeat(10000)}`);
     expect(unknown.status).toBe(404);
     expect(unknown.body.error.message.length).toBeLessThan(300);
+  });
+
+  it('answers requests the HTTP parser refuses (headers over 16 KiB, malformed HTTP) in its own error shape', async () => {
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const { port } = app.server.address() as { port: number };
+    /** Sends raw bytes and reads the whole answer until the master closes the connection. */
+    const send = (bytes: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = connect(port, '127.0.0.1', () => socket.end(bytes));
+        let answer = '';
+        socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+        socket.on('close', () => resolve(answer));
+        socket.on('error', reject);
+      });
+    for (const request of [`GET /api/v1/instances/${'a'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`, 'NOT HTTP AT ALL\r\n\r\n']) {
+      const answer = await send(request);
+      expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+      const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { error: { code: string; message: string; hint: string } };
+      expect(body).toEqual({ error: { code: 'BAD_REQUEST', message: expect.stringMatching(/^invalid request: /), hint: expect.any(String) } });
+    }
+    // And it goes on serving.
+    expect((await fetch(`http://127.0.0.1:${port}/health`)).status).toBe(200);
   });
 
   it('keeps a NUL or a lone surrogate in what a node reports, escaped, in event and promise messages', async () => {
