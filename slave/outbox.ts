@@ -326,11 +326,20 @@ async function deliver(master: MasterClient, batch: NodeEvent[], outcome: Outcom
   }
 }
 
-/** The event a refusal names: the one of a batch of one, or the one the master gave in `details.event`. */
+/**
+ * The event a refusal names: the one of a batch of one, the one the master gave in
+ * `details.event`, or the one every schema violation it listed points into
+ * (`/events/N/...`).
+ */
 function namedEvent(error: unknown, batch: NodeEvent[]): NodeEvent | undefined {
   if (batch.length === 1) return batch[0];
-  const id = ((error as PledgerError).details as { event?: unknown } | undefined)?.event;
-  return batch.find((event) => event.id === id);
+  const details = (error as PledgerError).details;
+  const id = (details as { event?: unknown } | undefined)?.event;
+  if (id !== undefined) return batch.find((event) => event.id === id);
+  if (!Array.isArray(details) || details.length === 0) return undefined;
+  const indexes = new Set(details.map((problem) => /^\/events\/(\d+)(\/|$)/.exec(String((problem as { instancePath?: unknown }).instancePath ?? ''))?.[1]));
+  const [index] = [...indexes];
+  return indexes.size === 1 && index !== undefined ? batch[Number(index)] : undefined;
 }
 
 /** The event of the batch that the master refused only until its clock catches up, if that was the refusal. */

@@ -94,6 +94,31 @@ describe('outbox', () => {
     expect(await outbox.pending()).toHaveLength(1);
   });
 
+  it('finds the refused event of a large batch in a few requests: by halving it, or at once when the schema names it', async () => {
+    const outbox = new Outbox(path.join(scratch, 'd', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
+    const posts = () => master.answered.filter((r) => r.startsWith('POST /api/v1/node/events'));
+    const good = () => newEvent({ type: 'software.built', software: supplied[0]! });
+    // Refused for what it says (a release not supplied to the node): only halving finds it.
+    const refused = newEvent({ type: 'software.error', software: 'd'.repeat(64), message: 'failed' });
+    const events = [...Array.from({ length: 40 }, good), refused, ...Array.from({ length: 23 }, good)];
+    for (const e of events) await outbox.add(e);
+    let from = posts().length;
+    expect(await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 63, pending: 1, offline: false });
+    // 64 events: the batch, then two halves at each of 6 levels, at most.
+    expect(posts().length - from).toBeLessThanOrEqual(1 + 2 * 6);
+    expect((await outbox.pending()).map((e) => e.id)).toEqual([refused.id]);
+    outbox.close();
+
+    // Refused by the schema (a field no event has): the master's details point at it.
+    const second = new Outbox(path.join(scratch, 'e', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
+    const malformed = { ...good(), extra: 'field' } as unknown as NodeEvent;
+    for (const e of [...Array.from({ length: 30 }, good), malformed, ...Array.from({ length: 30 }, good)]) await second.add(e);
+    from = posts().length;
+    expect(await second.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 60, pending: 1, offline: false });
+    expect(posts().slice(from)).toEqual(['POST /api/v1/node/events 400', 'POST /api/v1/node/events 200']);
+    second.close();
+  });
+
   it('keeps a usage report the master finds too early, and delivers the rest', async () => {
     const outbox = new Outbox(path.join(scratch, 'c', 'node.db'));
     // The hour under way by any clock within the master's allowance: the node's clock is ahead.
