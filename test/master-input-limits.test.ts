@@ -126,6 +126,16 @@ describe.each(testEngines())('input the master cannot store or must not trust, o
     expect((await call(alice, 'PUT', title('web 😀'), { software: 'greeter', parameters: { greeting: 'hi 😀' }, sla: { region: 'eu 😀' } })).status).toBe(200);
   });
 
+  it('refuses a NUL or a lone surrogate in a payment reference and in a credit or reversal reason, and an amount out of range', async () => {
+    const invoice = 'INV-2026-01-00001';
+    for (const bad of ['a\u0000b', 'a\ud800b']) {
+      await expectRefused(() => call(admin, 'POST', '/api/v1/billing/payments', { invoice, amount: '1.00', reference: bad }), /body\.reference must be one line of text/);
+      await expectRefused(() => call(admin, 'POST', `/api/v1/billing/invoices/${invoice}/credit`, { reason: bad }), /body\.reason must be one line of text/);
+      await expectRefused(() => call(admin, 'POST', '/api/v1/billing/payments/00000000-0000-0000-0000-000000000000/reverse', { reason: bad }), /body\.reason must be one line of text/);
+    }
+    await expectRefused(() => call(admin, 'POST', '/api/v1/billing/payments', { invoice, amount: '999999999999999.99' }), /body\.amount must be a decimal with at most 9 digits/);
+  });
+
   it('refuses control, line separator and bidirectional override characters in a title', async () => {
     for (const bad of ['\u202egnp.exe', 'a\u2028b', 'a\u2029b', 'a\u2066b', 'a\u0085b', 'a\u007fb', 'a\nb']) {
       await expectRefused(() => call(alice, 'PUT', `/api/v1/instances/${encodeURIComponent(bad)}`, { software: 'greeter' }), /params\.title must be one line of text, without control/);
