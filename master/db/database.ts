@@ -31,7 +31,10 @@ export interface Database {
 
 export function openDatabase(url: string): Database {
   if (/^postgres(ql)?:\/\//.test(url)) {
-    const pool = new pg.Pool({ connectionString: url, max: 10 });
+    // A request waits at most 15 s for a connection (PostgreSQL restarting, failing over):
+    // then it answers 503 and the client tries again, rather than hanging. Keepalives let
+    // the pool notice a connection the network dropped without a goodbye.
+    const pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 15_000, keepAlive: true });
     const displayUrl = url.replace(/:[^:@/]*@/, ':***@');
     let listener = (error: Error): void => void process.stderr.write(`${JSON.stringify({ level: 40, msg: 'idle database connection lost', database: displayUrl, err: error.message })}\n`);
     pool.on('error', (error) => listener(error));
