@@ -220,8 +220,9 @@ function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerEr
   }
   if (isConnectionLost(error)) {
     // A transaction whose connection is lost before its commit is rolled back by the
-    // database; the pool opens a new connection for the next query by itself. Every
-    // write of the API is idempotent (or keyed), so the client's retry is safe.
+    // database, so the client may try again; the pool opens a new connection for the next
+    // query by itself. (A loss during the commit itself leaves its outcome unknown: the
+    // requests are idempotent by title or event id, so trying again is still safe for them.)
     request.log.warn({ err: error }, 'database connection lost during a request');
     return new PledgerError('SERVICE_UNAVAILABLE', 'the master lost its database connection: try again');
   }
