@@ -15,13 +15,16 @@ import Fastify, {
   type RawRequestDefaultExpression,
   type RawServerDefault,
 } from 'fastify';
-import { API_PREFIX } from '../protocol/api.js';
+import type { Socket } from 'node:net';
+import type { Ajv } from 'ajv';
+import { API_PREFIX, MAX_TITLE_LENGTH, PATTERN_MEANINGS, STORABLE_JSON_KEYWORD } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../protocol/software-archive.js';
+import { findUnstorable } from '../protocol/storable.js';
 import { accountByToken, type AccountRow } from './accounts.js';
 import { allocateSoon } from './allocation.js';
 import type { Database } from './db/database.js';
-import { isBusy, isUniqueViolation } from './db/database.js';
+import { isBusy, isConnectionLost, isUniqueViolation } from './db/database.js';
 import { nodeByCredential, touchNode, type NodeRow } from './nodes.js';
 import { billingRoutes } from './routes/billing-api.js';
 import { binaryCacheKeyRoutes, binaryCacheRoutes, sourceCacheRoutes } from './routes/cache-api.js';
@@ -58,15 +61,43 @@ export function buildApp({ database, logger = false }: AppOptions): App {
     bodyLimit: 1024 * 1024,
     // A title may hold 200 characters (`MAX_TITLE_LENGTH`), each up to 9 bytes once
     // percent-encoded in a URL: fastify's default of 100 would refuse most of them.
-    routerOptions: { maxParamLength: 2048 },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // Strict validation: an unknown field or a string for a number is a 400, never
     // silently dropped or coerced.
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true }, plugins: [storableJsonKeyword] },
+    // A path fastify cannot decode, or a parameter longer than maxParamLength, is refused
+    // before any route: in Pledger's error shape, like every other refusal.
+    frameworkErrors: (error, request, reply) => {
+      const path = shortPath(request.raw.url);
+      const refusal =
+        error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new PledgerError('BAD_REQUEST', `invalid request: a part of the path ${path} is longer than ${MAX_PARAM_LENGTH} characters`, {
+              hint: `an instance title holds at most ${MAX_TITLE_LENGTH} characters`,
+            })
+          : new PledgerError('BAD_REQUEST', `invalid request: the path ${path} is not valid URL encoding`, { hint: 'percent-encode the title as UTF-8 (encodeURIComponent)' });
+      void sendError(reply, refusal);
+    },
+    // Requests Node's HTTP parser refuses (headers over 16 KiB, a path among them,
+    // malformed HTTP): answered in Pledger's error shape too, then the connection closed.
+    clientErrorHandler: (error: Error & { code?: string }, socket: Socket) => {
+      if (error.code === 'ECONNRESET' || socket.destroyed) return;
+      const message =
+        error.code === 'HPE_HEADER_OVERFLOW'
+          ? 'invalid request: the request line and headers are over 16 KiB (an over-long path?)'
+          : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? 'invalid request: the request did not arrive in time'
+            : 'invalid request: this is not well-formed HTTP';
+      const body = JSON.stringify(new PledgerError('BAD_REQUEST', message).toBody());
+      if (socket.writable) {
+        socket.write(`HTTP/1.1 400 Bad Request\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+      }
+      socket.destroy();
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.setErrorHandler((error: FastifyError, request, reply) => sendError(reply, toPledgerError(error, request)));
   app.setNotFoundHandler((request, reply) =>
-    sendError(reply, new PledgerError('NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`)),
+    sendError(reply, new PledgerError('NOT_FOUND', `no route ${request.method} ${shortPath(request.url)}`)),
   );
 
   app.get('/health', async () => ({ ok: true }));
@@ -132,6 +163,36 @@ function acceptArchives(scope: App): void {
 
 /** Problems named in one refusal: a body can break its schema in as many places as it has bytes. */
 const MAX_PROBLEMS = 10;
+const MAX_PARAM_LENGTH = 2048;
+
+/** A request's path for a message: without its query, and cut when it is long (a refusal must not echo megabytes). */
+function shortPath(url: string | undefined): string {
+  const path = (url ?? '').split('?')[0]!;
+  return path.length > 120 ? `${path.slice(0, 120)}...` : path;
+}
+
+/**
+ * The keyword STORABLE_JSON_KEYWORD (see protocol/api.ts): free-form JSON is walked
+ * once, iteratively, for its depth and its strings, before anything recursive (the
+ * release's parameter schema, canonical serialization) sees it. A value nested
+ * thousands of levels deep is a 400 here instead of a stack overflow later.
+ */
+function storableJsonKeyword(ajv: Ajv): Ajv {
+  return ajv.addKeyword({
+    keyword: STORABLE_JSON_KEYWORD,
+    schemaType: 'number',
+    errors: true,
+    validate: function check(maxDepth: number, data: unknown, _schema?: unknown, context?: { instancePath?: string }) {
+      const found = findUnstorable(data, maxDepth);
+      if (!found) return true;
+      const instancePath = `${context?.instancePath ?? ''}${found.path}`;
+      (check as { errors?: unknown[] }).errors = [
+        { keyword: STORABLE_JSON_KEYWORD, instancePath: instancePath.length > 200 ? `${instancePath.slice(0, 200)}...` : instancePath, schemaPath: '', params: {}, message: found.problem },
+      ];
+      return false;
+    },
+  });
+}
 
 function bearer(request: FastifyRequest): string {
   const header = request.headers.authorization;
@@ -146,7 +207,9 @@ function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerEr
     const problems = error.validation.map((v) => {
       const where = v.instancePath ? `${error.validationContext ?? 'body'}${v.instancePath.replaceAll('/', '.')}` : (error.validationContext ?? 'body');
       const extra = v.keyword === 'additionalProperties' ? ` (${(v.params as { additionalProperty: string }).additionalProperty})` : '';
-      return `${where} ${v.message ?? 'is invalid'}${extra}`;
+      // The shared text patterns are unreadable as regular expressions: say what they mean.
+      const pattern = v.keyword === 'pattern' ? PATTERN_MEANINGS[(v.params as { pattern: string }).pattern] : undefined;
+      return `${where} ${pattern ?? v.message ?? 'is invalid'}${extra}`;
     });
     const distinct = [...new Set(problems)];
     const more = distinct.length > MAX_PROBLEMS ? `; and ${distinct.length - MAX_PROBLEMS} more` : '';
@@ -163,6 +226,14 @@ function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerEr
   if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
     // fastify's own refusals: malformed JSON, unsupported content type...
     return new PledgerError('BAD_REQUEST', `invalid request: ${error.message}`);
+  }
+  if (isConnectionLost(error)) {
+    // A transaction whose connection is lost before its commit is rolled back by the
+    // database, so the client may try again; the pool opens a new connection for the next
+    // query by itself. (A loss during the commit itself leaves its outcome unknown: the
+    // requests are idempotent by title or event id, so trying again is still safe for them.)
+    request.log.warn({ err: error }, 'database connection lost during a request');
+    return new PledgerError('SERVICE_UNAVAILABLE', 'the master lost its database connection: try again');
   }
   if (isUniqueViolation(error)) return new PledgerError('CONFLICT', 'a concurrent change got there first: try again', { hint: 'repeat the command' });
   if (isBusy(error)) return new PledgerError('CONFLICT', 'the database is busy with another change: try again', { hint: 'repeat the command' });

@@ -27,6 +27,7 @@ import {
   type BinaryUploaded,
 } from '../protocol/binary-cache.js';
 import { PledgerError } from '../protocol/errors.js';
+import { checkGzippedTar } from '../protocol/software-archive.js';
 
 interface SourceCacheTable {
   sha256: string;
@@ -75,6 +76,9 @@ export async function readSource(db: Kysely<CacheTables>, sha256: string): Promi
 export async function storeSource(db: Kysely<CacheTables>, nodeId: string, sha256: string, content: Buffer): Promise<boolean> {
   const actual = createHash('sha256').update(content).digest('hex');
   if (actual !== sha256) throw new PledgerError('BAD_REQUEST', `refused: the content has the sha256 ${actual}, not ${sha256}`);
+  // A source may be compressed in any way tar reads; a gzipped one is read through, so
+  // that a damaged one (its release named damaged bytes) is refused rather than served.
+  if (content[0] === 0x1f && content[1] === 0x8b) await checkGzippedTar(content);
   if (await hasSource(db, sha256)) return false;
   const inserted = await db
     .insertInto('source_cache')
@@ -187,8 +191,8 @@ export async function storeBinary(db: Kysely<CacheTables>, nodeId: string, partH
   if (content.length > MAX_BINARY_ARCHIVE_BYTES) throw new PledgerError('PAYLOAD_TOO_LARGE', `a built part archive may hold at most ${MAX_BINARY_ARCHIVE_BYTES} bytes`);
   const actual = createHash('sha256').update(content).digest('hex');
   if (actual !== upload.sha256) throw new PledgerError('BAD_REQUEST', `refused: the content has the sha256 ${actual}, not ${upload.sha256}`);
-  // Nodes check what they unpack; this only spares storing what is plainly not an archive.
-  if (content[0] !== 0x1f || content[1] !== 0x8b) throw new PledgerError('BAD_REQUEST', 'refused: a built part archive is a gzipped tar');
+  // Nodes check what they unpack; this spares storing and signing what no node could unpack.
+  await checkGzippedTar(content);
   const existing = () =>
     db
       .selectFrom('binary_cache')

@@ -55,6 +55,7 @@ export async function serveMaster(settings: MasterSettings): Promise<RunningMast
   // A master initialized before the binary cache existed gets its key at this start.
   await binaryCacheSigningKey(database.db as unknown as Kysely<CacheTables>);
   const app = buildApp({ database, logger: { level: process.env.PLEDGER_LOG_LEVEL ?? 'info' } });
+  database.onConnectionError((error) => app.log.warn({ err: error }, 'database connection lost: the pool opens a new one when needed'));
   if (settings.softwareDir) {
     for (const result of await publishBundled(database.db, settings.softwareDir)) {
       if (result.status === 'failed') app.log.warn({ software: result.name }, `bundled software not published: ${result.message}`);

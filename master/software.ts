@@ -14,6 +14,7 @@ import type { SoftwareView, SupplyRequest, SupplyView } from '../protocol/api.js
 import { PledgerError } from '../protocol/errors.js';
 import { packSoftware, unpackSoftware } from '../protocol/software-archive.js';
 import { loadSoftware, SOFTWARE_FILE, type SoftwareDefinition } from '../protocol/software-release.js';
+import { findUnstorable } from '../protocol/storable.js';
 import type { SoftwareTable, Tables } from './db/tables.js';
 import { writeTransaction } from './db/group-commit.js';
 import { lock, locks } from './ledger/locks.js';
@@ -39,6 +40,9 @@ export async function publishSoftware(
     await rm(scratch, { recursive: true, force: true });
   }
   const { definition, hash, parameterSchemas } = loaded;
+  // A release is text its publisher wrote: what no database can hold is refused, as in any request.
+  const unstorable = findUnstorable({ definition, parameterSchemas });
+  if (unstorable) throw new PledgerError('SOFTWARE_INVALID', `the release ${unstorable.path.split('/').slice(2).join('.') || 'definition'} ${unstorable.problem}`);
   const softwareId = `${definition.name}@${definition.version}`;
   const created = await writeTransaction(db, async (trx) => {
     const existing = await trx.selectFrom('software').select('hash').where('id', '=', softwareId).executeTakeFirst();

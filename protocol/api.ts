@@ -6,6 +6,7 @@
  * node agent share this module and nothing else.
  */
 import { Type, type Static, type TSchema } from 'typebox';
+import { MAX_JSON_DEPTH, UNSTORABLE_CLASS } from './storable.js';
 
 export { API_PREFIX } from './api-prefix.js';
 
@@ -16,10 +17,34 @@ export { API_PREFIX } from './api-prefix.js';
 export const Name = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' });
 /** The longest instance title, a sub-instance's `PARENT/NAME` included. */
 export const MAX_TITLE_LENGTH = 200;
-/** Text on one line, without control characters: titles, references, reasons. */
-const oneLine = (maxLength: number) => Type.String({ minLength: 1, maxLength, pattern: '^[^\\u0000-\\u001f\\u007f]+$' });
-/** An instance title is free text chosen by its owner, without control characters. */
+/**
+ * Free text a user sends: anything the databases can hold as it is (no NUL, no lone
+ * UTF-16 surrogate; see protocol/storable.ts). What a node reports is not refused but
+ * escaped by the master (routes/node-api.ts).
+ */
+export const Text = (options: { minLength?: number; maxLength?: number } = {}) => Type.String({ ...options, pattern: `^[^${UNSTORABLE_CLASS}]*$` });
+/**
+ * What one-line text may not hold: control characters (C0, DEL, C1), the line and
+ * paragraph separators, and the bidirectional overrides and isolates that make a name
+ * display as another one.
+ */
+const NOT_ONE_LINE = `\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069${UNSTORABLE_CLASS}`;
+/** Text on one line, without control characters: titles, labels, references, reasons. */
+export const OneLineText = (maxLength: number) => Type.String({ minLength: 1, maxLength, pattern: `^[^${NOT_ONE_LINE}]+$` });
+const oneLine = OneLineText;
+/** What a refused pattern of the shared text schemas means, for error messages. */
+export const PATTERN_MEANINGS: Record<string, string> = {
+  [`^[^${UNSTORABLE_CLASS}]*$`]: 'must not hold a NUL character (U+0000) or a lone UTF-16 surrogate',
+  [`^[^${NOT_ONE_LINE}]+$`]: 'must be one line of text, without control, line or paragraph separator, or bidirectional override characters',
+};
+/** An instance title is free text chosen by its owner, on one line. */
 export const Title = oneLine(MAX_TITLE_LENGTH);
+/**
+ * A title as the master sends it back: the rule for new titles may be stricter than the
+ * one an older title was taken under, and a node must not refuse its whole desired state
+ * for a title it only displays.
+ */
+const StoredTitle = Type.String({ minLength: 1, maxLength: MAX_TITLE_LENGTH });
 export const SoftwareName = Type.String({ pattern: '^[a-z0-9][a-z0-9-]{0,62}$' });
 export const SoftwareVersion = Type.String({ pattern: '^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$' });
 /** `NAME` (the latest version published) or `NAME@VERSION`. */
@@ -63,8 +88,14 @@ export const InstanceStatus = Type.Union([
 ]);
 export type InstanceStatus = Static<typeof InstanceStatus>;
 
+/**
+ * The keyword that has the master check free-form JSON as a whole before its schema is
+ * applied: nested at most `MAX_JSON_DEPTH` levels, every string and name storable (see
+ * master/app.ts). Validators that do not know it (the node's) ignore it.
+ */
+export const STORABLE_JSON_KEYWORD = 'x-storable-json';
 /** Instance parameters: a JSON object, checked against the software type's JSON Schema. */
-export const Parameters = StrictRecord(Type.String({ minLength: 1, maxLength: 128 }), Type.Unknown());
+export const Parameters = StrictRecord(Text({ minLength: 1, maxLength: 128 }), Type.Unknown(), { [STORABLE_JSON_KEYWORD]: MAX_JSON_DEPTH });
 export type Parameters = Static<typeof Parameters>;
 export const ConnectionParameters = StrictRecord(Type.String({ minLength: 1, maxLength: 128 }), Type.String({ maxLength: 8192 }));
 export type ConnectionParameters = Static<typeof ConnectionParameters>;
@@ -124,6 +155,30 @@ export const NodeUpdate = Type.Object(
   { additionalProperties: false, minProperties: 1 },
 );
 export type NodeUpdate = Static<typeof NodeUpdate>;
+/**
+ * What a node set aside: events the master refused for good (see slave/outbox.ts), kept
+ * on the node. `last` is the latest of them, with the master's reason.
+ */
+export const SetAsideReport = Type.Object(
+  {
+    count: Type.Integer({ minimum: 0 }),
+    last: Type.Optional(
+      Type.Object({ event: EventId, type: Type.String({ maxLength: 64 }), reason: Type.String({ maxLength: 2048 }), at: Timestamp }, { additionalProperties: false }),
+    ),
+  },
+  { additionalProperties: false },
+);
+export type SetAsideReport = Static<typeof SetAsideReport>;
+export const SetAsideView = Type.Object({
+  count: Type.Integer(),
+  lastEvent: Type.Union([Type.String(), Type.Null()]),
+  lastType: Type.Union([Type.String(), Type.Null()]),
+  lastReason: Type.Union([Type.String(), Type.Null()]),
+  lastAt: Type.Union([Timestamp, Type.Null()]),
+  /** When the node last told the master. */
+  reportedAt: Timestamp,
+});
+export type SetAsideView = Static<typeof SetAsideView>;
 export const NodeView = Type.Object({
   name: Name,
   labels: Labels,
@@ -137,6 +192,8 @@ export const NodeView = Type.Object({
   freePartitions: Type.Integer(),
   /** Each declared resource: how much the node offers, and how much its instances take. */
   resources: Type.Record(Type.String(), Type.Object({ capacity: Type.Integer(), used: Type.Integer() })),
+  /** Events the node set aside because the master refused them for good; null when there are none. */
+  setAside: Type.Optional(Type.Union([SetAsideView, Type.Null()])),
   /** Releases supplied to the node; `message` says why a build failed, with the end of its log. */
   software: Type.Array(
     Type.Object({
@@ -180,7 +237,7 @@ export type SupplyView = Static<typeof SupplyView>;
  * Where an instance may be allocated: `node` names a node, every other key is a label
  * the node must carry with that value.
  */
-export const Sla = StrictRecord(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), Type.String({ minLength: 1, maxLength: 128 }), {
+export const Sla = StrictRecord(Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$' }), oneLine(128), {
   maxProperties: 16,
 });
 export type Sla = Static<typeof Sla>;
@@ -216,7 +273,7 @@ export const PromiseState = Type.Object(
 export type PromiseState = Static<typeof PromiseState>;
 
 export const InstanceView = Type.Object({
-  title: Title,
+  title: StoredTitle,
   software: SoftwareId,
   softwareType: SoftwareType,
   parameters: Parameters,
@@ -236,8 +293,8 @@ export const InstanceView = Type.Object({
   /** What the node last reported of each promise. */
   promises: Type.Array(PromiseState),
   /** The instance that requested this one (a sub-instance), and the root of its tree; null for a root. */
-  parent: Type.Union([Title, Type.Null()]),
-  root: Type.Union([Title, Type.Null()]),
+  parent: Type.Union([StoredTitle, Type.Null()]),
+  root: Type.Union([StoredTitle, Type.Null()]),
   /** A shared instance lives inside a host instance, on the host's node, without a partition. */
   shared: Type.Boolean(),
   createdAt: Timestamp,
@@ -288,7 +345,7 @@ export type SharedInstance = Static<typeof SharedInstance>;
 
 export const DesiredInstance = Type.Object({
   id: Type.String(),
-  title: Title,
+  title: StoredTitle,
   software: SoftwareId,
   softwareType: SoftwareType,
   parameters: Parameters,
@@ -457,7 +514,7 @@ export const ChildrenRequest = Type.Object(
 );
 export type ChildrenRequest = Static<typeof ChildrenRequest>;
 export const ChildState = Type.Object({
-  title: Title,
+  title: StoredTitle,
   status: InstanceStatus,
   /** The child reached its requested state for its latest request and published its connection parameters. */
   ready: Type.Boolean(),
@@ -486,6 +543,16 @@ export type EventsReceipt = Static<typeof EventsReceipt>;
 export const Period = Type.String({ pattern: '^\\d{4}-(0[1-9]|1[0-2])$' });
 /** An amount of money as a decimal string: 12.34. */
 export const Amount = Type.String({ pattern: '^-?\\d{1,15}(\\.\\d{1,6})?$' });
+/**
+ * The largest amount a request may carry, in whole units of the currency: prices are
+ * kept in millionths of a unit (master/billing/money.ts), and 999,999,999.999999 of them
+ * is under 2^53, so every engine stores it as an exact integer and any client reads it
+ * exactly. An invoice line (a price times a quantity) is computed exactly whatever it is.
+ */
+export const MAX_AMOUNT_UNITS = 999_999_999;
+/** An amount a request sets (a price, a payment): at most `MAX_AMOUNT_UNITS`, at most 6 decimal places. */
+export const AmountInput = Type.String({ pattern: '^-?\\d{1,9}(\\.\\d{1,6})?$' });
+PATTERN_MEANINGS['^-?\\d{1,9}(\\.\\d{1,6})?$'] = `must be a decimal with at most 9 digits before the point and 6 after it (${MAX_AMOUNT_UNITS}.999999 at most)`;
 export const Currency = Type.String({ pattern: '^[A-Z]{3}$' });
 export const InvoiceId = Type.String({ pattern: '^INV-\\d{4}-\\d{2}-\\d{5}$' });
 export const BillingResource = Type.Union([
@@ -517,13 +584,20 @@ const priceFields = {
   'memory-gib-hour': Amount,
   'disk-gib-month': Amount,
 };
+const priceInputFields = {
+  'instance-month': AmountInput,
+  'instance-hour': AmountInput,
+  'cpu-hour': AmountInput,
+  'memory-gib-hour': AmountInput,
+  'disk-gib-month': AmountInput,
+};
 /** A price list version: what one instance of a release and software type costs, per unit. */
 export const PriceListSet = Type.Object(
   {
     software: SoftwareName,
     softwareType: SoftwareType,
     validFrom: Period,
-    prices: Type.Partial(Type.Object(priceFields), { additionalProperties: false, minProperties: 1 }),
+    prices: Type.Partial(Type.Object(priceInputFields), { additionalProperties: false, minProperties: 1 }),
   },
   { additionalProperties: false },
 );
@@ -584,7 +658,7 @@ export const BillingCloseResult = Type.Object({
 export type BillingCloseResult = Static<typeof BillingCloseResult>;
 
 export const PaymentCreate = Type.Object(
-  { invoice: InvoiceId, amount: Amount, reference: Type.Optional(oneLine(200)) },
+  { invoice: InvoiceId, amount: AmountInput, reference: Type.Optional(oneLine(200)) },
   { additionalProperties: false },
 );
 export type PaymentCreate = Static<typeof PaymentCreate>;

@@ -26,7 +26,7 @@ export const BinaryPlatform = Type.String({ pattern: '^[a-z0-9][a-z0-9._+-]{0,63
  * path of its node (relocatable): parts embed their own paths, so a part built under
  * `/srv/a` is only given to nodes whose root is `/srv/a` too.
  */
-export const BinaryPrefix = Type.String({ maxLength: 1024, pattern: '^(/[^\\u0000-\\u001f\\u007f]*)?$' });
+export const BinaryPrefix = Type.String({ maxLength: 1024, pattern: '^(/[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*)?$' });
 
 const Sha256 = Type.String({ pattern: '^[0-9a-f]{64}$' });
 

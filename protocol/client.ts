@@ -17,7 +17,15 @@ export interface MasterClientOptions {
   token?: string;
   /** Milliseconds without a byte from the master before a call is abandoned. */
   timeoutMs?: number;
+  /**
+   * Delays before each new attempt of a call the master answered SERVICE_UNAVAILABLE
+   * (it lost its database for a moment and changed nothing): 0.25 s, doubling, about 7 s
+   * in all by default. A jitter of up to half of each spreads the callers out.
+   */
+  unavailableRetriesMs?: number[];
 }
+
+const UNAVAILABLE_RETRIES_MS = [250, 500, 1000, 2000, 4000];
 
 /** The answer's headers, looked up by name in any case (as with fetch's Headers). */
 export class AnswerHeaders {
@@ -46,11 +54,13 @@ export class MasterClient {
   readonly url: string;
   private readonly token: string | undefined;
   private readonly timeoutMs: number;
+  private readonly unavailableRetriesMs: number[];
 
   constructor(options: MasterClientOptions) {
     this.url = options.url.replace(/\/+$/, '');
     this.token = options.token;
     this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.unavailableRetriesMs = options.unavailableRetriesMs ?? UNAVAILABLE_RETRIES_MS;
   }
 
   /** Sends JSON (when `body` is given) and parses the JSON answer. */
@@ -67,6 +77,18 @@ export class MasterClient {
    * every other status is thrown as the master's PledgerError.
    */
   async raw(method: string, path: string, options: { body?: Buffer; headers?: Record<string, string> } = {}): Promise<RawAnswer> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.once(method, path, options);
+      } catch (error) {
+        const delay = this.unavailableRetriesMs[attempt];
+        if (!(error instanceof PledgerError) || error.code !== 'SERVICE_UNAVAILABLE' || delay === undefined) throw error;
+        await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random() / 2)));
+      }
+    }
+  }
+
+  private async once(method: string, path: string, options: { body?: Buffer; headers?: Record<string, string> }): Promise<RawAnswer> {
     const headers: Record<string, string> = { accept: 'application/json', ...options.headers };
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     if (options.body) headers['content-length'] = String(options.body.length);

@@ -50,6 +50,12 @@ export const ERRORS = {
     exitCode: 2,
     hint: 'fix software.yaml; docs/software-releases.md describes the format',
   },
+  /** A source or built part archive a node uploads that no node could unpack. */
+  ARCHIVE_INVALID: {
+    status: 422,
+    exitCode: 2,
+    hint: 'the archive is damaged or not a tar archive: build or download it again',
+  },
   /** A report about a period that has not ended yet: refused now, welcome later. */
   TOO_EARLY: {
     status: 400,
@@ -61,6 +67,16 @@ export const ERRORS = {
     status: 503,
     exitCode: 6,
     hint: 'is the master running? check --master or PLEDGER_MASTER_URL',
+  },
+  /**
+   * The master is up but lost its database for a moment (a connection closed by the
+   * server, a restart, a failover): nothing was changed, and the same call succeeds
+   * once the master has reconnected. The client and the node agent retry by themselves.
+   */
+  SERVICE_UNAVAILABLE: {
+    status: 503,
+    exitCode: 6,
+    hint: 'the master lost its database connection for a moment: try again shortly',
   },
   TIMEOUT: { status: 504, exitCode: 7, hint: 'try again, or wait longer with --timeout' },
   NODE_FAILURE: { status: 500, exitCode: 1, hint: 'see the node agent log' },

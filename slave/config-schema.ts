@@ -51,6 +51,8 @@ export const NodeConfigFile = Type.Object(
         {
           retryFirstMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
           retryMaxMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000 })),
+          refusedRetryMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 86_400_000 })),
+          setAsideAfter: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
         },
         { additionalProperties: false },
       ),

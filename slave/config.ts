@@ -79,9 +79,13 @@ export const SCHEDULE_DEFAULTS: ScheduleSettings = {
 export interface OutboxSettings {
   retryFirstMs: number;
   retryMaxMs: number;
+  /** How long an event the master refused waits before it is sent again, alone. */
+  refusedRetryMs: number;
+  /** After how many refusals an event is set aside. */
+  setAsideAfter: number;
 }
 
-export const OUTBOX_DEFAULTS: OutboxSettings = { retryFirstMs: 5000, retryMaxMs: 10 * 60_000 };
+export const OUTBOX_DEFAULTS: OutboxSettings = { retryFirstMs: 5000, retryMaxMs: 10 * 60_000, refusedRetryMs: 60_000, setAsideAfter: 3 };
 
 export const PROMISE_SUMMARY_DEFAULT_S = 3600;
 

@@ -1,6 +1,6 @@
 /**
  * The node's durable memory of what it must still tell the master: the outbox of
- * events and the usage meter, in one SQLite file so that turning an hour of usage into
+ * events (and the events the master refused for good, set aside), and the usage meter, in one SQLite file so that turning an hour of usage into
  * an event is one transaction. The agent's cycles and the supervisor open it from
  * separate processes: WAL lets them read while one writes, and a busy timeout makes a
  * writer wait for the other instead of failing.
@@ -17,6 +17,21 @@ CREATE TABLE IF NOT EXISTS outbox (
   id TEXT NOT NULL UNIQUE,
   body TEXT NOT NULL,
   queued_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_refusals (
+  id TEXT PRIMARY KEY,
+  refusals INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  refused_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS set_aside (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  body TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  refusals INTEGER NOT NULL,
+  queued_at INTEGER NOT NULL,
+  set_aside_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
   key TEXT PRIMARY KEY,

@@ -9,7 +9,7 @@
  * that a fleet coming back does not hit its master in the same second.
  */
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import type { BangEvent, EventsReceipt, InstanceEvent, NodeEvent, PromisesEvent, SoftwareEvent } from '../protocol/api.js';
+import type { BangEvent, EventsReceipt, InstanceEvent, NodeEvent, PromisesEvent, SetAsideReport, SoftwareEvent } from '../protocol/api.js';
 import { API_PREFIX } from '../protocol/api-prefix.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
@@ -40,6 +40,8 @@ export interface FlushResult {
   pending: number;
   /** True when the master could not be reached (or is waited for): the events wait for the next run. */
   offline: boolean;
+  /** Events the master refused for good, kept aside (see `Outbox`): present when there are any. */
+  setAside?: number;
 }
 
 export interface FlushOptions {
@@ -47,8 +49,21 @@ export interface FlushOptions {
   respectRetryDelay?: boolean;
 }
 
+
+/** What one delivery attempt learnt about the events of a batch. */
+interface Outcome {
+  /** Acknowledged by the master: applied now or before. */
+  delivered: Set<string>;
+  /** Refused on its own for a lasting reason, with the master's reason. */
+  refused: Map<string, { event: NodeEvent; reason: string }>;
+  /** Refused for now only (an hour not over by the master's clock): kept, not counted. */
+  later: Set<string>;
+}
+
 const RETRY_FAILURES = 'outbox.failures';
 const RETRY_NEXT_AT = 'outbox.nextAttemptAt';
+/** How many set-aside events the master last acknowledged hearing of. */
+const SET_ASIDE_REPORTED = 'outbox.setAsideReported';
 
 /** The node's outbox, in its database under the node root. */
 export function openOutbox(config: NodeConfig): Outbox {
@@ -107,35 +122,131 @@ export class Outbox {
 
   /**
    * Sends every pending event in batches and removes those the master acknowledged.
+   *
    * The master refuses a batch whole when one event is wrong (an instance it has freed
-   * meanwhile, say); such a batch is resent one event at a time, and an event refused
-   * on its own is dropped with an error in the log, so that one bad event never blocks
-   * the others forever.
+   * meanwhile, a field it cannot take). A batch refused for a lasting reason (a 4xx other
+   * than a bad credential, a rate limit or TOO_EARLY) is split in halves and each half
+   * sent again, down to the event refused on its own: so the others flow, at a cost of a
+   * few requests per bad event. That event stays in the outbox and is sent alone again
+   * once `refusedRetryMs` has passed (in case the refusal was the master's passing state);
+   * at its `setAsideAfter`th refusal it is set aside: moved, whole, to a table of its own, logged,
+   * and reported to the master, which shows the count and the last reason in
+   * `pledger node list`. Nothing is thrown away.
+   *
+   * Anything else (master unreachable, 5xx, 401) stops the delivery, keeping every event
+   * for the next run.
    */
   async flush(master: MasterClient, log: Logger, options: FlushOptions = {}): Promise<FlushResult> {
     if (options.respectRetryDelay && Date.now() < Number(readMeta(this.database, RETRY_NEXT_AT) ?? 0)) {
-      return { sent: 0, pending: this.count(), offline: true };
+      return this.result(0, true);
     }
     let sent = 0;
     let stopped: unknown;
-    // Batches are read from the table as they go, so that events added meanwhile are sent too.
+    // Read in order from a moving cursor, so that events added meanwhile are sent too and
+    // an event refused in this run is not tried again in it.
+    let after = 0;
     for (;;) {
-      const batch = this.pendingNow(BATCH_SIZE);
-      if (batch.length === 0) break;
-      const delivered = new Set<string>();
-      stopped = await deliver(master, batch, delivered, log);
-      this.remove(delivered);
-      sent += delivered.size;
-      if (stopped !== undefined || delivered.size === 0) break;
+      const rows = this.database
+        .prepare(
+          'SELECT o.seq, o.body, coalesce(r.refusals, 0) AS refusals, coalesce(r.refused_at, 0) AS refused_at FROM outbox o LEFT JOIN outbox_refusals r ON r.id = o.id WHERE o.seq > ? ORDER BY o.seq LIMIT ?',
+        )
+        .all(after, BATCH_SIZE) as { seq: number; body: string; refusals: number; refused_at: number }[];
+      if (rows.length === 0) break;
+      after = rows[rows.length - 1]!.seq;
+      const outcome: Outcome = { delivered: new Set(), refused: new Map(), later: new Set() };
+      // An event refused before goes alone, so that it does not take a whole batch down
+      // again, and only once its wait is over: a refusal that passes (a busy database)
+      // passes within it, and the runs between do not all count against the event.
+      const due = Date.now() - this.settings.refusedRetryMs;
+      const suspects = rows.filter((row) => row.refusals > 0 && row.refused_at <= due).map((row) => [JSON.parse(row.body) as NodeEvent]);
+      const rest = rows.filter((row) => row.refusals === 0).map((row) => JSON.parse(row.body) as NodeEvent);
+      for (const batch of [...suspects, ...(rest.length > 0 ? [rest] : [])]) {
+        stopped = await deliver(master, batch, outcome, log);
+        if (stopped !== undefined) break;
+      }
+      this.remove(outcome.delivered);
+      sent += outcome.delivered.size;
+      for (const [id, { event, reason }] of outcome.refused) this.noteRefusal(id, event, reason, log);
+      if (stopped !== undefined) break;
     }
     const offline = stopped instanceof PledgerError && stopped.code === 'MASTER_UNREACHABLE';
     if (stopped !== undefined) {
       log.error(offline ? 'master unreachable: events kept for the next run' : 'cannot send events: kept for the next run', {
         reason: errorMessage(stopped),
       });
+    } else {
+      await this.reportSetAside(master, log);
     }
     this.noteAttempt(stopped === undefined);
-    return { sent, pending: this.count(), offline };
+    return this.result(sent, offline);
+  }
+
+  /** The events set aside, oldest first: what the master refused for good, kept whole. */
+  setAside(): { event: NodeEvent; reason: string; refusals: number; setAsideAt: string }[] {
+    const rows = this.database.prepare('SELECT body, reason, refusals, set_aside_at FROM set_aside ORDER BY seq').all() as {
+      body: string;
+      reason: string;
+      refusals: number;
+      set_aside_at: number;
+    }[];
+    return rows.map((row) => ({ event: JSON.parse(row.body) as NodeEvent, reason: row.reason, refusals: row.refusals, setAsideAt: new Date(row.set_aside_at).toISOString() }));
+  }
+
+  private setAsideCount(): number {
+    return (this.database.prepare('SELECT count(*) AS n FROM set_aside').get() as { n: number }).n;
+  }
+
+  private result(sent: number, offline: boolean): FlushResult {
+    const setAside = this.setAsideCount();
+    return { sent, pending: this.count(), offline, ...(setAside > 0 ? { setAside } : {}) };
+  }
+
+  /** One more run refused `event` on its own: counted, and set aside at the last allowed refusal. */
+  private noteRefusal(id: string, event: NodeEvent, reason: string, log: Logger): void {
+    const db = this.database;
+    const refusals = db.transaction(() => {
+      const count = ((db.prepare('SELECT refusals FROM outbox_refusals WHERE id = ?').get(id) as { refusals: number } | undefined)?.refusals ?? 0) + 1;
+      if (count < this.settings.setAsideAfter) {
+        db.prepare(
+          'INSERT INTO outbox_refusals (id, refusals, reason, refused_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET refusals = excluded.refusals, reason = excluded.reason, refused_at = excluded.refused_at',
+        ).run(id, count, reason, Date.now());
+        return count;
+      }
+      db.prepare(
+        'INSERT INTO set_aside (id, body, reason, refusals, queued_at, set_aside_at) SELECT id, body, ?, ?, queued_at, ? FROM outbox WHERE id = ? ON CONFLICT (id) DO NOTHING',
+      ).run(reason, count, Date.now(), id);
+      db.prepare('DELETE FROM outbox WHERE id = ?').run(id);
+      db.prepare('DELETE FROM outbox_refusals WHERE id = ?').run(id);
+      return count;
+    })();
+    if (refusals < this.settings.setAsideAfter) {
+      log.error('the master refused an event: kept, and sent alone again later', { event: id, type: event.type, refusals, reason });
+    } else {
+      log.error(`the master refused an event ${refusals} times: set aside, the next events go on`, { event: id, type: event.type, reason });
+    }
+  }
+
+  /**
+   * Tells the master how many events are set aside and the last one's reason, once per
+   * change: so an operator sees it in `pledger node list` without reading the node's log.
+   */
+  private async reportSetAside(master: MasterClient, log: Logger): Promise<void> {
+    const count = this.setAsideCount();
+    if (String(count) === (readMeta(this.database, SET_ASIDE_REPORTED) ?? '0')) return;
+    const last = this.database.prepare('SELECT body, reason, set_aside_at FROM set_aside ORDER BY seq DESC LIMIT 1').get() as
+      | { body: string; reason: string; set_aside_at: number }
+      | undefined;
+    const event = last ? (JSON.parse(last.body) as NodeEvent) : undefined;
+    const report: SetAsideReport = {
+      count,
+      ...(last && event ? { last: { event: event.id, type: event.type, reason: last.reason.slice(0, 2048), at: new Date(last.set_aside_at).toISOString() } } : {}),
+    };
+    try {
+      await master.call('PUT', `${API_PREFIX}/node/set-aside`, report);
+      writeMeta(this.database, SET_ASIDE_REPORTED, String(count));
+    } catch (error) {
+      log.error('cannot tell the master about the events set aside: told next run', { setAside: count, reason: errorMessage(error) });
+    }
   }
 
   /** After a failure the next attempt waits first·2^(failures-1), capped, times a random 0.5 to 1. */
@@ -156,8 +267,12 @@ export class Outbox {
   private remove(ids: Set<string>): void {
     if (ids.size === 0) return;
     const statement = this.database.prepare('DELETE FROM outbox WHERE id = ?');
+    const refusals = this.database.prepare('DELETE FROM outbox_refusals WHERE id = ?');
     this.database.transaction(() => {
-      for (const id of ids) statement.run(id);
+      for (const id of ids) {
+        statement.run(id);
+        refusals.run(id);
+      }
     })();
   }
 
@@ -179,14 +294,15 @@ export class Outbox {
 }
 
 /**
- * Sends a batch and adds the ids the master acknowledged (or refused alone) to
- * `delivered`. Returns the error that should stop the delivery, if any.
+ * Sends a batch and notes in `outcome` what the master did with each event. Returns the
+ * error that should stop the delivery, if any. A refused batch is halved until the event
+ * refused alone is found, unless the master named it (`details.event`).
  */
-async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<string>, log: Logger): Promise<unknown> {
+async function deliver(master: MasterClient, batch: NodeEvent[], outcome: Outcome, log: Logger): Promise<unknown> {
   try {
     const answer = await master.call<unknown>('POST', `${API_PREFIX}/node/events`, { events: batch });
     const receipt = checkValue<EventsReceipt>(validators.EventsReceipt, answer, 'events receipt', 'INTERNAL');
-    for (const id of [...receipt.applied, ...receipt.duplicates]) delivered.add(id);
+    for (const id of [...receipt.applied, ...receipt.duplicates]) outcome.delivered.add(id);
     return undefined;
   } catch (error) {
     if (!isRefusal(error)) return error;
@@ -194,20 +310,36 @@ async function deliver(master: MasterClient, batch: NodeEvent[], delivered: Set<
     if (early) {
       // The master's clock says that hour is not over: the report keeps until it is, the rest goes on.
       log.error('the master refused an event for now: kept for the next run', { event: early.id, reason: errorMessage(error) });
+      outcome.later.add(early.id);
       const rest = batch.filter((event) => event !== early);
-      return rest.length === 0 ? undefined : deliver(master, rest, delivered, log);
+      return rest.length === 0 ? undefined : deliver(master, rest, outcome, log);
     }
-    if (batch.length === 1) {
-      log.error('the master refused an event: dropped', { event: batch[0], reason: errorMessage(error) });
-      delivered.add(batch[0]!.id);
-      return undefined;
+    const named = namedEvent(error, batch);
+    if (named) {
+      outcome.refused.set(named.id, { event: named, reason: errorMessage(error) });
+      const rest = batch.filter((event) => event !== named);
+      return rest.length === 0 ? undefined : deliver(master, rest, outcome, log);
     }
+    const half = Math.ceil(batch.length / 2);
+    const stop = await deliver(master, batch.slice(0, half), outcome, log);
+    return stop ?? deliver(master, batch.slice(half), outcome, log);
   }
-  for (const event of batch) {
-    const stop = await deliver(master, [event], delivered, log);
-    if (stop !== undefined) return stop;
-  }
-  return undefined;
+}
+
+/**
+ * The event a refusal names: the one of a batch of one, the one the master gave in
+ * `details.event`, or the one every schema violation it listed points into
+ * (`/events/N/...`).
+ */
+function namedEvent(error: unknown, batch: NodeEvent[]): NodeEvent | undefined {
+  if (batch.length === 1) return batch[0];
+  const details = (error as PledgerError).details;
+  const id = (details as { event?: unknown } | undefined)?.event;
+  if (id !== undefined) return batch.find((event) => event.id === id);
+  if (!Array.isArray(details) || details.length === 0) return undefined;
+  const indexes = new Set(details.map((problem) => /^\/events\/(\d+)(\/|$)/.exec(String((problem as { instancePath?: unknown }).instancePath ?? ''))?.[1]));
+  const [index] = [...indexes];
+  return indexes.size === 1 && index !== undefined ? batch[Number(index)] : undefined;
 }
 
 /** The event of the batch that the master refused only until its clock catches up, if that was the refusal. */
@@ -217,8 +349,12 @@ function tooEarly(error: unknown, batch: NodeEvent[]): NodeEvent | undefined {
   return batch.find((event) => event.id === id) ?? (batch.length === 1 ? batch[0] : undefined);
 }
 
-/** The master understood the request and said no: sending it again would not help (unless it was too early). */
+/**
+ * The master understood the request and said no: sending it again as it is would not
+ * help (unless it was too early). A bad credential is the node's problem, not the
+ * event's, and a rate limit passes: both keep every event.
+ */
 function isRefusal(error: unknown): boolean {
-  return error instanceof PledgerError && error.status >= 400 && error.status < 500 && error.code !== 'UNAUTHENTICATED';
+  return error instanceof PledgerError && error.status >= 400 && error.status < 500 && error.status !== 429 && error.code !== 'UNAUTHENTICATED';
 }
 

@@ -72,7 +72,7 @@ describe('pledger billing', () => {
     await expectUnchanged(async () => {
       const badAmount = await pledger(['billing', 'price', 'set', 'hello', '--from', '2026-01', '--cpu-hour', '1.5x'], { env: asAdmin });
       expect(badAmount.exitCode).toBe(2);
-      expect(badAmount.stderr).toMatch(/^error: invalid request: body\.prices\.cpu-hour must match pattern/);
+      expect(badAmount.stderr).toMatch(/^error: invalid request: body\.prices\.cpu-hour must be a decimal with at most 9 digits before the point and 6 after it/);
       const badPeriod = await pledger(['billing', 'close', '--period', '2026-13'], { env: asAdmin });
       expect(badPeriod.exitCode).toBe(2);
       expect(badPeriod.stderr).toMatch(/body\.period must match pattern/);

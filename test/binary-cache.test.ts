@@ -457,10 +457,10 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
         request.flushHeaders();
       });
     const partHash = 'a'.repeat(64);
-    const archive = gzipSync(Buffer.from('an archive'));
+    const archive = tarWithName('file', 'an archive');
     const count = async () => Number((await storage.query<{ n: number | string }>('select count(*) as n from binary_cache'))[0]!.n);
 
-    it('takes them from nodes only, and refuses a wrong checksum, a bad key, a body not gzipped or too large, storing nothing', async () => {
+    it('takes them from nodes only, and refuses a wrong checksum, a bad key, a body not gzipped, damaged or too large, storing nothing', async () => {
       const before = await count();
       const good = { platform: 'debian-12/x64', prefix: '', sha256: sha256(archive) };
       expect((await put(master.adminToken, partHash, good, archive)).status).toBe(401);
@@ -469,7 +469,12 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
       expect(((await wrongSum.json()) as { error: { message: string } }).error.message).toContain(`has the sha256 ${sha256(archive)}`);
       expect((await put(nodes.builder!.credential, partHash, { ...good, platform: 'Debian 12' }, archive)).status).toBe(400);
       const plain = Buffer.from('not gzipped');
-      expect((await put(nodes.builder!.credential, partHash, { ...good, sha256: sha256(plain) }, plain)).status).toBe(400);
+      expect((await put(nodes.builder!.credential, partHash, { ...good, sha256: sha256(plain) }, plain)).status).toBe(422);
+      // Gzipped, but not a tar inside: no node could unpack it.
+      const notTar = gzipSync(Buffer.from('not a tar archive'));
+      const damaged = await put(nodes.builder!.credential, partHash, { ...good, sha256: sha256(notTar) }, notTar);
+      expect(damaged.status).toBe(422);
+      expect(((await damaged.json()) as { error: { code: string } }).error.code).toBe('ARCHIVE_INVALID');
       expect((await put(nodes.builder!.credential, partHash, { ...good, prefix: 'relative/path' }, archive)).status).toBe(400);
       expect((await put(nodes.builder!.credential, 'not-a-hash', good, archive)).status).toBe(400);
       expect((await put(nodes.builder!.credential, partHash, { ...good, extra: 'x' }, archive)).status).toBe(400);
@@ -499,7 +504,7 @@ describe.each(testEngines())('the binary cache of built parts (%s)', (engine) =>
       expect(first.status).toBe(201);
       const firstEntry = ((await first.json()) as { entry: { sha256: string; signature: string } }).entry;
       expect(firstEntry.sha256).toBe(sha256(archive));
-      const other = gzipSync(Buffer.from('another archive'));
+      const other = tarWithName('file', 'another archive');
       const second = await put(nodes.taker!.credential, partHash, { ...query, sha256: sha256(other) }, other);
       expect(second.status).toBe(200);
       expect(await second.json()).toMatchObject({ stored: false, entry: { sha256: sha256(archive), signature: firstEntry.signature } });

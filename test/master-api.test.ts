@@ -4,7 +4,6 @@
  * refused request changes nothing in the ledger.
  */
 import { createHash } from 'node:crypto';
-import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initMaster } from '../master/server.js';
 import { buildApp, type App } from '../master/app.js';
@@ -369,7 +368,7 @@ describe.each(testEngines())('master API on %s', (engine) => {
     const nodeAId = (await database.db.selectFrom('nodes').select('id').where('name', '=', 'node-a').executeTakeFirstOrThrow()).id;
     expect(await storeSource(database.db as never, nodeAId, createHash('sha256').update(source).digest('hex'), source)).toBe(true);
     expect((await call(admin, 'PATCH', '/api/v1/nodes/node-a', { binaryCacheUpload: true })).status).toBe(200);
-    const part = gzipSync(Buffer.from('a built part'));
+    const part = await packSoftware(writeTree({ 'bin/tool': 'a built part' }));
     const query = new URLSearchParams({ platform: 'debian-12/x86_64', prefix: '', sha256: createHash('sha256').update(part).digest('hex') });
     await upload(`/api/v1/node/binaries/${'b'.repeat(64)}?${query}`, part, 'application/gzip');
     const caches = async () => ({

@@ -165,6 +165,15 @@ const outbox = async () => {
     sqlite.close();
   }
 };
+/** The events the node set aside, oldest first. */
+const setAside = () => {
+  const sqlite = new SqliteDatabase(path.join(config.root, 'state', 'node.db'), { readonly: true, fileMustExist: true });
+  try {
+    return (sqlite.prepare('SELECT body FROM set_aside ORDER BY seq').all() as { body: string }[]).map((row) => JSON.parse(row.body) as { type: string });
+  } finally {
+    sqlite.close();
+  }
+};
 const sqliteFile = () => db.url.replace(/^sqlite:/, '');
 
 beforeAll(async () => {
@@ -184,6 +193,9 @@ beforeAll(async () => {
     partitions: PARTITIONS.length,
     ipBase: `127.45.${10 + Math.floor(Math.random() * 200)}.1`,
     portBase: portBase(),
+    // An event the master refuses is set aside at its first refusal here: the retries
+    // before that are the outbox's own tests.
+    outbox: { setAsideAfter: 1 },
   });
   for (const [name, files] of Object.entries(RELEASES)) hashes[name] = (await publish(writeTree(files, path.join(scratch, 'releases', name)))).hash;
 });
@@ -397,17 +409,19 @@ describe('node agent, against a real master', () => {
     expect(await readdir(path.join(config.root, 'partitions', 'part2'))).toEqual([]);
     expect(await readPartitionState(config.root, 'part2')).toBeUndefined();
 
-    // The batch is refused for the event about a partition no longer the instance's, then
-    // sent again one event at a time: that one is refused and dropped, the others applied.
-    // hello's deployed, promises and started events follow, one request each.
+    // The batch of three is refused for the event about a partition no longer the
+    // instance's, then sent again in halves: the half with it is refused, that event alone
+    // is refused and set aside, the other event of that half and the other half applied.
     expect(requests.filter((r) => r.startsWith('POST /api/v1/node/events'))).toEqual([
       'POST /api/v1/node/events 403',
       'POST /api/v1/node/events 403',
-      'POST /api/v1/node/events 200',
+      'POST /api/v1/node/events 403',
       'POST /api/v1/node/events 200',
       'POST /api/v1/node/events 200',
     ]);
+    expect(requests.filter((r) => r.startsWith('PUT /api/v1/node/set-aside'))).toEqual(['PUT /api/v1/node/set-aside 200']);
     expect(await outbox()).toBe('');
+    expect(setAside().map((event) => event.type)).toEqual(['instance.destroyed']);
     expect(await reported('silent')).toEqual(['instance.deployed 1', 'instance.error 1', 'instance.destroyed 2']);
     expect(await reported('hello')).toEqual(['instance.error 1', 'instance.deployed 1', 'instance.started 1', 'instance.deployed 2', 'instance.started 2']);
     expect(await (await fetch((await info('hello')).connection.url!)).text()).toBe('Bonjour\n');

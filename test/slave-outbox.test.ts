@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../protocol/client.js';
 import { silentLogger } from '../slave/log.js';
+import { OUTBOX_DEFAULTS } from '../slave/config.js';
 import { newEvent, Outbox } from '../slave/outbox.js';
 import { usageEventId } from '../slave/usage.js';
 import type { NodeEvent, NodeView } from '../protocol/api.js';
@@ -67,18 +68,55 @@ describe('outbox', () => {
     expect(master.answered.slice(from).filter((r) => r.startsWith('POST /api/v1/node/events'))).toEqual(['POST /api/v1/node/events 200']);
   });
 
-  it('drops only the event the master refuses, and keeps everything on a bad credential', async () => {
-    const outbox = new Outbox(path.join(scratch, 'b', 'node.db'));
+  it('delivers around the event the master refuses, sets it aside after bounded retries, and keeps everything on a bad credential', async () => {
+    // Refused events are tried again at every flush here, rather than a minute later.
+    const outbox = new Outbox(path.join(scratch, 'b', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
     const notSupplied = 'f'.repeat(64);
-    for (const hash of [supplied[0]!, notSupplied, supplied[1]!]) await outbox.add(newEvent({ type: 'software.error', software: hash, message: 'failed' }));
-    const result = await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger);
-    expect(result).toEqual({ sent: 3, pending: 0, offline: false });
+    const refused = newEvent({ type: 'software.error', software: notSupplied, message: 'failed' });
+    await outbox.add(newEvent({ type: 'software.error', software: supplied[0]!, message: 'failed' }));
+    await outbox.add(refused);
+    await outbox.add(newEvent({ type: 'software.error', software: supplied[1]!, message: 'failed' }));
+    const client = new MasterClient({ url: master.url, token: credential });
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 2, pending: 1, offline: false });
     expect(await statuses()).toEqual(['1.0.0:error', '2.0.0:error']);
+    // Tried again alone in the next runs, then set aside, whole, with the master's reason.
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 1, offline: false });
+    expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 0, offline: false, setAside: 1 });
+    expect(outbox.setAside().map((s) => s.event)).toEqual([refused]);
+    expect(outbox.setAside()[0]!.reason).toContain(notSupplied);
+    const view = (await master.operator.call<NodeView[]>('GET', '/api/v1/nodes'))[0]!;
+    expect(view.setAside).toEqual(expect.objectContaining({ count: 1, lastEvent: refused.id, lastType: 'software.error' }));
+    expect(view.setAside!.lastReason).toContain(notSupplied);
 
     await outbox.add(built(supplied[0]!));
     const unauthorized = await outbox.flush(new MasterClient({ url: master.url, token: 'plg_n_wrong' }), silentLogger);
-    expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false });
+    expect(unauthorized).toEqual({ sent: 0, pending: 1, offline: false, setAside: 1 });
     expect(await outbox.pending()).toHaveLength(1);
+  });
+
+  it('finds the refused event of a large batch in a few requests: by halving it, or at once when the schema names it', async () => {
+    const outbox = new Outbox(path.join(scratch, 'd', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
+    const posts = () => master.answered.filter((r) => r.startsWith('POST /api/v1/node/events'));
+    const good = () => newEvent({ type: 'software.built', software: supplied[0]! });
+    // Refused for what it says (a release not supplied to the node): only halving finds it.
+    const refused = newEvent({ type: 'software.error', software: 'd'.repeat(64), message: 'failed' });
+    const events = [...Array.from({ length: 40 }, good), refused, ...Array.from({ length: 23 }, good)];
+    for (const e of events) await outbox.add(e);
+    let from = posts().length;
+    expect(await outbox.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 63, pending: 1, offline: false });
+    // 64 events: the batch, then two halves at each of 6 levels, at most.
+    expect(posts().length - from).toBeLessThanOrEqual(1 + 2 * 6);
+    expect((await outbox.pending()).map((e) => e.id)).toEqual([refused.id]);
+    outbox.close();
+
+    // Refused by the schema (a field no event has): the master's details point at it.
+    const second = new Outbox(path.join(scratch, 'e', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
+    const malformed = { ...good(), extra: 'field' } as unknown as NodeEvent;
+    for (const e of [...Array.from({ length: 30 }, good), malformed, ...Array.from({ length: 30 }, good)]) await second.add(e);
+    from = posts().length;
+    expect(await second.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 60, pending: 1, offline: false });
+    expect(posts().slice(from)).toEqual(['POST /api/v1/node/events 400', 'POST /api/v1/node/events 200']);
+    second.close();
   });
 
   it('keeps a usage report the master finds too early, and delivers the rest', async () => {

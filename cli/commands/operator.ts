@@ -212,7 +212,10 @@ export function registerNodeAdminCommands(node: Command): void {
           ]),
         );
         const failures = l.flatMap((n) => n.software.filter((s) => s.status === 'error').map((s) => `\n${n.name}: ${s.name}@${s.version} failed to build:\n${s.message ?? ''}`));
-        return nodes + failures.join('\n');
+        const setAside = l.flatMap((n) =>
+          n.setAside ? [`\n${n.name}: ${n.setAside.count} event(s) set aside, refused by the master for good (last: ${n.setAside.lastType ?? '?'} ${n.setAside.lastEvent ?? ''}: ${n.setAside.lastReason ?? ''})`] : [],
+        );
+        return nodes + failures.join('\n') + setAside.join('');
       });
     });
 }

@@ -4,6 +4,7 @@
  * month of memory byte-seconds (well past 2^53) stays exact.
  */
 import { sql, type RawBuilder } from 'kysely';
+import { MAX_AMOUNT_UNITS } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 
 /** A database integer (PostgreSQL answers bigints as strings) as a bigint. */
@@ -40,6 +41,12 @@ export function parseAmount(text: string, decimals: number): bigint {
   const match = /^(-)?(\d{1,15})(?:\.(\d+))?$/.exec(text.trim());
   if (!match) throw new PledgerError('BAD_REQUEST', `"${text}" is not an amount`, { hint: 'write it like 12.34, with a dot and no currency sign' });
   const fraction = match[3] ?? '';
+  // The schemas bound what a request carries; this holds for every other way in (a
+  // release's default prices): past it, a price in millionths is no longer an exact
+  // integer for JavaScript, and overflows PostgreSQL's bigint well before 15 digits.
+  if (BigInt(match[2]!) > BigInt(MAX_AMOUNT_UNITS)) {
+    throw new PledgerError('BAD_REQUEST', `"${text}" is out of range: an amount is at most ${MAX_AMOUNT_UNITS}.999999`);
+  }
   if (fraction.length > decimals) {
     throw new PledgerError('BAD_REQUEST', `"${text}" has more than ${decimals} decimal places`);
   }

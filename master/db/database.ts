@@ -7,27 +7,22 @@
  *   const database = openDatabase('sqlite:/var/lib/pledger/master.db');
  *   const database = openDatabase('postgres://pledger@127.0.0.1/pledger');
  */
-import type { Kysely } from 'kysely';
-import { ENGINES, engineOf, type Engine } from './engine.js';
+import { ENGINES, engineOf, type Engine, type Opened } from './engine.js';
 import { enableGroupCommit } from './group-commit.js';
-import type { Tables } from './tables.js';
 
 export type { Engine } from './engine.js';
 
-export interface Database {
-  db: Kysely<Tables>;
+export interface Database extends Opened {
   engine: Engine;
-  /** The URL without its password, for logs. */
-  displayUrl: string;
   close(): Promise<void>;
 }
 
 export function openDatabase(url: string): Database {
   const engine: Engine = /^postgres(ql)?:\/\//.test(url) ? 'postgres' : 'sqlite';
-  const { db, displayUrl } = ENGINES[engine].open(url);
+  const opened = ENGINES[engine].open(url);
   // SQLite writes one transaction at a time: requests share commits there (group-commit.ts).
-  if (engine === 'sqlite') enableGroupCommit(db);
-  return { db, engine, displayUrl, close: () => db.destroy() };
+  if (engine === 'sqlite') enableGroupCommit(opened.db);
+  return { ...opened, engine, close: () => opened.db.destroy() };
 }
 
 /**
@@ -42,6 +37,14 @@ export function isBusy(error: unknown): boolean {
 /** True when `error` is a unique-constraint violation, on either engine. */
 export function isUniqueViolation(error: unknown): boolean {
   return ENGINES.sqlite.isUniqueViolation(error) || ENGINES.postgres.isUniqueViolation(error);
+}
+
+/**
+ * True when `error` says the database connection was lost or could not be had: the
+ * request did not happen, and the same request succeeds once there is a new connection.
+ */
+export function isConnectionLost(error: unknown): boolean {
+  return ENGINES.postgres.isConnectionLost(error);
 }
 
 export { engineOf };

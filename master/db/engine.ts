@@ -17,6 +17,19 @@ export interface LockRequest {
   shared: boolean;
 }
 
+/** A database as an engine opens it. */
+export interface Opened {
+  db: Kysely<Tables>;
+  /** The URL without its password, for logs. */
+  displayUrl: string;
+  /**
+   * Where the errors of idle pooled connections go (PostgreSQL closed one: a restart, a
+   * failover, `pg_terminate_backend`). The pool drops such a connection and opens another
+   * when one is needed; without a listener, the error would end the process.
+   */
+  onConnectionError(listener: (error: Error) => void): void;
+}
+
 export type EngineModule = typeof sqlite | typeof postgres;
 
 export const ENGINES: Record<Engine, EngineModule> = { sqlite, postgres };

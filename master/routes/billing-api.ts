@@ -23,6 +23,7 @@ import {
   InvoiceListQuery,
   InvoiceSummary,
   InvoiceView,
+  OneLineText,
   PaymentCreate,
   PaymentView,
   PriceList,
@@ -49,7 +50,7 @@ function requireAdmin(request: FastifyRequest): void {
 const actor = (request: FastifyRequest) => `account:${request.account.name}`;
 const InvoiceParams = Type.Object({ id: InvoiceId });
 const PaymentParams = Type.Object({ id: Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' }) });
-const PaymentReversal = Type.Object({ reason: Type.String({ minLength: 1, maxLength: 200, pattern: '^[^\\u0000-\\u001f\\u007f]+$' }) }, { additionalProperties: false });
+const PaymentReversal = Type.Object({ reason: OneLineText(200) }, { additionalProperties: false });
 
 /**
  * A payment's idempotency key: the same key sent again answers the payment it recorded

@@ -5,11 +5,13 @@
 import type { FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
 import { Type } from 'typebox';
-import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, Sha256 } from '../../protocol/api.js';
+import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, SetAsideReport, Sha256, type NodeEvent } from '../../protocol/api.js';
+import { storable } from '../../protocol/storable.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
 import { allocatePending } from '../allocation.js';
 import { applyEvents, desiredState, desiredStateTag, formatPartitions, nodeById } from '../nodes.js';
+import { noteSetAside } from '../set-aside.js';
 import { archiveForNode } from '../software.js';
 import { requestChildren } from '../trees.js';
 
@@ -44,12 +46,30 @@ export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
     async (request) => requestChildren(db, request.node, request.params.reference, request.body),
   );
 
+  // What a node reports is evidence (a build log's tail, a promise's output): a NUL or a
+  // broken surrogate in it is kept, escaped, never refused, so that one odd byte in a
+  // log cannot hold back the node's every later event.
   app.post('/events', { schema: { body: EventsReport, response: { 200: EventsReceipt } } }, async (request) =>
-    applyEvents(db, request.node, request.body.events),
+    applyEvents(db, request.node, storableEvents(request.body.events)),
   );
+
+  // The node's count of events it set aside, and the last one's reason (see master/set-aside.ts).
+  app.put('/set-aside', { schema: { body: SetAsideReport, response: { 200: Type.Object({ count: Type.Integer() }) } } }, async (request) => {
+    await noteSetAside(db, request.node.id, request.body);
+    return { count: request.body.count };
+  });
 
   app.get('/software/:hash', { schema: { params: Type.Object({ hash: Sha256 }) } }, async (request, reply) => {
     const archive = await archiveForNode(db, request.node.id, request.params.hash);
     return reply.type('application/gzip').send(archive);
   });
+}
+
+/**
+ * The events as the databases can hold them: every string made storable (see
+ * protocol/storable.ts). The ids and the other patterned fields have nothing to escape,
+ * so an event keeps its identity.
+ */
+export function storableEvents(events: NodeEvent[]): NodeEvent[] {
+  return events.map((event) => storable(event));
 }

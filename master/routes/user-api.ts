@@ -31,6 +31,7 @@ import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
 import { getInstance, instanceHistory, instanceTree, listInstances, requestInstance } from '../instances.js';
 import { listNodes, registerNode, updateNode } from '../nodes.js';
+import { setAsideByNode } from '../set-aside.js';
 import { listSoftware, publishSoftware, resolveSoftware, softwareView, supply } from '../software.js';
 
 function requireAdmin(request: FastifyRequest): void {
@@ -73,7 +74,8 @@ export async function userRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   );
   app.get('/nodes', { schema: { response: { 200: Type.Array(NodeView) } } }, async (request) => {
     requireAdmin(request);
-    return listNodes(db);
+    const [nodes, setAside] = await Promise.all([listNodes(db), setAsideByNode(db)]);
+    return nodes.map((node) => ({ ...node, setAside: setAside.get(node.name) ?? null }));
   });
 
   // Software releases and supplies

@@ -7,14 +7,30 @@
 import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
 import pg from 'pg';
 import type { Tables } from '../tables.js';
-import type { LockRequest } from '../engine.js';
+import type { LockRequest, Opened } from '../engine.js';
 
 export const name = 'postgres' as const;
 
-export function open(url: string): { db: Kysely<Tables>; displayUrl: string } {
-  const pool = new pg.Pool({ connectionString: url, max: 10 });
+export function open(url: string): Opened {
+  // A request waits at most 15 s for a connection (PostgreSQL restarting, failing over):
+  // then it answers 503 and the client tries again, rather than hanging. Keepalives let
+  // the pool notice a connection the network dropped without a goodbye.
+  const pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 15_000, keepAlive: true });
+  const displayUrl = url.replace(/:[^:@/]*@/, ':***@');
+  let listener = (error: Error): void => void process.stderr.write(`${JSON.stringify({ level: 40, msg: 'idle database connection lost', database: displayUrl, err: error.message })}\n`);
+  pool.on('error', (error) => listener(error));
+  // A connection lost while a query holds it is reported to that query (which fails
+  // and answers 503) and also emitted by the client: the pool listens only to idle
+  // clients, so without this one the emit would end the process.
+  pool.on('connect', (client) => client.on('error', (error) => listener(error)));
   const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
-  return { db, displayUrl: url.replace(/:[^:@/]*@/, ':***@') };
+  return {
+    db,
+    displayUrl,
+    onConnectionError: (next) => {
+      listener = next;
+    },
+  };
 }
 
 /**
@@ -65,3 +81,18 @@ export function isUniqueViolation(error: unknown): boolean {
 }
 
 const codeOf = (error: unknown) => (error as { code?: unknown } | null)?.code;
+
+/** PostgreSQL's classes of errors that mean the connection, not the query, failed. */
+const CONNECTION_LOST_CODES = new Set(['57P01', '57P02', '57P03', '08000', '08003', '08006', '08001', '08004', 'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT']);
+const CONNECTION_LOST_MESSAGES = /Connection terminated|connection error and is not queryable|Client was closed|ECONNRESET|ECONNREFUSED|EPIPE|timeout exceeded when trying to connect/i;
+
+/**
+ * The database connection was lost or could not be had (the server ended it, restarted,
+ * or is unreachable for now): the request did not happen, and the same request
+ * succeeds once the pool has a new connection.
+ */
+export function isConnectionLost(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && CONNECTION_LOST_CODES.has(code)) return true;
+  return typeof message === 'string' && CONNECTION_LOST_MESSAGES.test(message);
+}

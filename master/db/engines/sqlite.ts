@@ -8,11 +8,11 @@
 import SqliteDatabase from 'better-sqlite3';
 import { Kysely, SqliteDialect, sql, type SqliteDatabase as KyselySqlite, type Transaction } from 'kysely';
 import type { Tables } from '../tables.js';
-import type { LockRequest } from '../engine.js';
+import type { LockRequest, Opened } from '../engine.js';
 
 export const name = 'sqlite' as const;
 
-export function open(url: string): { db: Kysely<Tables>; displayUrl: string } {
+export function open(url: string): Opened {
   const file = url.replace(/^sqlite:/, '');
   const sqlite = new SqliteDatabase(file);
   // WAL lets readers go on while one process writes; FULL sync because the ledger
@@ -33,7 +33,8 @@ export function open(url: string): { db: Kysely<Tables>; displayUrl: string } {
   // Durability is the same: each commit is synced to the WAL (synchronous = FULL).
   sqlite.pragma('wal_autocheckpoint = 10000');
   const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: withStatementCache(sqlite) }) });
-  return { db, displayUrl: `sqlite:${file}` };
+  // An embedded file has no connection to lose.
+  return { db, displayUrl: `sqlite:${file}`, onConnectionError: () => undefined };
 }
 
 /**
@@ -63,6 +64,11 @@ export function isRetryable(error: unknown): boolean {
 export function isUniqueViolation(error: unknown): boolean {
   const code = codeOf(error);
   return code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+}
+
+/** An embedded file has no connection to lose. */
+export function isConnectionLost(_error: unknown): boolean {
+  return false;
 }
 
 const codeOf = (error: unknown) => (error as { code?: unknown } | null)?.code;

@@ -18,6 +18,7 @@ import { sharedClaims } from './0010-shared-claims.js';
 import { binaryCacheUploaders } from './0011-binary-cache-uploaders.js';
 import { creditNotes } from './0012-credit-notes.js';
 import { concurrency } from './0013-concurrency.js';
+import { nodeSetAside } from './0014-node-set-aside.js';
 
 export function migrationProvider(engine: Engine): MigrationProvider {
   const migrations: Record<string, Migration> = {
@@ -34,6 +35,7 @@ export function migrationProvider(engine: Engine): MigrationProvider {
     '0011-binary-cache-uploaders': binaryCacheUploaders(engine),
     '0012-credit-notes': creditNotes(engine),
     '0013-concurrency': concurrency(engine),
+    '0014-node-set-aside': nodeSetAside(engine),
   };
   return { getMigrations: () => Promise.resolve(migrations) };
 }
