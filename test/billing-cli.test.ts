@@ -87,6 +87,27 @@ describe('pledger billing', () => {
     });
   });
 
+  it('shows the documented billing settings, sets days before destroying and sets them back to never', async () => {
+    const shown = await pledger(['billing', 'settings', '--json'], { env: asAlice });
+    expect(shown.exitCode).toBe(0);
+    expect(shown.json()).toEqual({ currency: 'EUR', decimals: 2, taxRateBasisPoints: 0, paymentTermsDays: 14, graceDays: 7, destroyAfterDays: null });
+    const thirty = await pledger(['billing', 'settings', '--destroy-after-days', '30'], { env: asAdmin });
+    expect(thirty.exitCode).toBe(0);
+    expect(thirty.stdout).toMatch(/^destroy after: +30 days overdue$/m);
+    const never = await pledger(['billing', 'settings', '--destroy-after-days', 'never'], { env: asAdmin });
+    expect(never.stderr).toBe('');
+    expect(never.exitCode).toBe(0);
+    expect(never.stdout).toMatch(/^destroy after: +never$/m);
+    expect((await pledger(['billing', 'settings', '--json'], { env: asAlice })).json()).toMatchObject({ destroyAfterDays: null });
+    await expectUnchanged(async () => {
+      const bad = await pledger(['billing', 'settings', '--destroy-after-days', 'soon'], { env: asAdmin });
+      expect(bad.exitCode).toBe(2);
+      expect(bad.stderr).toMatch(/expected a whole number of days/);
+      const byUser = await pledger(['billing', 'settings', '--destroy-after-days', 'never'], { env: asAlice });
+      expect(byUser.exitCode).toBe(3);
+    });
+  });
+
   it('closes a month once, whatever the number of times it is asked', async () => {
     const closed = await pledger(['billing', 'close', '--period', '2026-10', '--json'], { env: asAdmin });
     expect(closed.exitCode).toBe(0);
