@@ -6,6 +6,7 @@ import { createLogger } from '../../slave/log.js';
 import { defaultNodeConfigPath } from '../../slave/paths.js';
 import { agentLogger, integer, NODE_EXIT, runCycle, runNodeDaemon } from '../node-runs.js';
 import { print, table } from '../output.js';
+import { checkMasterUrl } from '../settings.js';
 import { globals } from './globals.js';
 import { registerNodeAdminCommands } from './operator.js';
 
@@ -33,6 +34,7 @@ export function registerNodeCommands(program: Command): void {
       const g = globals(command);
       const masterUrl = g.master ?? process.env.PLEDGER_MASTER_URL;
       if (!masterUrl) throw new PledgerError('BAD_REQUEST', 'no master given', { hint: 'pass --master URL or set PLEDGER_MASTER_URL' });
+      checkMasterUrl(masterUrl, g.master !== undefined ? '--master' : 'PLEDGER_MASTER_URL');
       const { ipToNumber, numberToIp, resolveNodeConfig, writeNodeConfig } = await nodeConfig();
       const config = resolveNodeConfig(
         {
