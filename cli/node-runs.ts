@@ -94,7 +94,10 @@ export async function runCycle(command: CycleCommand, options: CycleOptions, g: 
  */
 export async function runNodeDaemon(configFile: string): Promise<void> {
   const [{ readNodeConfig }, { runDaemon }, path] = await Promise.all([nodeConfig(), import('../slave/daemon.js'), import('node:path')]);
-  const pledger = [process.execPath, ...process.execArgv, path.resolve(process.argv[1]!)];
+  // Lite mode without --no-expose-wasm before it makes V8 print a warning at every start:
+  // one plain line per cycle in a log of JSON lines. Its cycles get the flag.
+  const flags = process.execArgv.includes('--lite-mode') && !process.execArgv.includes('--no-expose-wasm') ? ['--no-expose-wasm', ...process.execArgv] : process.execArgv;
+  const pledger = [process.execPath, ...flags, path.resolve(process.argv[1]!)];
   await runDaemon(await readNodeConfig(configFile), { configFile: path.resolve(configFile), pledger }, createLogger(true));
 }
 

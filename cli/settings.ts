@@ -45,12 +45,33 @@ export async function writeClientConfig(settings: ClientSettings): Promise<strin
   return file;
 }
 
+/**
+ * A master URL is http:// or https:// with a host: `127.0.0.1:8600` alone would be
+ * taken for a URL of scheme "127.0.0.1" and fail as an unreachable master, which sends
+ * the user looking for a network problem instead of a typo.
+ */
+export function checkMasterUrl(value: string, source: string): string {
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.hostname === '') {
+    const guess = /^[\w.-]+(:\d+)?(\/.*)?$/.test(value) ? ` (e.g. http://${value})` : '';
+    throw new PledgerError('BAD_REQUEST', `${source} ${value} is not an http:// or https:// URL`, { hint: `write the master's URL with its scheme${guess}` });
+  }
+  return value;
+}
+
 /** A client for the user API, from --master/--token, PLEDGER_MASTER_URL/PLEDGER_TOKEN, or the login file. */
 export async function userClient(flags: { master?: string; token?: string }): Promise<MasterClient> {
   const saved = await readClientConfig();
-  const master = flags.master ?? process.env.PLEDGER_MASTER_URL ?? saved.master;
+  const [master, source] =
+    flags.master !== undefined ? [flags.master, '--master'] : process.env.PLEDGER_MASTER_URL ? [process.env.PLEDGER_MASTER_URL, 'PLEDGER_MASTER_URL'] : [saved.master, clientConfigPath()];
   const token = flags.token ?? process.env.PLEDGER_TOKEN ?? saved.token;
   if (!master) throw new PledgerError('BAD_REQUEST', 'no master given', { hint: 'pass --master URL, set PLEDGER_MASTER_URL, or run `pledger login`' });
+  checkMasterUrl(master, source);
   if (!token) throw new PledgerError('UNAUTHENTICATED', 'no API token given');
   return new MasterClient({ url: master, token });
 }

@@ -207,8 +207,9 @@ async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, s
     .map(([key, value]) => `${key}=${value}`)
     .join(', ');
   const subject = constraints ? `node with ${constraints}` : 'node';
-  if (!(await someNodeMeets(...matching(sla)))) return constraints ? `no node matches ${constraints}` : 'no node is registered';
-  if (!(await someNodeMeets(open(instance.owner_id)))) return `no ${subject} is open to you`;
+  // Nodes closed to the owner are left out first: whether one of them exists, or carries
+  // a label, is another customer's business, so the reason never tells.
+  if (!(await someNodeMeets(open(instance.owner_id), ...matching(sla)))) return constraints ? `no node open to you matches ${constraints}` : 'no node open to you is registered';
   if (!(await someNodeMeets(supplied(instance.software_id)))) return `no ${subject} has ${instance.software_id} supplied`;
   const withRelease = `${subject} that has ${instance.software_id} supplied`;
   if (!(await someNodeMeets(alive(cutoff)))) return `no ${withRelease} has called the master in the last ${SILENT_AFTER_MS / 60_000} minutes`;

@@ -375,6 +375,9 @@ async function promisesOf(db: Kysely<Tables>, instanceIds: string[]): Promise<Ma
 }
 
 function instanceView(row: InstanceRow, promises: PromiseState[] = []): InstanceView {
+  // Once stopped or destroyed on its node, nothing answers at the published addresses and
+  // no promise is checked: the ledger keeps the last reports, the view shows none of them.
+  const gone = row.status === 'stopped' || row.status === 'destroyed';
   return {
     title: row.title,
     software: { name: row.software_name, version: row.software_version, hash: row.software_hash },
@@ -389,8 +392,8 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
     serial: row.serial,
     node: row.node_name ?? row.host_node_name,
     partition: row.partition_reference,
-    connection: JSON.parse(row.connection) as Record<string, string>,
-    promises,
+    connection: gone ? {} : (JSON.parse(row.connection) as Record<string, string>),
+    promises: gone ? [] : promises,
     parent: row.parent_title,
     root: row.root_id && row.root_id !== row.id ? row.root_title : null,
     shared: row.shared === 1,

@@ -383,7 +383,10 @@ interface EventContext {
   softwareByHash: Map<string, string>;
   partitions: Map<string, { id: string; instance_id: string | null }>;
   /** `connection`: what each instance had published before the batch (a parent redeploys when it changes). */
-  instances: Map<string, Pick<Tables['instances'], 'id' | 'serial' | 'state' | 'owner_id' | 'software_id' | 'software_type' | 'partition_id' | 'last_partition_id' | 'connection'>>;
+  instances: Map<
+    string,
+    Pick<Tables['instances'], 'id' | 'serial' | 'state' | 'status' | 'owner_id' | 'software_id' | 'software_type' | 'partition_id' | 'last_partition_id' | 'connection' | 'created_at' | 'updated_at'>
+  >;
 }
 
 /** Everything a batch of events refers to, read in one query per table. */
@@ -417,7 +420,7 @@ async function eventContext(trx: Transaction<Tables>, node: NodeRow, events: Nod
       ? []
       : await trx
           .selectFrom('instances')
-          .select(['id', 'serial', 'state', 'owner_id', 'software_id', 'software_type', 'partition_id', 'last_partition_id', 'connection'])
+          .select(['id', 'serial', 'state', 'status', 'owner_id', 'software_id', 'software_type', 'partition_id', 'last_partition_id', 'connection', 'created_at', 'updated_at'])
           .where('id', 'in', [...instanceIds])
           .execute();
   return {
@@ -449,6 +452,16 @@ function usageHour(context: EventContext, node: NodeRow, event: NodeEvent, now: 
   // after it has destroyed it. (A partition id names its node: another node's never matches.)
   if (!instance || (instance.partition_id !== pid && instance.last_partition_id !== pid)) {
     throw new PledgerError('FORBIDDEN', `instance ${event.instance} is not allocated to partition ${event.partition} of node ${node.name}`);
+  }
+  // An hour is billed only within the instance's life: one that ended before it was
+  // requested, or began after its node reported it destroyed, never ran there.
+  const start = Date.parse(event.hour);
+  const destroyedAt = instance.partition_id !== pid || instance.status === 'destroyed' ? Date.parse(instance.updated_at) : Number.POSITIVE_INFINITY;
+  if (start + HOUR_MS <= Date.parse(instance.created_at) || start > destroyedAt) {
+    const life = `${instance.created_at} to ${Number.isFinite(destroyedAt) ? instance.updated_at : 'now'}`;
+    throw new PledgerError('BAD_REQUEST', `usage event ${event.id}: the hour ${event.hour} is outside the life of instance ${event.instance} (${life})`, {
+      details: { event: event.id },
+    });
   }
   return {
     instanceId: instance.id,

@@ -3,6 +3,7 @@
  * and how the node's root is cut into partitions. Written once by
  * `pledger node configure`, read at every run.
  */
+import { createHash } from 'node:crypto';
 import { chmod, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { PledgerError } from '../protocol/errors.js';
@@ -95,10 +96,21 @@ export const outboxSettings = (config: NodeConfig): OutboxSettings => ({ ...OUTB
 
 export const NODE_CONFIG_DEFAULTS = {
   partitions: 4,
-  ipBase: '127.42.0.1',
   portBase: 30000,
   portsPerPartition: 10,
 } as const satisfies Partial<NodeConfig>;
+
+/**
+ * The address of the first partition when none is given: `127.A.B.1`, with A (1-254)
+ * and B (0-255) taken from a hash of the node's root. Two nodes on one machine have
+ * two roots, so they get two address ranges (one chance in 65,024 of the same one) and
+ * may keep the same ports; the same root always gets the same addresses. Second octet
+ * 0 is left out: 127.0.0.0/16 is where the system's own loopback services live.
+ */
+export function defaultIpBase(root: string): string {
+  const digest = createHash('sha256').update(path.resolve(root)).digest();
+  return `127.${1 + (digest[0]! % 254)}.${digest[1]!}.1`;
+}
 
 const CONFIGURE_HINT = 'run `pledger node configure`';
 
@@ -115,15 +127,20 @@ export function resolveNodeConfig(input: unknown, where = 'node configuration'):
     'BAD_REQUEST',
     CONFIGURE_HINT,
   );
-  const config: NodeConfig = { ...NODE_CONFIG_DEFAULTS, ...given, root: path.resolve(given.root) };
-  const bad = (message: string) => new PledgerError('BAD_REQUEST', `invalid ${where}: ${message}`, { hint: CONFIGURE_HINT });
+  // An option left out arrives as an undefined key: it must not hide its default.
+  const set = Object.fromEntries(Object.entries(given).filter(([, value]) => value !== undefined)) as typeof given;
+  const root = path.resolve(given.root);
+  const config: NodeConfig = { ...NODE_CONFIG_DEFAULTS, ipBase: defaultIpBase(root), ...set, root };
+  const bad = (message: string, hint = CONFIGURE_HINT) => new PledgerError('BAD_REQUEST', `invalid ${where}: ${message}`, { hint });
   const octets = config.ipBase.split('.').map(Number);
   if (octets.some((octet) => octet > 255)) throw bad(`ipBase ${config.ipBase} is not an IPv4 address`);
   if (ipToNumber(config.ipBase) + config.partitions - 1 > ipToNumber('127.255.255.254')) {
-    throw bad(`${config.partitions} partitions from ${config.ipBase} leave 127.0.0.0/8`);
+    throw bad(`${config.partitions} partitions from ${config.ipBase} leave 127.0.0.0/8`, 'run `pledger node configure` with a lower --ip-base or fewer --partitions');
   }
   const lastPort = config.portBase + config.partitions * config.portsPerPartition - 1;
-  if (lastPort > 65535) throw bad(`the last partition would end at port ${lastPort}, above 65535`);
+  if (lastPort > 65535) {
+    throw bad(`the last partition would end at port ${lastPort}, above 65535`, 'run `pledger node configure` with a lower --port-base, fewer --partitions or fewer --ports-per-partition');
+  }
   return config;
 }
 

@@ -154,13 +154,25 @@ async function deploy(run: Run, partition: DesiredPartition, instance: DesiredIn
   if (!(await isSoftwareBuilt(root, software.hash))) return fail(`software ${software.name}@${software.version} not built yet`);
   let rendered: RenderedDeployment;
   let partitionDir: string;
+  let ports: Record<string, number>;
   try {
-    ({ rendered, partitionDir } = await render(run, partition, instance, true));
+    ({ rendered, partitionDir, ports } = await render(run, partition, instance, true));
     const { writePartitionFiles } = await import('./render.js');
     await writePartitionFiles(partitionDir, rendered.files);
   } catch (error) {
     if (error instanceof WaitingError) return failure(run, partition, instance, previous, 'waiting', oldServices, error.message);
     return fail(`cannot deploy: ${errorMessage(error)}`);
+  }
+  // While the partition's own services run they hold its ports; otherwise a port that
+  // cannot be bound belongs to another program, and starting would only hide that.
+  const running = await run.supervision().then(
+    (s) => Object.values(s.supervised[partition.reference]?.services ?? {}).some((service) => service.pid !== null),
+    () => false,
+  );
+  if (!running && Object.keys(ports).length > 0) {
+    const { firstUnbindable } = await import('./ports.js');
+    const taken = await firstUnbindable(partition.ip, Object.values(ports));
+    if (taken) return fail(`${taken} (another program, or another node on this machine, holds it: see docs/operations.md#addresses-and-ports)`);
   }
 
   // Recorded as `error` while starting: a run that dies halfway leaves a state that the
@@ -340,7 +352,7 @@ async function render(
   partition: DesiredPartition,
   instance: DesiredInstance,
   fresh: boolean,
-): Promise<{ rendered: RenderedDeployment; partitionDir: string }> {
+): Promise<{ rendered: RenderedDeployment; partitionDir: string; ports: Record<string, number> }> {
   const { prepareDeployment, renderChildRequests, renderDeployment } = await import('./deploy.js');
   const deployment = await prepareDeployment(run.config.root, run.node, partition, instance);
   if (deployment.type.requests) {
@@ -348,5 +360,5 @@ async function render(
     const target = { partition: partition.reference, partitionDir: deployment.partitionDir, instance };
     deployment.context.requests = await resolveChildren(run.master, run.log, target, renderChildRequests(deployment), fresh);
   }
-  return { rendered: renderDeployment(deployment), partitionDir: deployment.partitionDir };
+  return { rendered: renderDeployment(deployment), partitionDir: deployment.partitionDir, ports: deployment.context.ports };
 }

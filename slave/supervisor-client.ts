@@ -24,7 +24,9 @@ const START_TIMEOUT_MS = 10_000;
  * shorter, scavenges. Its work is light, so it runs without V8's optimizing compilers
  * (lite mode): their code in node's binary is never paged in, some 5 MB less resident.
  */
-export const SUPERVISOR_NODE_FLAGS = ['--max-semi-space-size=1', '--lite-mode'];
+// `--no-expose-wasm`: lite mode turns WebAssembly off anyway, and says so on stderr
+// unless told first; that line would open the supervisor's log of JSON lines.
+export const SUPERVISOR_NODE_FLAGS = ['--max-semi-space-size=1', '--no-expose-wasm', '--lite-mode'];
 
 export class SupervisorClient {
   constructor(private readonly root: string) {}

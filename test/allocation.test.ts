@@ -70,8 +70,8 @@ describe.each(testEngines())('allocation on %s', (engine) => {
 
   it('keeps the reason on the instance when no node matches, and allocates once one does', async () => {
     const asia = (await request(bob, 'in-asia', { region: 'asia' })).body;
-    expect(asia).toMatchObject({ status: 'unallocated', node: null, message: 'no node matches region=asia' });
-    expect((await call<InstanceView>(bob, 'GET', '/api/v1/instances/in-asia')).body.message).toBe('no node matches region=asia');
+    expect(asia).toMatchObject({ status: 'unallocated', node: null, message: 'no node open to you matches region=asia' });
+    expect((await call<InstanceView>(bob, 'GET', '/api/v1/instances/in-asia')).body.message).toBe('no node open to you matches region=asia');
     const labelled = await call<NodeView>(admin, 'PATCH', '/api/v1/nodes/eu-2', { labels: { region: 'asia' } });
     expect(labelled.body).toMatchObject({ name: 'eu-2', labels: { region: 'asia' } });
     expect((await call<InstanceView>(bob, 'GET', '/api/v1/instances/in-asia')).body).toMatchObject({ status: 'allocated', node: 'eu-2', partition: 'part1' });
@@ -86,11 +86,11 @@ describe.each(testEngines())('allocation on %s', (engine) => {
     await call(admin, 'POST', '/api/v1/nodes', { name: 'alices', labels: { region: 'home' }, scope: 'owner', owner: 'alice' });
     const nodes = (await call<NodeView[]>(admin, 'GET', '/api/v1/nodes')).body;
     expect(nodes.find((n) => n.name === 'alices')).toMatchObject({ scope: 'owner', owner: 'alice', labels: { region: 'home' } });
-    expect((await request(bob, 'at-alices', { region: 'home' })).body.message).toBe('no node with region=home is open to you');
+    expect((await request(bob, 'at-alices', { region: 'home' })).body.message).toBe('no node open to you matches region=home');
     expect((await request(alice, 'at-alices', { region: 'home' })).body.message).toBe('no node with region=home has greeter@1.0.0 supplied');
 
     await call(admin, 'PATCH', '/api/v1/nodes/eu-1', { scope: 'closed' });
-    expect((await request(alice, 'closed-eu', { node: 'eu-1' })).body.message).toBe('no node with node=eu-1 is open to you');
+    expect((await request(alice, 'closed-eu', { node: 'eu-1' })).body.message).toBe('no node open to you matches node=eu-1');
     await call(admin, 'PATCH', '/api/v1/nodes/eu-1', { scope: 'open' });
     expect((await call<InstanceView>(alice, 'GET', '/api/v1/instances/closed-eu')).body.message).toMatch(/has a free partition$/);
   });

@@ -387,6 +387,7 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     expect(live.credits).toHaveLength(1);
     expect(live.usage.every((u) => (u as { billed_period?: string | null }).billed_period !== null)).toBe(true);
     await rebuildProjections(f.database.db);
+    await f.backdateAgain();
     expect(await snapshot()).toEqual(live);
   });
 });

@@ -4,6 +4,7 @@
  * and checked by hledger, and bad input that changes nothing.
  */
 import { execFileSync } from 'node:child_process';
+import Sqlite from 'better-sqlite3';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -20,19 +21,36 @@ describe('pledger billing', () => {
   let invoiceId: string;
 
   const expectUnchanged = (action: () => Promise<void>) => expectLedgerUnchanged(db.url, action);
+  let credential: string;
+  let web: { id: string; createdAt: string };
+  /** The node API as node-a calls it. */
+  const nodeCall = (method: string, url: string, body?: unknown) =>
+    fetch(`${master.url}/api/v1/node${url}`, {
+      method,
+      headers: { authorization: `Bearer ${credential}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  const usageEvent = (id: string, hour: string) => ({
+    id,
+    at: new Date().toISOString(),
+    type: 'instance.usage',
+    partition: 'part0',
+    instance: web.id,
+    hour,
+    cpuMilliseconds: 1000,
+    memoryByteSeconds: 0,
+    diskByteSeconds: 0,
+    uptimeSeconds: 3600,
+  });
 
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
     asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
     asAlice = await accountEnv(master, 'alice');
-    const credential = (await pledger(['node', 'register', 'node-a', '--json'], { env: asAdmin })).json<{ credential: string }>().credential;
+    credential = (await pledger(['node', 'register', 'node-a', '--json'], { env: asAdmin })).json<{ credential: string }>().credential;
     const asNode = async (method: string, url: string, body?: unknown) => {
-      const response = await fetch(`${master.url}/api/v1/node${url}`, {
-        method,
-        headers: { authorization: `Bearer ${credential}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-        body: body ? JSON.stringify(body) : undefined,
-      });
+      const response = await nodeCall(method, url, body);
       expect(response.status).toBe(200);
       return response.json() as Promise<unknown>;
     };
@@ -41,6 +59,15 @@ describe('pledger billing', () => {
     expect((await pledger(['request', 'web', 'hello'], { env: asAlice })).exitCode).toBe(0);
     const state = (await asNode('GET', '/desired-state')) as DesiredState;
     const instance = state.partitions[0]!.instance!;
+    // October is long over: the instance is taken to have been requested before it, or its
+    // usage would be refused as outside its life.
+    const writable = new Sqlite(db.url.replace(/^sqlite:/, ''));
+    try {
+      writable.prepare('UPDATE instances SET created_at = ? WHERE id = ?').run('2026-01-01T00:00:00.000Z', instance.id);
+      web = { id: instance.id, createdAt: '2026-01-01T00:00:00.000Z' };
+    } finally {
+      writable.close();
+    }
     const events = ['2026-10-01T00:00:00.000Z', '2026-10-01T01:00:00.000Z'].map((hour, i) => ({
       id: `usage-cli-${i}-aaaa`,
       at: new Date().toISOString(),
@@ -85,6 +112,40 @@ describe('pledger billing', () => {
       const badTax = await pledger(['billing', 'settings', '--tax-rate', 'twenty'], { env: asAdmin });
       expect(badTax.exitCode).toBe(2);
     });
+  });
+
+  it('shows the documented billing settings, sets days before destroying and sets them back to never', async () => {
+    const shown = await pledger(['billing', 'settings', '--json'], { env: asAlice });
+    expect(shown.exitCode).toBe(0);
+    expect(shown.json()).toEqual({ currency: 'EUR', decimals: 2, taxRateBasisPoints: 0, paymentTermsDays: 14, graceDays: 7, destroyAfterDays: null });
+    const thirty = await pledger(['billing', 'settings', '--destroy-after-days', '30'], { env: asAdmin });
+    expect(thirty.exitCode).toBe(0);
+    expect(thirty.stdout).toMatch(/^destroy after: +30 days overdue$/m);
+    const never = await pledger(['billing', 'settings', '--destroy-after-days', 'never'], { env: asAdmin });
+    expect(never.stderr).toBe('');
+    expect(never.exitCode).toBe(0);
+    expect(never.stdout).toMatch(/^destroy after: +never$/m);
+    expect((await pledger(['billing', 'settings', '--json'], { env: asAlice })).json()).toMatchObject({ destroyAfterDays: null });
+    await expectUnchanged(async () => {
+      const bad = await pledger(['billing', 'settings', '--destroy-after-days', 'soon'], { env: asAdmin });
+      expect(bad.exitCode).toBe(2);
+      expect(bad.stderr).toMatch(/expected a whole number of days/);
+      const byUser = await pledger(['billing', 'settings', '--destroy-after-days', 'never'], { env: asAlice });
+      expect(byUser.exitCode).toBe(3);
+    });
+  });
+
+  it('refuses usage of an hour outside the instance\'s life, billing nothing for it and blocking no month', async () => {
+    await expectUnchanged(async () => {
+      for (const hour of ['2001-01-01T00:00:00.000Z', '2025-12-31T23:00:00.000Z']) {
+        const refused = await nodeCall('POST', '/events', { events: [usageEvent(`usage-before-life-${hour.slice(0, 4)}`, hour)] });
+        expect(refused.status).toBe(400);
+        const body = (await refused.json()) as { error: { code: string; message: string } };
+        expect(body.error).toMatchObject({ code: 'BAD_REQUEST' });
+        expect(body.error.message).toBe(`usage event usage-before-life-${hour.slice(0, 4)}: the hour ${hour} is outside the life of instance ${web.id} (${web.createdAt} to now)`);
+      }
+    });
+    // Nothing was recorded for them: the next test closes October, which an open month before it would block.
   });
 
   it('closes a month once, whatever the number of times it is asked', async () => {

@@ -51,6 +51,7 @@ describe.each(testEngines())('dunning an instance tree on %s', (engine) => {
     });
     expect(children.status, children.text).toBe(200);
     expect(await state('shop/db')).toBe('started');
+    await f.backdate(root.instance!.id);
     await f.report({ id: root.instance!.id, partition: root.reference }, '2026-10-01T00:00:00.000Z');
     const closed = await f.call(f.admin, 'POST', '/api/v1/billing/close', { period: '2026-10' });
     const invoice = closed.body.invoices[0] as { id: string; dueAt: string; total: string };

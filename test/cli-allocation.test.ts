@@ -83,8 +83,8 @@ describe('allocation through the CLI', () => {
   it('prints why nothing fits, keeps the reason, and places the instance once a node is labelled to fit', async () => {
     const answer = await request(asBob, ['far', 'hello', '--sla', 'region=asia']);
     expect(answer.stdout).toMatch(/status:\s+unallocated/);
-    expect(answer.stdout).toMatch(/message:\s+no node matches region=asia/);
-    expect(await info(asBob, 'far')).toMatchObject({ status: 'unallocated', node: null, message: 'no node matches region=asia' });
+    expect(answer.stdout).toMatch(/message:\s+no node open to you matches region=asia/);
+    expect(await info(asBob, 'far')).toMatchObject({ status: 'unallocated', node: null, message: 'no node open to you matches region=asia' });
     const set = await pledger(['node', 'set', 'us-1', '--label', 'region=asia'], { env: asAdmin });
     expect(set.exitCode, set.stderr).toBe(0);
     expect(await info(asBob, 'far')).toMatchObject({ status: 'allocated', node: 'us-1', message: null });
@@ -94,7 +94,16 @@ describe('allocation through the CLI', () => {
 
   it('keeps a node of scope owner to its owner’s instances, and opens it with node set --scope', async () => {
     const refused = await request(asBob, ['mine', 'hello', '--sla', 'node=private-1', '--json']);
-    expect(refused.json<InstanceView>()).toMatchObject({ status: 'unallocated', node: null, message: 'no node with node=private-1 is open to you' });
+    expect(refused.json<InstanceView>()).toMatchObject({ status: 'unallocated', node: null, message: 'no node open to you matches node=private-1' });
+    // A node of another customer answers as a node that does not exist: nothing tells them apart.
+    const none = await request(asBob, ['nowhere', 'hello', '--sla', 'node=private-2', '--json']);
+    expect(none.json<InstanceView>().message).toBe('no node open to you matches node=private-2');
+    // And so does a label only such a node carries.
+    expect((await pledger(['node', 'set', 'private-1', '--label', 'tier=gold'], { env: asAdmin })).exitCode).toBe(0);
+    const gold = await request(asBob, ['gold', 'hello', '--sla', 'tier=gold', '--json']);
+    const platinum = await request(asBob, ['platinum', 'hello', '--sla', 'tier=platinum', '--json']);
+    expect([gold.json<InstanceView>().message, platinum.json<InstanceView>().message]).toEqual(['no node open to you matches tier=gold', 'no node open to you matches tier=platinum']);
+    expect((await pledger(['node', 'set', 'private-1', '--unlabel', 'tier'], { env: asAdmin })).exitCode).toBe(0);
     await request(asAlice, ['mine', 'hello', '--sla', 'node=private-1', '--json']);
     expect(await info(asAlice, 'mine')).toMatchObject({ status: 'allocated', node: 'private-1' });
     expect((await info(asBob, 'mine')).status).toBe('unallocated');

@@ -131,11 +131,26 @@ describe('hello, from request to a running, promised instance', () => {
     expect(helloProcesses()).toEqual([]);
   });
 
+  it('shows a stopped instance with no promise and no URL, and both again once started', async () => {
+    expect(await info()).toMatchObject({ status: 'stopped', connection: {}, promises: [] });
+    const shown = await pledger(['info', 'greet'], { env: asAlice });
+    expect(shown.stdout).toMatch(/^status: +stopped \(ready\)$/m);
+    expect(shown.stdout).not.toMatch(/^(connection|promise)\./m);
+    expect((await pledger(['request', 'greet', 'hello', '--state', 'started'], { env: asAlice })).exitCode).toBe(0);
+    expect((await node('instance')).exitCode).toBe(0);
+    const started = await info();
+    expect(started).toMatchObject({ status: 'started', promises: [expect.objectContaining({ name: 'answers', status: 'ok' })] });
+    expect(await (await fetch(started.connection.url!)).text()).toBe('Hola\n');
+    expect((await pledger(['request', 'greet', 'hello', '--state', 'stopped'], { env: asAlice })).exitCode).toBe(0);
+    expect((await node('instance')).exitCode).toBe(0);
+  });
+
   it('destroys the instance: partition free on the master, directory wiped, no process left', async () => {
     const destroyed = await pledger(['destroy', 'greet', '--json'], { env: asAlice });
     expect(destroyed.exitCode).toBe(0);
     expect((await node('instance')).exitCode).toBe(0);
-    expect(await info()).toMatchObject({ state: 'destroyed', status: 'destroyed', partition: null });
+    expect(await info()).toMatchObject({ state: 'destroyed', status: 'destroyed', partition: null, connection: {}, promises: [] });
+    expect((await pledger(['info', 'greet'], { env: asAlice })).stdout).not.toMatch(/^(connection|promise)\./m);
     const nodes = (await pledger(['node', 'list', '--json'], { env: asAdmin })).json<NodeView[]>();
     expect(nodes[0]).toMatchObject({ freePartitions: 2 });
     const partition = path.join(root, 'partitions', 'part0');

@@ -49,7 +49,7 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     expect((await pledger(['supply', 'redis', 'edge-redis'], { env: asAdmin })).exitCode).toBe(0);
     const run = await node('software');
     expect(run.stderr).not.toMatch(/"level":"error"/);
-    expect(run.json<RunReport>().results).toEqual([expect.objectContaining({ item: 'redis@7.0.15', status: 'done' })]);
+    expect(run.json<RunReport>().results).toEqual([expect.objectContaining({ item: 'redis@7.0.15-2', status: 'done' })]);
     // Off a terminal (cron), progress comes as JSON lines, one per part and step.
     const events = run.stderr.split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(events).toEqual(
@@ -82,7 +82,7 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     const view = await info();
     expect(view).toMatchObject({ status: 'started', ready: true });
     const { host, port, password, url } = view.connection as Record<string, string>;
-    expect(url).toBe(`redis://:${password}@${host}:${port}`);
+    expect(url).toBe(`redis://default:${password}@${host}:${port}`);
     expect(password).toMatch(/^[A-Za-z0-9_-]{32}$/);
 
     expect(await redisCli(['-h', host!, '-p', port!, 'PING'], password)).toMatchObject({ stdout: 'PONG' });
@@ -90,6 +90,17 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
     expect(await redisCli(['-h', host!, '-p', port!, 'GET', 'greeting'], password)).toMatchObject({ stdout: 'bonjour' });
     expect(await redisCli(['-h', host!, '-p', port!, 'CONFIG', 'GET', 'maxmemory'], password)).toMatchObject({ stdout: `maxmemory\n${32 * 1024 * 1024}` });
   }, 120_000);
+
+  it('publishes a URL that redis-cli takes as it is, the part\'s and the system\'s', async () => {
+    const { url } = (await info()).connection as Record<string, string>;
+    // redis-cli warns on stderr about a password on its command line, whatever the URL.
+    const part = await redisCli(['-u', url!, 'GET', 'greeting']);
+    expect(part).toMatchObject({ exitCode: 0, stdout: 'bonjour' });
+    expect(part.stderr).not.toMatch(/AUTH|WRONGPASS/);
+    const system = await execa('/usr/bin/redis-cli', ['-u', url!, 'PING'], { reject: false, timeout: 10_000 });
+    expect({ exitCode: system.exitCode, stdout: String(system.stdout).trim() }).toEqual({ exitCode: 0, stdout: 'PONG' });
+    expect(String(system.stderr)).not.toMatch(/AUTH|WRONGPASS/);
+  });
 
   it('refuses a client without the password', async () => {
     const { host, port } = (await info()).connection as Record<string, string>;

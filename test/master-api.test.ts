@@ -306,6 +306,10 @@ describe.each(testEngines())('master API on %s', (engine) => {
 
   it('counts each hour of usage once, even after the instance left its partition, and only from its node', async () => {
     const { instance, reference } = await bobsPartition();
+    // The hours below are before today: the instance is taken to have been requested before
+    // them while they are reported (its date is put back after, as its movements give it).
+    const { created_at: requestedAt } = await database.db.selectFrom('instances').select('created_at').where('id', '=', instance.id).executeTakeFirstOrThrow();
+    await database.db.updateTable('instances').set({ created_at: '2026-11-01T00:00:00.000Z' }).where('id', '=', instance.id).execute();
     const usage = (hour: string, cpu: number) =>
       event({ type: 'instance.usage', partition: reference, instance: instance.id, hour, cpuMilliseconds: cpu, memoryByteSeconds: 3600 * 2 ** 20, diskByteSeconds: 3600 * 4096, uptimeSeconds: 3600 });
     const first = (await call(nodeA, 'POST', '/api/v1/node/events', { events: [usage('2026-11-22T10:00:00.000Z', 1500)] })).body as EventsReceipt;
@@ -330,6 +334,7 @@ describe.each(testEngines())('master API on %s', (engine) => {
       ['2026-11-22T11:00:00.000Z', 700, 3600 * 2 ** 20, 3600],
     ]);
     expect(rows[0]).toMatchObject({ software_id: 'greeter@1.0.0', software_type: 'default' });
+    await database.db.updateTable('instances').set({ created_at: requestedAt }).where('id', '=', instance.id).execute();
   });
 
   it('rebuilds projections from the movements equal to the live ones', async () => {

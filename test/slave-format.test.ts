@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PledgerError } from '../protocol/errors.js';
-import { defaultNodeConfigPath, readNodeConfig, resolveNodeConfig, writeNodeConfig, type NodeConfig } from '../slave/config.js';
+import { defaultIpBase, defaultNodeConfigPath, readNodeConfig, resolveNodeConfig, writeNodeConfig, type NodeConfig } from '../slave/config.js';
 import { computePartitions, formatNode } from '../slave/format.js';
 import { silentLogger } from '../slave/log.js';
 import type { NodeView } from '../protocol/api.js';
@@ -58,10 +58,20 @@ describe('node configuration', () => {
       credential: 'c',
       root: '/srv/pledger',
       partitions: 4,
-      ipBase: '127.42.0.1',
+      ipBase: defaultIpBase('/srv/pledger'),
       portBase: 30000,
       portsPerPartition: 10,
     });
+  });
+
+  it('derives the default addresses from the root: the same root always, another root elsewhere, never 127.0.x.x', () => {
+    const bases = Array.from({ length: 200 }, (_, i) => defaultIpBase(`/home/user${i}/pledger-node`));
+    expect(bases.length).toBeGreaterThan(0);
+    for (const base of bases) expect(base).toMatch(/^127\.([1-9]|[1-9]\d|1\d\d|2[0-4]\d|25[0-4])\.(\d|[1-9]\d|1\d\d|2[0-4]\d|25[0-5])\.1$/);
+    expect(new Set(bases).size).toBeGreaterThan(190);
+    expect(defaultIpBase('/srv/pledger/')).toBe(defaultIpBase('/srv/pledger'));
+    const given = resolveNodeConfig({ masterUrl: 'http://127.0.0.1:8600', credential: 'c', root: '/srv/pledger', ipBase: '127.42.0.1' });
+    expect(given.ipBase).toBe('127.42.0.1');
   });
 
   it('refuses a bad configuration with a clear error and a hint', () => {

@@ -198,9 +198,7 @@ describe('parts of software releases, built by the node agent', () => {
       'good-one': ['  app:', '    build: [[/bin/true]]'],
     };
     for (const [name, lines] of Object.entries(cases)) await supply(release(name, lines.join('\n')));
-    const started = Date.now();
     const run = await install();
-    expect(Date.now() - started).toBeLessThan(20_000);
     expect(resultOf(run, 'good-one')).toMatchObject({ status: 'done' });
     expect(resultOf(run, 'bad-checksum').message).toContain(`checksum mismatch for ${httpBase}/greet-1.0.tar.gz: expected sha256 ${wrongSum}, got ${sha256(archive)}`);
     expect(resultOf(run, 'bad-step').message).toMatch(/part app: \/bin\/sh exited with code 3[\s\S]*--- last lines of build\.log ---[\s\S]*cc: error: no such file/);

@@ -61,7 +61,8 @@ export function registerBillingCommands(program: Command): void {
     .option('--tax-rate <percent>', 'tax added to invoices, e.g. 20', percent)
     .option('--payment-terms <days>', 'days from an invoice to its due date', days)
     .option('--grace-days <days>', 'days past due before instances are stopped', days)
-    .option('--destroy-after-days <days|never>', 'days past due before instances are destroyed', (v) => (v === 'never' ? null : days(v)))
+    // commander turns a parser's null into '', so `never` stays a word until the request is built.
+    .option('--destroy-after-days <days|never>', 'days past due before instances are destroyed', (v): number | 'never' => (v === 'never' ? 'never' : days(v)))
     .action(async (options, command) => {
       const g = globals(command);
       const client = await userClient(g);
@@ -71,7 +72,7 @@ export function registerBillingCommands(program: Command): void {
       if (options.taxRate !== undefined) update.taxRateBasisPoints = options.taxRate;
       if (options.paymentTerms !== undefined) update.paymentTermsDays = options.paymentTerms;
       if (options.graceDays !== undefined) update.graceDays = options.graceDays;
-      if (options.destroyAfterDays !== undefined) update.destroyAfterDays = options.destroyAfterDays;
+      if (options.destroyAfterDays !== undefined) update.destroyAfterDays = options.destroyAfterDays === 'never' ? null : options.destroyAfterDays;
       const settings =
         Object.keys(update).length > 0
           ? await client.call<BillingSettingsView>('PUT', '/api/v1/billing/settings', update)

@@ -60,9 +60,12 @@ export async function waitUntilReady(client: MasterClient, title: string, timeou
     if (view.ready) return view;
     if (view.status === 'error') throw new PledgerError('NODE_FAILURE', `instance "${title}" failed: ${view.message ?? 'no message'}`);
     if (Date.now() > deadline) {
-      throw new PledgerError('TIMEOUT', `instance "${title}" is not ${view.state} after ${timeoutSeconds} s (status: ${view.status}${view.message ? `, ${view.message}` : ''})`, {
-        hint: 'is the node agent running? see `pledger info TITLE --history`',
-      });
+      // Unallocated, no node agent is involved yet: what is missing is a node that can take it.
+      const hint =
+        view.status === 'unallocated'
+          ? 'no node can take it yet: an operator registers and formats a node (`pledger node register`, `pledger node format`) or supplies the release to one (`pledger supply`)'
+          : `is the node agent of ${view.node ?? 'its node'} running? see \`pledger info ${title} --history\``;
+      throw new PledgerError('TIMEOUT', `instance "${title}" is not ${view.state} after ${timeoutSeconds} s (status: ${view.status}${view.message ? `, ${view.message}` : ''})`, { hint });
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
   }

@@ -6,6 +6,7 @@ import { createLogger } from '../../slave/log.js';
 import { defaultNodeConfigPath } from '../../slave/paths.js';
 import { agentLogger, integer, NODE_EXIT, runCycle, runNodeDaemon } from '../node-runs.js';
 import { print, table } from '../output.js';
+import { checkMasterUrl } from '../settings.js';
 import { globals } from './globals.js';
 import { registerNodeAdminCommands } from './operator.js';
 
@@ -23,7 +24,7 @@ export function registerNodeCommands(program: Command): void {
     .requiredOption('--credential <credential>', 'the credential printed by `pledger node register`')
     .option('--root <dir>', 'the folder that holds partitions and software', path.join(process.env.HOME ?? '/tmp', 'pledger-node'))
     .option('--partitions <n>', 'how many partitions (default 4)')
-    .option('--ip-base <ip>', 'address of the first partition, in 127.0.0.0/8 (default 127.42.0.1)')
+    .option('--ip-base <ip>', 'address of the first partition, in 127.0.0.0/8 (default 127.A.B.1, A and B derived from the root)')
     .option('--port-base <port>', 'first port of the first partition (default 30000)')
     .option('--ports-per-partition <n>', 'ports given to each partition (default 10)')
     .option('--binary-cache <mode>', "use the master's binary cache of built parts: off (default), download, upload or both")
@@ -33,7 +34,8 @@ export function registerNodeCommands(program: Command): void {
       const g = globals(command);
       const masterUrl = g.master ?? process.env.PLEDGER_MASTER_URL;
       if (!masterUrl) throw new PledgerError('BAD_REQUEST', 'no master given', { hint: 'pass --master URL or set PLEDGER_MASTER_URL' });
-      const { resolveNodeConfig, writeNodeConfig } = await nodeConfig();
+      checkMasterUrl(masterUrl, g.master !== undefined ? '--master' : 'PLEDGER_MASTER_URL');
+      const { ipToNumber, numberToIp, resolveNodeConfig, writeNodeConfig } = await nodeConfig();
       const config = resolveNodeConfig(
         {
           masterUrl,
@@ -45,10 +47,14 @@ export function registerNodeCommands(program: Command): void {
           portsPerPartition: integer(options.portsPerPartition, '--ports-per-partition'),
           binaryCache: binaryCacheSettings(options.binaryCache, options.binaryCacheKey),
         },
-        '--root, --partitions, --ip-base and --port-base',
+        '--root, --partitions, --ip-base, --port-base and --ports-per-partition',
       );
       await writeNodeConfig(options.config, config);
-      print(g, { config: options.config, ...config, credential: '(hidden)' }, (v) => `wrote ${v.config}`);
+      const lastIp = numberToIp(ipToNumber(config.ipBase) + config.partitions - 1);
+      const lastPort = config.portBase + config.partitions * config.portsPerPartition - 1;
+      print(g, { config: options.config, ...config, credential: '(hidden)' }, (v) =>
+        `wrote ${v.config}: ${v.partitions} partitions under ${v.root}, addresses ${v.ipBase}-${lastIp}, ports ${v.portBase}-${lastPort} (${v.portsPerPartition} each)`,
+      );
     });
 
   node

@@ -5,7 +5,7 @@ import type { BinaryCacheKey } from '../../protocol/binary-cache.js';
 import { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
-import { userClient, writeClientConfig } from '../settings.js';
+import { checkMasterUrl, userClient, writeClientConfig } from '../settings.js';
 import { globals } from './globals.js';
 import { registerSoftwareCheckCommands } from './software-check.js';
 
@@ -16,7 +16,7 @@ export function registerOperatorCommands(program: Command): void {
     .action(async (_options, command) => {
       const g = globals(command);
       if (!g.master || !g.token) throw new PledgerError('BAD_REQUEST', 'login needs --master URL and --token TOKEN');
-      const client = new MasterClient({ url: g.master, token: g.token });
+      const client = new MasterClient({ url: checkMasterUrl(g.master, '--master'), token: g.token });
       const me = await client.call<Account>('GET', '/api/v1/whoami');
       const file = await writeClientConfig({ master: client.url, token: g.token });
       print(g, { ...me, config: file }, (v) => `logged in to ${client.url} as ${v.name} (${v.role}); settings kept in ${file}`);

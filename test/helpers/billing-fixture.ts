@@ -16,6 +16,9 @@ import { greeterRelease, writeTree } from './tree.js';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Body = Record<string, any>;
 
+/** When the fixture's instances are taken to have been requested: before every month the tests bill. */
+export const LONG_AGO = '2020-01-01T00:00:00.000Z';
+
 export interface Usage {
   cpuMilliseconds?: number;
   memoryByteSeconds?: number;
@@ -33,6 +36,10 @@ export interface BillingFixture {
   customer(name: string): Promise<string>;
   /** Requests an instance and answers its id and partition. */
   instance(token: string, title: string): Promise<{ id: string; partition: string }>;
+  /** Takes an instance requested through the API to have been requested at LONG_AGO, so that past months can bill it. */
+  backdate(instanceId: string): Promise<void>;
+  /** Backdates again every instance backdated so far (after a rebuild of the projections). */
+  backdateAgain(): Promise<void>;
   /** Reports one hour of usage of an instance, as its node would. */
   report(instance: { id: string; partition: string }, hour: string, usage?: Usage, eventId?: string): Promise<Body>;
   movements(): Promise<number>;
@@ -73,6 +80,11 @@ export async function billingFixture(engine: TestEngine, partitions = 8): Promis
   const formatted = await call(node, 'PUT', '/api/v1/node/partitions', { partitions: layout });
   if (formatted.status !== 200) throw new Error(`format failed: ${formatted.text}`);
   let eventCounter = 0;
+  const backdated = new Set<string>();
+  const backdate = async (instanceId: string) => {
+    backdated.add(instanceId);
+    await database.db.updateTable('instances').set({ created_at: LONG_AGO }).where('id', '=', instanceId).execute();
+  };
 
   return {
     database,
@@ -86,7 +98,15 @@ export async function billingFixture(engine: TestEngine, partitions = 8): Promis
       if (view.status !== 200 || !view.body.partition) throw new Error(`request failed: ${view.text}`);
       const state = (await call(node, 'GET', '/api/v1/node/desired-state')).body as DesiredState;
       const slot = state.partitions.find((p) => p.reference === view.body.partition)!;
+      // Billing is tested on months that are long over: the instance is taken to have
+      // been requested before them, or the master refuses their usage as outside its life.
+      await backdate(slot.instance!.id);
       return { id: slot.instance!.id, partition: slot.reference };
+    },
+    backdate,
+    // A rebuild dates each instance from its movements again: the fixture's dates are put back.
+    backdateAgain: async () => {
+      for (const id of backdated) await backdate(id);
     },
     report: async (instance, hour, usage = {}, eventId) => {
       const event = {
