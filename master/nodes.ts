@@ -2,7 +2,7 @@
  * Nodes and what they tell the master: registration, partitions, the desired-state
  * snapshot they pull, and the events they report.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Kysely, Transaction } from 'kysely';
 import {
   USAGE_CLOCK_SKEW_MS,

@@ -13,7 +13,6 @@ import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 import { NO_LOCKS, type Projection } from '../ledger/applier.js';
 import { locks, type LockKey } from '../ledger/locks.js';
-import { exactSum, int } from './money.js';
 import type { BilledUsageHoursTable } from './tables.js';
 
 /** The master's tables with the column migration 0003 adds to usage_hours. */
