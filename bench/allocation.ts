@@ -26,7 +26,7 @@ import { buildApp } from '../master/app.js';
 import { openDatabase } from '../master/db/database.js';
 import { groupCommitStats } from '../master/db/group-commit.js';
 import { migrate } from '../master/db/migrate.js';
-import { requestInstance } from '../master/instances.js';
+import { requestInstance } from '../master/instances/request.js';
 import type { LoadOptions, LoadResult } from './allocation-load.js';
 import { cpuSeconds, fsyncMilliseconds, publishBenchSoftware, seconds, writeFleet } from './fleet.js';
 

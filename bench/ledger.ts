@@ -25,8 +25,10 @@ import { exportJournal } from '../master/billing/export.js';
 import { setPrice } from '../master/billing/prices.js';
 import { openDatabase, type Database } from '../master/db/database.js';
 import { migrate } from '../master/db/migrate.js';
-import { partitionId, record, recordMany, type MovementEntry } from '../master/ledger/movements.js';
-import { applyEvents, type NodeRow } from '../master/nodes.js';
+import { record, recordMany, type MovementEntry } from '../master/ledger/movements.js';
+import { partitionId } from '../master/ledger/ids.js';
+import { applyEvents } from '../master/nodes/events.js';
+import { type NodeRow } from '../master/nodes/registry.js';
 import type { ExportFormat, NodeEvent } from '../protocol/api.js';
 
 const { values: options } = parseArgs({

@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
-import { allocatePending } from './allocation.js';
+import { allocatePending } from './instances/allocation.js';
 import type { Tables } from './db/tables.js';
 
 export interface PeriodicWork {

@@ -19,7 +19,7 @@ import type { SoftwareTable, Tables } from './db/tables.js';
 import { writeTransaction } from './db/group-commit.js';
 import { lock, locks } from './ledger/locks.js';
 import { record } from './ledger/movements.js';
-import { allocatePending } from './allocation.js';
+import { allocatePending } from './instances/allocation.js';
 import { readDefaultPrices, recordDefaultPrices } from './billing/prices.js';
 
 export type SoftwareRow = SoftwareTable;

@@ -7,7 +7,7 @@ import { createAccount, type AccountRow } from '../master/accounts.js';
 import { openDatabase, type Database } from '../master/db/database.js';
 import { groupCommitStats, writeTransaction } from '../master/db/group-commit.js';
 import { migrate } from '../master/db/migrate.js';
-import { requestInstance } from '../master/instances.js';
+import { requestInstance } from '../master/instances/request.js';
 import { record } from '../master/ledger/movements.js';
 import { PledgerError } from '../protocol/errors.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';

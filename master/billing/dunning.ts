@@ -11,7 +11,7 @@ import type { Kysely } from 'kysely';
 import type { DunningResult } from '../../protocol/api.js';
 import type { AccountRow } from '../accounts.js';
 import type { Tables } from '../db/tables.js';
-import { requestInstance } from '../instances.js';
+import { requestInstance } from '../instances/request.js';
 import { writeTransaction } from '../db/group-commit.js';
 import { lock, locks } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';

@@ -240,15 +240,6 @@ export async function recordUsage(trx: Transaction<Tables>, reports: UsageReport
   return answers;
 }
 
-/** Partition ids are `<node id>:<reference>`. */
-export function nodeOf(partitionId: string): string {
-  return partitionId.slice(0, partitionId.lastIndexOf(':'));
-}
-
-export function partitionId(nodeId: string, reference: string): string {
-  return `${nodeId}:${reference}`;
-}
-
 /**
  * Empties the projections and replays every movement in order. The result equals the
  * live projections: a test compares the two.

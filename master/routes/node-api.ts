@@ -9,11 +9,14 @@ import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsRepo
 import { storable } from '../../protocol/storable.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
-import { allocatePending } from '../allocation.js';
-import { applyEvents, desiredState, desiredStateTag, formatPartitions, nodeById } from '../nodes.js';
-import { noteSetAside } from '../set-aside.js';
+import { allocatePending } from '../instances/allocation.js';
+import { desiredState, desiredStateTag } from '../nodes/desired-state.js';
+import { applyEvents } from '../nodes/events.js';
+import { formatPartitions } from '../nodes/partitions.js';
+import { nodeById } from '../nodes/registry.js';
+import { noteSetAside } from '../nodes/set-aside.js';
 import { archiveForNode } from '../software.js';
-import { requestChildren } from '../trees.js';
+import { requestChildren } from '../instances/children.js';
 
 export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   app.get('/desired-state', { schema: { response: { 200: DesiredState } } }, async (request, reply) => {

@@ -29,9 +29,10 @@ import { PledgerError } from '../../protocol/errors.js';
 import { createAccount, listAccounts } from '../accounts.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
-import { getInstance, instanceHistory, instanceTree, listInstances, requestInstance } from '../instances.js';
-import { listNodes, registerNode, updateNode } from '../nodes.js';
-import { setAsideByNode } from '../set-aside.js';
+import { requestInstance } from '../instances/request.js';
+import { getInstance, instanceHistory, instanceTree, listInstances } from '../instances/views.js';
+import { listNodes, registerNode, updateNode } from '../nodes/registry.js';
+import { setAsideByNode } from '../nodes/set-aside.js';
 import { listSoftware, publishSoftware, resolveSoftware, softwareView, supply } from '../software.js';
 
 function requireAdmin(request: FastifyRequest): void {

@@ -7,7 +7,8 @@ import { sql } from 'kysely';
 import type { Resources } from '../../../protocol/api.js';
 import type { Db, Projection } from '../applier.js';
 import { locks, type LockKey } from '../locks.js';
-import { nodeOf, type InstanceReportKind } from '../movements.js';
+import type { InstanceReportKind } from '../movements.js';
+import { nodeOf } from '../ids.js';
 import { countFreePartitions, takeResources } from './nodes.js';
 
 type InstanceKinds =

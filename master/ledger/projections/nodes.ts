@@ -2,7 +2,7 @@
 import type { Labels, Resources } from '../../../protocol/api.js';
 import type { Db, Projection } from '../applier.js';
 import { locks } from '../locks.js';
-import { partitionId } from '../movements.js';
+import { partitionId } from '../ids.js';
 
 type NodeKinds = 'node.registered' | 'node.updated' | 'node.formatted' | 'supply.requested' | 'supply.reported';
 

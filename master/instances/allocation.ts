@@ -12,13 +12,13 @@
  * masters never give the same partition twice nor more than a node has.
  */
 import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
-import type { Resources, Sla } from '../protocol/api.js';
-import type { SoftwareDefinition } from '../protocol/software-release.js';
-import { writeTransaction } from './db/group-commit.js';
-import type { Tables } from './db/tables.js';
-import { lock, locks } from './ledger/locks.js';
-import { record } from './ledger/movements.js';
-import { partitionTaken } from './trees.js';
+import type { Resources, Sla } from '../../protocol/api.js';
+import type { SoftwareDefinition } from '../../protocol/software-release.js';
+import { writeTransaction } from '../db/group-commit.js';
+import type { Tables } from '../db/tables.js';
+import { lock, locks } from '../ledger/locks.js';
+import { record } from '../ledger/movements.js';
+import { partitionTaken } from './shared.js';
 
 /** A node silent for longer gets nothing new. */
 export const SILENT_AFTER_MS = 10 * 60_000;
@@ -154,12 +154,12 @@ function apart(instance: Allocatable, sla: Sla): NodeCondition[] {
 }
 
 /** Nodes that take instances of `ownerId`. */
-function open(ownerId: string): NodeCondition {
+export function open(ownerId: string): NodeCondition {
   return sql`(nodes.scope = 'open' or (nodes.scope = 'owner' and nodes.owner_id = ${ownerId}))`;
 }
 
 /** Nodes that have the release supplied. */
-function supplied(softwareId: string): NodeCondition {
+export function supplied(softwareId: string): NodeCondition {
   return sql`exists (select 1 from supplies where supplies.node_id = nodes.id and supplies.software_id = ${softwareId} and supplies.state = 'available')`;
 }
 
@@ -229,7 +229,7 @@ async function whyNothingFits(trx: Transaction<Tables>, instance: Allocatable, s
  * and periodically (master/periodic.ts).
  */
 export async function allocatePending(db: Kysely<Tables>): Promise<void> {
-  // Shared instances wait for a host, not a partition (master/trees.ts).
+  // Shared instances wait for a host, not a partition (./shared.ts).
   const waiting = await db
     .selectFrom('instances')
     .select('id')

@@ -1,184 +1,23 @@
 /**
- * Instance trees: sub-instances requested by an instance's deployment, shared
- * instances hosted inside another instance, and what keeps a tree consistent as a whole.
- *
- * - A node deploying an instance sends the sub-instances its software type requests
- *   (`requestChildren`); the master creates or updates each child, named
- *   `PARENT/NAME` in the parent's tree, destroys the children no longer requested, and
- *   answers with what each has published. When a child publishes new connection
- *   parameters (or the parent waits for it), the parent is deployed again.
- * - Stopping, starting or destroying an instance carries down its tree (`cascadeState`);
- *   a bang from any instance of a tree redeploys every started instance of it.
- * - A shared instance gets a host (a started instance of the same release whose type
- *   declares `shared`) instead of a partition; any change of it redeploys its host,
- *   whose report carries the connection parameters it published for each. The host
- *   renders the parameters, so the schema its release declares for shared instances
- *   checks them, not that of the version the requester named. A host
- *   shared by several owners keeps them apart: the parameters its release declares
- *   `unique` name a route held by one shared instance of the host only, and those it
- *   declares `backends` must point into partitions of the shared instance's owner.
+ * Shared instances: hosted inside another instance instead of a partition. A shared
+ * instance gets a host (a started instance of the same release whose type declares
+ * `shared`); any change of it redeploys its host, whose report carries the connection
+ * parameters it published for each. The host renders the parameters, so the schema its
+ * release declares for shared instances checks them, not that of the version the
+ * requester named. A host shared by several owners keeps them apart: the parameters its
+ * release declares `unique` name a route held by one shared instance of the host only,
+ * and those it declares `backends` must point into partitions of the shared instance's owner.
  */
 import type { Kysely, Transaction } from 'kysely';
-import type { ChildrenRequest, ChildrenState, ChildState, ConnectionParameters, NodeEvent, RequestedState, Sla } from '../protocol/api.js';
-import { MAX_TITLE_LENGTH } from '../protocol/api.js';
-import { PledgerError } from '../protocol/errors.js';
-import type { SoftwareDefinition, SoftwareTypeDefinition } from '../protocol/software-release.js';
-import type { AccountRow } from './accounts.js';
-import { isUniqueViolation } from './db/database.js';
-import { writeTransaction } from './db/group-commit.js';
-import type { Tables } from './db/tables.js';
-import { applyRequest, refusedByHost } from './instances.js';
-import { lock, locks } from './ledger/locks.js';
-import { partitionId, record, type Movement } from './ledger/movements.js';
-import type { NodeRow } from './nodes.js';
-
-/** How deep a tree may grow: a release that requests itself through others stops here at the latest. */
-const MAX_DEPTH = 8;
-
-/** Records a new serial for a started instance, so that its node deploys it again. */
-export async function redeploy(trx: Transaction<Tables>, instanceId: string, reason: string): Promise<void> {
-  await lock(trx, locks.instance(instanceId));
-  const row = await trx.selectFrom('instances').select(['serial', 'state']).where('id', '=', instanceId).executeTakeFirst();
-  if (!row || row.state !== 'started') return;
-  await record(trx, { kind: 'instance.redeploy', data: { instanceId, serial: row.serial + 1, reason } }, { actor: 'master', subject: instanceId });
-}
-
-/** Carries an instance's new requested state to its sub-instances, and theirs. */
-export async function cascadeState(trx: Transaction<Tables>, owner: AccountRow, instanceId: string, title: string, rootId: string, state: RequestedState): Promise<void> {
-  const children = await trx
-    .selectFrom('instances')
-    .select(['title', 'software_id', 'state'])
-    .where('parent_id', '=', instanceId)
-    .where('state', '!=', 'destroyed')
-    .orderBy('title')
-    .execute();
-  for (const child of children) {
-    if (child.state === state) continue;
-    await applyRequest(trx, owner, child.title, { software: child.software_id, state }, { actor: 'master', parent: { id: instanceId, rootId, title } });
-  }
-}
-
-// ---------------------------------------------------------------------------
-// Sub-instances
-
-/**
- * Applies the requests of an instance's deployment, as its node rendered them, and
- * answers with each child's state. Only the node hosting the instance may ask, and only
- * for the serial it was told to deploy: a stale deployment changes nothing.
- */
-export async function requestChildren(db: Kysely<Tables>, node: NodeRow, reference: string, body: ChildrenRequest): Promise<ChildrenState> {
-  return writeTransaction(db, async (trx) => {
-    await lock(trx, locks.instance(body.instance));
-    const parent = await trx
-      .selectFrom('instances')
-      .innerJoin('software', 'software.id', 'instances.software_id')
-      .select(['instances.id', 'instances.title', 'instances.owner_id', 'instances.serial', 'instances.state', 'instances.partition_id', 'instances.root_id'])
-      .select(['instances.software_type', 'software.definition', 'software.id as software_id'])
-      .where('instances.id', '=', body.instance)
-      .executeTakeFirst();
-    if (!parent || parent.partition_id !== partitionId(node.id, reference)) {
-      throw new PledgerError('FORBIDDEN', `instance ${body.instance} is not allocated to partition ${reference} of node ${node.name}`);
-    }
-    if (body.serial !== parent.serial || parent.state !== 'started') {
-      throw new PledgerError('CONFLICT', `instance ${parent.title} has moved on from serial ${body.serial}: deploy its latest request`);
-    }
-    // A node renders the requests, but only those its release declares: it cannot order
-    // anything else on the owner's account.
-    const declared = (JSON.parse(parent.definition) as SoftwareDefinition)['software-types'][parent.software_type]?.requests ?? {};
-    const names = new Set<string>();
-    for (const child of body.requests) {
-      if (names.has(child.name)) throw new PledgerError('BAD_REQUEST', `the sub-instance "${child.name}" is requested twice`);
-      names.add(child.name);
-      // Every title reaches the node in its desired state, where one longer than the
-      // protocol allows would make the node refuse the whole document.
-      const title = `${parent.title}/${child.name}`;
-      if (title.length > MAX_TITLE_LENGTH) {
-        throw new PledgerError('BAD_REQUEST', `the sub-instance title "${title.slice(0, 40)}…" would be ${title.length} characters long, over ${MAX_TITLE_LENGTH}`, {
-          hint: 'request the parent under a shorter title',
-        });
-      }
-      const expected = Object.hasOwn(declared, child.name) ? declared[child.name] : undefined;
-      const matches =
-        expected &&
-        expected.software === child.software &&
-        (expected['software-type'] ?? 'default') === (child.softwareType ?? 'default') &&
-        (expected.shared ?? false) === (child.shared ?? false);
-      if (!matches) {
-        throw new PledgerError('FORBIDDEN', `${parent.software_id} ${parent.software_type} declares no request "${child.name}" of ${child.software}${child.shared ? ' (shared)' : ''}`);
-      }
-    }
-    const ancestors = await lineage(trx, parent.id);
-    for (const child of body.requests) {
-      const wanted = `${child.software.split('@')[0]} ${child.softwareType ?? 'default'}`;
-      const repeated = ancestors.find((a) => `${a.name} ${a.type}` === wanted);
-      if (repeated) {
-        throw new PledgerError('BAD_REQUEST', `cycle: "${parent.title}" requests ${wanted} (as ${child.name}), which "${repeated.title}" already is in its tree`);
-      }
-    }
-    if (body.requests.length > 0 && ancestors.length >= MAX_DEPTH) {
-      throw new PledgerError('BAD_REQUEST', `"${parent.title}" is ${ancestors.length} levels deep: a tree has at most ${MAX_DEPTH}`);
-    }
-
-    const owner = await trx.selectFrom('accounts').selectAll().where('id', '=', parent.owner_id).executeTakeFirstOrThrow();
-    const origin = { actor: `node:${node.name}`, parent: { id: parent.id, rootId: parent.root_id ?? parent.id, title: parent.title } };
-    const childIds = new Map<string, string>();
-    for (const child of body.requests) {
-      const request = {
-        software: child.software,
-        parameters: child.parameters,
-        state: 'started' as const,
-        sla: child.sla ?? {},
-        shared: child.shared ?? false,
-        ...(child.softwareType ? { softwareType: child.softwareType } : {}),
-      };
-      childIds.set(child.name, await applyRequest(trx, owner, `${parent.title}/${child.name}`, request, origin));
-    }
-    // What the latest deployment no longer requests goes.
-    const gone = await trx
-      .selectFrom('instances')
-      .select(['id', 'title', 'software_id'])
-      .where('parent_id', '=', parent.id)
-      .where('state', '!=', 'destroyed')
-      .execute();
-    for (const child of gone.filter((c) => ![...childIds.values()].includes(c.id))) {
-      await applyRequest(trx, owner, child.title, { software: child.software_id, state: 'destroyed' }, origin);
-    }
-
-    const children: Record<string, ChildState> = {};
-    for (const [name, id] of childIds) {
-      const row = await trx.selectFrom('instances').select(['title', 'status', 'state', 'message', 'connection']).where('id', '=', id).executeTakeFirstOrThrow();
-      children[name] = {
-        title: row.title,
-        status: row.status as ChildState['status'],
-        ready: row.status === row.state,
-        message: row.message,
-        connection: JSON.parse(row.connection) as ConnectionParameters,
-      };
-    }
-    return { children };
-  });
-}
-
-/** The instance and its ancestors up to the root: the release and type of each. */
-async function lineage(trx: Transaction<Tables>, instanceId: string): Promise<{ title: string; name: string; type: string }[]> {
-  const chain = [];
-  let id: string | null = instanceId;
-  while (id && chain.length <= MAX_DEPTH) {
-    const row = await trx
-      .selectFrom('instances')
-      .innerJoin('software', 'software.id', 'instances.software_id')
-      .select(['instances.title', 'instances.parent_id', 'instances.software_type', 'software.name'])
-      .where('instances.id', '=', id)
-      .executeTakeFirst();
-    if (!row) break;
-    chain.push({ title: row.title, name: row.name, type: row.software_type });
-    id = row.parent_id;
-  }
-  return chain;
-}
-
-// ---------------------------------------------------------------------------
-// Shared instances
+import type { RequestedState, Sla } from '../../protocol/api.js';
+import { PledgerError } from '../../protocol/errors.js';
+import type { SoftwareDefinition, SoftwareTypeDefinition } from '../../protocol/software-release.js';
+import { isUniqueViolation } from '../db/database.js';
+import type { Tables } from '../db/tables.js';
+import { lock, locks } from '../ledger/locks.js';
+import { record } from '../ledger/movements.js';
+import { refusedByHost } from './parameters.js';
+import { redeploy } from './redeploy.js';
 
 interface SharedPlacement {
   id: string;
@@ -285,6 +124,7 @@ function claimsFor(row: SharedRow, hosting: SharedHosting): SharedClaims {
 }
 
 const IPV4 = /^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$/;
+
 const DEFAULT_PORTS: Record<string, number> = { 'http:': 80, 'https:': 443, 'ws:': 80, 'wss:': 443 };
 
 /** The IPv4 address and port a backend parameter names: a URL (`http://IP:PORT/path`) or `IP:PORT`. */
@@ -604,65 +444,3 @@ export async function sharedOf(db: Kysely<Tables>, hostIds: string[]): Promise<M
   }
   return byHost;
 }
-
-// ---------------------------------------------------------------------------
-// Reactions to what nodes report
-
-/**
- * What an applied node event sets off beyond its own movement: the connection
- * parameters a host published for its shared instances, the parent of a child that
- * published, the rest of a tree that banged.
- */
-export async function afterNodeEvent(
-  trx: Transaction<Tables>,
-  node: NodeRow,
-  event: NodeEvent,
-  movement: Movement,
-  before: { connection: string } | undefined,
-): Promise<void> {
-  if (event.type === 'instance.bang') {
-    // A bang about an older serial was answered already.
-    if (movement.kind !== 'instance.banged' || movement.data.serial === null) return;
-    const row = await trx.selectFrom('instances').select(['id', 'title', 'root_id']).where('id', '=', event.instance).executeTakeFirstOrThrow();
-    const tree = await trx
-      .selectFrom('instances')
-      .select('id')
-      .where('root_id', '=', row.root_id ?? row.id)
-      .where('id', '!=', row.id)
-      .where('state', '=', 'started')
-      .orderBy('title')
-      .execute();
-    for (const member of tree) await redeploy(trx, member.id, `bang from ${row.title}: ${event.message}`);
-    return;
-  }
-  if (event.type !== 'instance.started') return;
-  for (const [reference, shared] of Object.entries(event.shared ?? {})) {
-    await lock(trx, locks.instance(reference));
-    const row = await trx.selectFrom('instances').select(['host_id', 'connection']).where('id', '=', reference).executeTakeFirst();
-    // A shared instance detached meanwhile is no longer this host's to report.
-    if (row?.host_id !== event.instance) continue;
-    const applied = await record(
-      trx,
-      { kind: 'instance.started', data: { instanceId: reference, serial: shared.serial, partitionId: null, message: null, connection: shared.connection } },
-      { id: `node:${node.id}:${event.id}:${reference}`, actor: `node:${node.name}`, subject: reference },
-    );
-    if (applied) await childPublished(trx, reference, row.connection);
-  }
-  await childPublished(trx, event.instance, before?.connection ?? '{}');
-}
-
-/**
- * A child that published: its parent is deployed again if it waits for it, or if the
- * values changed. Comparing the values keeps a parent and a child from redeploying
- * each other forever.
- */
-async function childPublished(trx: Transaction<Tables>, childId: string, previousConnection: string): Promise<void> {
-  const child = await trx.selectFrom('instances').select(['title', 'parent_id', 'connection', 'status', 'state']).where('id', '=', childId).executeTakeFirst();
-  if (!child?.parent_id || child.status !== child.state) return;
-  const parent = await trx.selectFrom('instances').select(['id', 'status']).where('id', '=', child.parent_id).executeTakeFirst();
-  if (!parent) return;
-  if (parent.status === 'waiting' || child.connection !== previousConnection) {
-    await redeploy(trx, parent.id, `${child.title} published its connection parameters`);
-  }
-}
-

@@ -5,8 +5,8 @@
  * it in `pledger node list`. One row per node, replaced at each report.
  */
 import type { Kysely } from 'kysely';
-import type { SetAsideReport, SetAsideView } from '../protocol/api.js';
-import { storable } from '../protocol/storable.js';
+import type { SetAsideReport, SetAsideView } from '../../protocol/api.js';
+import { storable } from '../../protocol/storable.js';
 
 interface NodeSetAsideTable {
   node_id: string;
