@@ -54,6 +54,14 @@ const hours = (day: string, count: number) => Array.from({ length: count }, (_, 
 const OCTOBER_HOURS = hours('2026-10-05', 5);
 const NOVEMBER_HOURS = hours('2026-11-10', 24);
 
+async function freePartitions(database: string, node?: string): Promise<number> {
+  const rows = await query(
+    database,
+    `select count(*) as n from partitions p join nodes n on n.id = p.node_id where p.instance_id is null${node ? ` and n.name = '${node}'` : ''}`,
+  );
+  return Number(rows[0]!.n);
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 interface Expected {
@@ -118,6 +126,9 @@ async function prepare(engine: TestEngine): Promise<World> {
     const all = (closed.body.invoices as Body[]).map((i) => ({ id: String(i.id), account: String(i.account), total: String(i.total) }));
     if (all.length !== CUSTOMERS + 1) throw new Error(`expected ${CUSTOMERS + 1} invoices for October, got ${closed.text}`);
     for (const node of nodes) node.useHours(NOVEMBER_HOURS);
+    // Room for every title the load will request, even if no destroyed partition is ever freed.
+    const free = await freePartitions(fleet.database);
+    if (free < CUSTOMERS * NEW_PER_CUSTOMER) throw new Error(`only ${free} free partitions for ${CUSTOMERS * NEW_PER_CUSTOMER} new titles`);
     return { fleet, admin, customers, nodes, invoices: all.filter((i) => i.account !== 'steady'), steadyInvoice: all.find((i) => i.account === 'steady')!.id };
   } catch (error) {
     await fleet.close();
@@ -431,9 +442,11 @@ describe.each(testEngines())('focused races on %s', (engine) => {
 
   it('gives each of 10 customers requesting at once a partition of a node with exactly 10 free', async () => {
     const customers = await Promise.all(Array.from({ length: 10 }, (_, c) => createCustomer(admin, `rush-${c}`)));
+    expect(await freePartitions(fleet.database, 'ten')).toBe(10);
     const answers = await Promise.all(customers.map((c) => c.call('PUT', '/api/v1/instances/mine', { body: { software: 'greeter', sla: { node: 'ten' } } })));
     expect(answers.map((a) => `${a.status} ${a.body.status ?? a.body.error?.message}`)).toEqual(Array.from({ length: 10 }, () => '200 allocated'));
     expect(new Set(answers.map((a) => a.body.partition)).size).toBe(10);
+    expect(await freePartitions(fleet.database, 'ten')).toBe(0);
   });
 
   it('answers 50 identical requests for one new title alike, naming one instance', async () => {

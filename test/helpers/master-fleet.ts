@@ -275,7 +275,7 @@ async function startOneMaster(index: number, database: string, logLevel: string)
  * mode balances each request, keep-alive or not). A master that stops answering TCP is
  * taken out within a few hundred ms by the health check, and a request whose connection
  * was refused is sent to another one (retries + redispatch): what a client sees of a
- * `kill -9` is only the requests that were in flight on it.
+ * `kill -9` is at most the requests that were in flight on it.
  */
 async function startHaproxy(work: string, backends: string[]): Promise<{ child: ChildProcess; url: string }> {
   for (let attempt = 0; ; attempt++) {
@@ -294,9 +294,9 @@ async function startHaproxy(work: string, backends: string[]): Promise<{ child: 
         '  timeout connect 2s',
         '  timeout client 120s',
         '  timeout server 120s',
-        // A connection refused by a dead master is sent to another one (haproxy also resends
-        // GET, PUT and DELETE that a master died under); a POST in flight on it is a 502
-        // for the client to send again, as real clients must.
+        // A connection refused by a dead master is sent to another one; a request in flight
+        // on it fails (502 or a closed connection), for the client to send again, as real
+        // clients must.
         '  retries 3',
         '  option redispatch 1',
         'frontend masters_in',
