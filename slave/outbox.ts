@@ -56,8 +56,6 @@ interface Outcome {
   delivered: Set<string>;
   /** Refused on its own for a lasting reason, with the master's reason. */
   refused: Map<string, { event: NodeEvent; reason: string }>;
-  /** Refused for now only (an hour not over by the master's clock): kept, not counted. */
-  later: Set<string>;
   /**
    * Events the master failed on (500) when sent alone: counted as refused only when
    * others were delivered in the same run, which shows the failure is the event's.
@@ -163,7 +161,7 @@ export class Outbox {
         .all(after, BATCH_SIZE) as { seq: number; body: string; refusals: number; refused_at: number }[];
       if (rows.length === 0) break;
       after = rows[rows.length - 1]!.seq;
-      const outcome: Outcome = { delivered: new Set(), refused: new Map(), later: new Set(), failedAlone: new Map(), failuresInARow: 0 };
+      const outcome: Outcome = { delivered: new Set(), refused: new Map(), failedAlone: new Map(), failuresInARow: 0 };
       // An event refused before goes alone, so that it does not take a whole batch down
       // again, and only once its wait is over: a refusal that passes (a busy database)
       // passes within it, and the runs between do not all count against the event.
@@ -338,7 +336,6 @@ async function deliver(master: MasterClient, batch: NodeEvent[], outcome: Outcom
     if (early) {
       // The master's clock says that hour is not over: the report keeps until it is, the rest goes on.
       log.error('the master refused an event for now: kept for the next run', { event: early.id, reason: errorMessage(error) });
-      outcome.later.add(early.id);
       const rest = batch.filter((event) => event !== early);
       return rest.length === 0 ? undefined : deliver(master, rest, outcome, log);
     }
