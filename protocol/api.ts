@@ -161,7 +161,7 @@ export type NodeUpdate = Static<typeof NodeUpdate>;
  */
 export const SetAsideReport = Type.Object(
   {
-    count: Type.Integer({ minimum: 0 }),
+    count: Type.Integer({ minimum: 0, maximum: 1_000_000_000 }),
     last: Type.Optional(
       Type.Object({ event: EventId, type: Type.String({ maxLength: 64 }), reason: Type.String({ maxLength: 2048 }), at: Timestamp }, { additionalProperties: false }),
     ),

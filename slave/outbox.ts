@@ -56,8 +56,13 @@ interface Outcome {
   delivered: Set<string>;
   /** Refused on its own for a lasting reason, with the master's reason. */
   refused: Map<string, { event: NodeEvent; reason: string }>;
-  /** Refused for now only (an hour not over by the master's clock): kept, not counted. */
-  later: Set<string>;
+  /**
+   * Events the master failed on (500) when sent alone: counted as refused only when
+   * others were delivered in the same run, which shows the failure is the event's.
+   */
+  failedAlone: Map<string, { event: NodeEvent; reason: string }>;
+  /** Events failed alone since the last delivery: two in a row, and the master itself is failing. */
+  failuresInARow: number;
 }
 
 const RETRY_FAILURES = 'outbox.failures';
@@ -133,7 +138,10 @@ export class Outbox {
    * and reported to the master, which shows the count and the last reason in
    * `pledger node list`. Nothing is thrown away.
    *
-   * Anything else (master unreachable, 5xx, 401) stops the delivery, keeping every event
+   * A batch the master fails on (500) is halved the same way: an event that fails alone
+   * while others of the run are delivered meets a bug of the master, and is counted like
+   * a refusal; two failing alone in a row with nothing delivered between stop the run.
+   * Anything else (master unreachable, 503, 401) stops the delivery, keeping every event
    * for the next run.
    */
   async flush(master: MasterClient, log: Logger, options: FlushOptions = {}): Promise<FlushResult> {
@@ -153,19 +161,23 @@ export class Outbox {
         .all(after, BATCH_SIZE) as { seq: number; body: string; refusals: number; refused_at: number }[];
       if (rows.length === 0) break;
       after = rows[rows.length - 1]!.seq;
-      const outcome: Outcome = { delivered: new Set(), refused: new Map(), later: new Set() };
+      const outcome: Outcome = { delivered: new Set(), refused: new Map(), failedAlone: new Map(), failuresInARow: 0 };
       // An event refused before goes alone, so that it does not take a whole batch down
       // again, and only once its wait is over: a refusal that passes (a busy database)
       // passes within it, and the runs between do not all count against the event.
       const due = Date.now() - this.settings.refusedRetryMs;
       const suspects = rows.filter((row) => row.refusals > 0 && row.refused_at <= due).map((row) => [JSON.parse(row.body) as NodeEvent]);
       const rest = rows.filter((row) => row.refusals === 0).map((row) => JSON.parse(row.body) as NodeEvent);
-      for (const batch of [...suspects, ...(rest.length > 0 ? [rest] : [])]) {
+      // The others first: two suspects failing in a row must not stop the run before them.
+      for (const batch of [...(rest.length > 0 ? [rest] : []), ...suspects]) {
         stopped = await deliver(master, batch, outcome, log);
         if (stopped !== undefined) break;
       }
       this.remove(outcome.delivered);
       sent += outcome.delivered.size;
+      // A master failing on one event while it takes the others has a bug that event
+      // meets: it is counted like a refusal, so that it cannot hold back the node forever.
+      if (outcome.delivered.size > 0) for (const [id, failure] of outcome.failedAlone) outcome.refused.set(id, failure);
       for (const [id, { event, reason }] of outcome.refused) this.noteRefusal(id, event, reason, log);
       if (stopped !== undefined) break;
     }
@@ -303,14 +315,27 @@ async function deliver(master: MasterClient, batch: NodeEvent[], outcome: Outcom
     const answer = await master.call<unknown>('POST', `${API_PREFIX}/node/events`, { events: batch });
     const receipt = checkValue<EventsReceipt>(validators.EventsReceipt, answer, 'events receipt', 'INTERNAL');
     for (const id of [...receipt.applied, ...receipt.duplicates]) outcome.delivered.add(id);
+    outcome.failuresInARow = 0;
     return undefined;
   } catch (error) {
+    if (isFailure(error)) {
+      // The master failed (500) on this batch: it may be one event that meets a bug, or
+      // the master failing on everything. Halving tells them apart; two events failing
+      // alone in a row with nothing delivered between say the master is at fault, and
+      // stop the run, keeping everything.
+      if (batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        const stop = await deliver(master, batch.slice(0, half), outcome, log);
+        return stop ?? deliver(master, batch.slice(half), outcome, log);
+      }
+      outcome.failedAlone.set(batch[0]!.id, { event: batch[0]!, reason: errorMessage(error) });
+      return ++outcome.failuresInARow >= 2 ? error : undefined;
+    }
     if (!isRefusal(error)) return error;
     const early = tooEarly(error, batch);
     if (early) {
       // The master's clock says that hour is not over: the report keeps until it is, the rest goes on.
       log.error('the master refused an event for now: kept for the next run', { event: early.id, reason: errorMessage(error) });
-      outcome.later.add(early.id);
       const rest = batch.filter((event) => event !== early);
       return rest.length === 0 ? undefined : deliver(master, rest, outcome, log);
     }
@@ -347,6 +372,11 @@ function tooEarly(error: unknown, batch: NodeEvent[]): NodeEvent | undefined {
   if (!(error instanceof PledgerError) || error.code !== 'TOO_EARLY') return undefined;
   const id = (error.details as { event?: unknown } | undefined)?.event;
   return batch.find((event) => event.id === id) ?? (batch.length === 1 ? batch[0] : undefined);
+}
+
+/** The master failed to handle the request (a bug it met), as opposed to being unreachable or refusing it. */
+function isFailure(error: unknown): boolean {
+  return error instanceof PledgerError && error.code === 'INTERNAL' && error.status === 500;
 }
 
 /**

@@ -131,6 +131,19 @@ describe.each(testEngines())('node events the master refuses, and damaged releas
     expect(history).toContain('cc: fatal\\n\\\\u0000\\u0001 binary output');
   });
 
+  it('refuses a damaged release archive with a 422, and the master process goes on serving', async () => {
+    const damaged = gzipSync(Buffer.from('not a tar archive, '.repeat(50)));
+    for (let i = 0; i < 3; i++) {
+      const answer = await fetch(`${master.url}/api/v1/software`, { method: 'POST', body: damaged, headers: { authorization: `Bearer ${master.adminToken}`, 'content-type': 'application/gzip' } });
+      expect(answer.status).toBe(422);
+      expect(((await answer.json()) as { error: { code: string } }).error.code).toBe('SOFTWARE_INVALID');
+    }
+    // An unobserved rejection would have ended the process by now.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(master.process.exitCode).toBeNull();
+    expect((await fetch(`${master.url}/health`)).status).toBe(200);
+  });
+
   it('reports a damaged release archive as a clear build error on the node, and the agent does not crash', async () => {
     const release = await pledger(['software', 'publish', writeTree(greeterRelease('2.0.0')), '--json'], { env: asAdmin });
     const hash = release.json<{ hash: string }>().hash;

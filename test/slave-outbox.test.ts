@@ -1,5 +1,6 @@
 /** Events survive a missing master, are delivered once acknowledged, and a refused one never blocks the rest. */
 import { mkdtemp, rm } from 'node:fs/promises';
+import Sqlite from 'better-sqlite3';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -117,6 +118,38 @@ describe('outbox', () => {
     expect(await second.flush(new MasterClient({ url: master.url, token: credential }), silentLogger)).toEqual({ sent: 60, pending: 1, offline: false });
     expect(posts().slice(from)).toEqual(['POST /api/v1/node/events 400', 'POST /api/v1/node/events 200']);
     second.close();
+  });
+
+  it('counts an event the master fails on (500) while it takes the others as refused, and stops when the master fails on everything', async () => {
+    // A bug of the master that one event meets: a trigger makes recording it fail.
+    const sqlite = new Sqlite(master.databaseUrl.replace(/^sqlite:/, ''));
+    sqlite.exec("CREATE TRIGGER poison BEFORE INSERT ON movements WHEN NEW.data LIKE '%poisoned build%' BEGIN SELECT RAISE(ABORT, 'a bug of the master'); END");
+    try {
+      const outbox = new Outbox(path.join(scratch, 'f', 'node.db'), { ...OUTBOX_DEFAULTS, refusedRetryMs: 0 });
+      const client = new MasterClient({ url: master.url, token: credential });
+      const poison = newEvent({ type: 'software.error', software: supplied[0]!, message: 'poisoned build' });
+      await outbox.add(poison);
+      for (let i = 0; i < 5; i++) await outbox.add(built(supplied[1]!));
+      expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 5, pending: 1, offline: false });
+      await outbox.add(built(supplied[1]!));
+      expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 1, pending: 1, offline: false });
+      await outbox.add(built(supplied[1]!));
+      expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 1, pending: 0, offline: false, setAside: 1 });
+      expect(outbox.setAside().map((s) => s.event.id)).toEqual([poison.id]);
+
+      // When the master fails on every event, nothing is counted: the run stops after two.
+      sqlite.exec("DROP TRIGGER poison; CREATE TRIGGER broken BEFORE INSERT ON movements BEGIN SELECT RAISE(ABORT, 'broken'); END");
+      const from = master.answered.length;
+      for (let i = 0; i < 8; i++) await outbox.add(built(supplied[1]!));
+      expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 8, offline: false, setAside: 1 });
+      // The batch, then halves down to one event, and its neighbour: a handful of requests.
+      expect(master.answered.slice(from).filter((r) => r.startsWith('POST /api/v1/node/events')).length).toBeLessThanOrEqual(6);
+      expect(outbox.database.prepare('SELECT count(*) AS n FROM outbox_refusals').get()).toEqual({ n: 0 });
+      outbox.close();
+    } finally {
+      sqlite.exec('DROP TRIGGER IF EXISTS poison; DROP TRIGGER IF EXISTS broken');
+      sqlite.close();
+    }
   });
 
   it('keeps a usage report the master finds too early, and delivers the rest', async () => {

@@ -12,6 +12,8 @@ import { freshDatabase, type TestDatabase } from './databases.js';
 export interface InProcessMaster {
   url: string;
   port: number;
+  /** `sqlite:/path/master.db`: the master's own database, for tests that change it under the master. */
+  databaseUrl: string;
   operator: MasterClient;
   /** Every answered request as `METHOD /path STATUS`, release hashes shown as :hash. */
   answered: string[];
@@ -43,6 +45,7 @@ export async function startInProcessMaster(): Promise<InProcessMaster> {
   return {
     url,
     port,
+    databaseUrl: database.url,
     operator,
     answered,
     registerNode: async (name) => (await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name })).credential,
