@@ -155,6 +155,11 @@ describe('a node without its master', () => {
     expect(await meterAt(hour + 10 * 60_000)).toEqual({ partitions: 1, hoursReported: 0 });
   });
 
+  // Where Debian's monitoring-plugins-basic is missing, /bin/true stands in for check_tcp above, and this says so.
+  it.skipIf(!existsSync(PLUGIN))("checks the command promise with Debian's check_tcp plugin", async () => {
+    expect((await info()).promises.find((p) => p.name === 'plugin')).toMatchObject({ status: 'ok', message: expect.stringMatching(/^TCP OK/) as string });
+  });
+
   it('keeps the instance running, its promises checked and its usage metered while the master is away', async () => {
     const url = (await info()).connection.url!;
     await master.stop();
@@ -253,6 +258,8 @@ describe('a node without its master', () => {
     const receipt = (await resend.json()) as { applied: string[]; duplicates: string[] };
     expect(receipt.applied).toEqual([]);
     expect(receipt.duplicates.sort()).toEqual(waiting.map((e) => e.id).sort());
-    expect((await info()).promises.every((p) => p.status === 'ok')).toBe(true);
+    const promises = (await info()).promises;
+    expect(promises.length).toBeGreaterThan(0);
+    expect(promises.filter((p) => p.status !== 'ok')).toEqual([]);
   });
 });
