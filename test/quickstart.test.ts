@@ -3,13 +3,14 @@
  * master and a node on this machine, deploys hello and prints what its URL answers;
  * running it again reuses everything; `--down` undoes it.
  */
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { InstanceView } from '../protocol/api.js';
-import { pledger, processesMentioning } from './helpers/processes.js';
+import { execa } from 'execa';
+import { pledger, processesMentioning, PROJECT } from './helpers/processes.js';
 
 interface QuickstartOutput {
   master: string;
@@ -73,6 +74,14 @@ describe('pledger quickstart', () => {
     // The greeting of the earlier runs: a request without parameters keeps them.
     expect(freed.json<QuickstartOutput>().answer).toBe('Welcome back\n');
     expect((await quickstart('--down')).exitCode).toBe(0);
+  });
+
+  it('scripts/quickstart.sh --down uses the built checkout as it is: no install, no build', async () => {
+    const built = statSync(path.join(PROJECT, 'dist', 'cli', 'main.js')).mtimeMs;
+    const down = await execa('bash', [path.join(PROJECT, 'scripts', 'quickstart.sh'), '--down', '--dir', dir, '--port', String(port)], { reject: false, all: true });
+    expect(down.exitCode, String(down.all)).toBe(0);
+    expect(String(down.all)).not.toMatch(/installing|build/i);
+    expect(statSync(path.join(PROJECT, 'dist', 'cli', 'main.js')).mtimeMs).toBe(built);
   });
 });
 
