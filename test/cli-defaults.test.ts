@@ -74,6 +74,9 @@ describe('documented defaults', () => {
     const again = await pledger(['master', 'init'], { env: { HOME } });
     expect(again.exitCode).toBe(5);
     expect(again.stderr).toMatch(/is already initialized\nhint: /);
+    const rebuilt = await pledger(['master', 'rebuild', '--json'], { env: { HOME } });
+    expect(rebuilt.exitCode, rebuilt.stderr).toBe(0);
+    expect(rebuilt.json<{ replayed: number }>().replayed).toBeGreaterThan(0);
   });
 
   it('master init and serve take $PLEDGER_MASTER_DIR as the data folder', async () => {
@@ -86,6 +89,14 @@ describe('documented defaults', () => {
     const me = await pledger(['whoami'], { env: { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: init.json<{ token: string }>().token } });
     expect(me.stdout).toBe('admin (admin)');
     expect(existsSync(path.join(HOME, '.pledger'))).toBe(false);
+  });
+
+  it('master init takes $PLEDGER_DATABASE_URL when --database is left out', async () => {
+    const HOME = home();
+    const PLEDGER_DATABASE_URL = `sqlite:${path.join(HOME, 'chosen.db')}`;
+    const init = await pledger(['master', 'init', '--json'], { env: { HOME, PLEDGER_DATABASE_URL } });
+    expect(init.json<{ database: string }>().database).toBe(PLEDGER_DATABASE_URL);
+    expect(existsSync(path.join(HOME, 'chosen.db'))).toBe(true);
   });
 
   it('master serve publishes the bundled releases at start, and none with --no-software-dir', async () => {
