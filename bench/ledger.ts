@@ -166,7 +166,8 @@ async function setup(database: Database): Promise<void> {
           kind: 'instance.requested',
           data: { instanceId, ownerId: `account-${c}`, title: 'service', softwareId: 'bench@1.0.0', softwareType: 'default', parameters: {}, state: 'started', serial: 1 },
         },
-        meta,
+        // Requested before October: the master takes usage only within an instance's life.
+        meta: { ...meta, at: '2026-09-01T00:00:00.000Z' },
       });
       entries.push({ movement: { kind: 'instance.allocated', data: { instanceId, partitionId: partitionId(nodeId, reference), node: nodeId, partition: reference } }, meta });
     }

@@ -385,7 +385,8 @@ describe.each(testEngines())('billing API on %s', (engine) => {
     };
     const live = await snapshot();
     expect(live.credits).toHaveLength(1);
-    expect(live.usage.every((u) => (u as { billed_period?: string | null }).billed_period !== null)).toBe(true);
+    expect(live.usage.length).toBeGreaterThan(0);
+    expect(live.usage.filter((u) => (u as { billed_period?: string | null }).billed_period === null)).toEqual([]);
     await rebuildProjections(f.database.db);
     await f.backdateAgain();
     expect(await snapshot()).toEqual(live);

@@ -36,7 +36,6 @@ describe.each(testEngines())('release default prices on %s', (engine) => {
   afterAll(async () => {
     await app?.close();
     await database?.close();
-    await new Promise((resolve) => setTimeout(resolve, 100));
     await testDb?.drop();
   });
 

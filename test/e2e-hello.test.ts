@@ -75,7 +75,7 @@ describe('hello, from request to a running, promised instance', () => {
     expect(first.exitCode).toBe(0);
     expect(first.json<RunReport>().results).toEqual([expect.objectContaining({ status: 'done' })]);
     const second = await node('software');
-    expect(second.json<RunReport>().results.every((r) => r.status === 'unchanged')).toBe(true);
+    expect(second.json<RunReport>().results.map((r) => r.status)).toEqual(['unchanged']);
     const nodes = (await pledger(['node', 'list', '--json'], { env: asAdmin })).json<NodeView[]>();
     expect(nodes[0]!.software).toEqual([expect.objectContaining({ name: 'hello', status: 'built' })]);
   });
@@ -108,7 +108,7 @@ describe('hello, from request to a running, promised instance', () => {
     const before = helloProcesses().map((p) => p.pid);
     const run = await node('instance');
     expect(run.exitCode).toBe(0);
-    expect(run.json<RunReport>().results.every((r) => r.status === 'unchanged')).toBe(true);
+    expect(run.json<RunReport>().results.map((r) => r.status)).toEqual(['unchanged']);
     expect(helloProcesses().map((p) => p.pid)).toEqual(before);
   });
 

@@ -112,7 +112,9 @@ describe('a tree of instances, from one request', () => {
   it('leaves the whole tree alone on the next run', async () => {
     const run = await node('instance');
     expect(run.exitCode).toBe(0);
-    expect(run.json<{ results: { status: string }[] }>().results.every((r) => r.status === 'unchanged')).toBe(true);
+    const statuses = run.json<{ results: { status: string }[] }>().results.map((r) => r.status);
+    expect(statuses.length).toBeGreaterThan(0);
+    expect(statuses.filter((status) => status !== 'unchanged')).toEqual([]);
   });
 
   it('destroys the child once the parent no longer requests it', async () => {

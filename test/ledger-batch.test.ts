@@ -54,8 +54,6 @@ describe.each(testEngines())('recordMany on %s', (engine) => {
   });
   afterAll(async () => {
     for (const { database } of databases) await database.close();
-    // pg's pool resolves end() before its sockets are closed: let them close before the drop.
-    await new Promise((resolve) => setTimeout(resolve, 100));
     for (const { test } of databases) await test.drop();
   });
 

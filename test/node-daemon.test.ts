@@ -212,6 +212,11 @@ describe('node daemon, boot and cron', () => {
       expect(line).toContain('--max-random-delay 20');
       expect(line).toContain(quotedRoot);
     }
+    // Without the option, each run waits a random delay of up to 30 s, as documented.
+    const byDefault = await pledger(['node', 'cron', '--config', nodeConfig], { user: agent });
+    const cycles = byDefault.stdout.split('\n').filter((line) => line && !line.startsWith('#')).slice(1);
+    expect(cycles).toHaveLength(5);
+    for (const line of cycles) expect(line).toContain('--max-random-delay 30');
     // What cron hands to /bin/sh runs: the boot line, with its % unescaped as cron does.
     const command = lines[0]!.replace(/^@reboot /, '').replaceAll('\\%', '%').replace(/ >>.*$/, ' --json');
     const ran = await execa('/bin/sh', ['-c', command], { uid: agent.uid, gid: agent.gid, env: { HOME: agent.home, PATH: '/usr/bin:/bin' }, extendEnv: false, reject: false });

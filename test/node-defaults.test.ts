@@ -5,7 +5,7 @@
  * `node instance` without --config. Two such nodes on one machine, and a partition
  * whose port another program holds.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -75,6 +75,7 @@ describe('a node configured with the documented defaults', () => {
     expect(configure.exitCode).toBe(0);
     const written = JSON.parse(readFileSync(configFile(node), 'utf8')) as Record<string, unknown>;
     expect(written).toMatchObject({ masterUrl: master.url, root, partitions: 4, portBase: 30000, portsPerPartition: 10 });
+    expect(written.binaryCache).toBeUndefined();
     expect(written.ipBase).toMatch(/^127\.([1-9]\d?|1\d\d|2[0-4]\d|25[0-4])\.\d{1,3}\.1$/);
     expect(configure.stdout).toBe(`wrote ${configFile(node)}: 4 partitions under ${root}, addresses ${String(written.ipBase)}-${String(written.ipBase).replace(/1$/, '4')}, ports 30000-30039 (10 each)`);
 
@@ -97,6 +98,16 @@ describe('a node configured with the documented defaults', () => {
     expect(written).toMatchObject({ root: path.join(node.agent.home, 'pledger-node'), config: configFile(node), credential: '(hidden)' });
     const again = await node.run('configure', '--master', master.url, '--credential', node.credential, '--json');
     expect(again.json<{ ipBase: string }>().ipBase).toBe(written.ipBase);
+  });
+
+  it('keeps its configuration where $PLEDGER_NODE_CONFIG says, for every node command', async () => {
+    const node = await newNode('edge-env');
+    const PLEDGER_NODE_CONFIG = path.join(node.agent.home, 'etc', 'node.json');
+    const env = (...args: string[]) => pledger(['node', ...args], { user: node.agent, env: { PLEDGER_NODE_CONFIG } });
+    const configured = await env('configure', '--master', master.url, '--credential', node.credential, '--json');
+    expect(configured.json<{ config: string }>().config).toBe(PLEDGER_NODE_CONFIG);
+    expect(existsSync(configFile(node))).toBe(false);
+    expect((await env('format')).exitCode).toBe(0);
   });
 
   it('refuses a layout that node format would refuse, even with the other options left out, and writes nothing', async () => {
@@ -142,7 +153,8 @@ describe('a node configured with the documented defaults', () => {
     const urls = [];
     for (const [i, node] of pair.entries()) {
       const view = await info(`greet-${i}`);
-      expect(view).toMatchObject({ status: 'started', ready: true, node: node.name, partition: 'part0' });
+      // Requested without --type or --state: the default software type, started.
+      expect(view).toMatchObject({ softwareType: 'default', state: 'started', status: 'started', ready: true, node: node.name, partition: 'part0' });
       expect(view.connection.url).toMatch(/:30000\/$/);
       expect(await (await fetch(view.connection.url!)).text()).toBe(`from ${node.name}\n`);
       urls.push(view.connection.url);

@@ -155,6 +155,11 @@ describe('a node without its master', () => {
     expect(await meterAt(hour + 10 * 60_000)).toEqual({ partitions: 1, hoursReported: 0 });
   });
 
+  // Where Debian's monitoring-plugins-basic is missing, /bin/true stands in for check_tcp above, and this says so.
+  it.skipIf(!existsSync(PLUGIN))("checks the command promise with Debian's check_tcp plugin", async () => {
+    expect((await info()).promises.find((p) => p.name === 'plugin')).toMatchObject({ status: 'ok', message: expect.stringMatching(/^TCP OK/) as string });
+  });
+
   it('keeps the instance running, its promises checked and its usage metered while the master is away', async () => {
     const url = (await info()).connection.url!;
     await master.stop();
@@ -206,10 +211,8 @@ describe('a node without its master', () => {
     expect(waiting.length).toBeGreaterThanOrEqual(3);
     const port = new URL(master.url).port;
     restarted = execa(process.execPath, [CLI, 'master', 'serve', '--database', db.url, '--host', '127.0.0.1', '--port', port], { reject: false });
-    for (let i = 0; i < 100; i++) {
-      if (await fetch(master.url).then(() => true, () => false)) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    // Up once it answers, however long it takes (the test's timeout bounds the wait).
+    while (!(await fetch(master.url).then(() => true, () => false))) await new Promise((resolve) => setTimeout(resolve, 100));
 
     const report = await node('report');
     expect(report.exitCode).toBe(0);
@@ -253,6 +256,8 @@ describe('a node without its master', () => {
     const receipt = (await resend.json()) as { applied: string[]; duplicates: string[] };
     expect(receipt.applied).toEqual([]);
     expect(receipt.duplicates.sort()).toEqual(waiting.map((e) => e.id).sort());
-    expect((await info()).promises.every((p) => p.status === 'ok')).toBe(true);
+    const promises = (await info()).promises;
+    expect(promises.length).toBeGreaterThan(0);
+    expect(promises.filter((p) => p.status !== 'ok')).toEqual([]);
   });
 });

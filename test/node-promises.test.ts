@@ -112,8 +112,9 @@ describe('command promises', () => {
     const result = await checkPromiseOnce('slow', { command: ['/bin/sh', '-c', `sleep 30 & echo $! > ${pidFile}; wait`], timeout: 0.3 }, { partitionDir: scratch });
     expect(result).toMatchObject({ ok: false, status: 'unknown', message: 'promise slow: /bin/sh timed out after 0.3 s' });
     const child = Number(readFileSync(pidFile, 'utf8'));
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    // Gone, or a zombie waiting for init to reap it: either way it no longer runs.
+    // Gone, or a zombie waiting for init to reap it: either way it no longer runs. The kill
+    // was sent before the answer; its delivery is awaited, however loaded the machine.
+    while (![undefined, 'Z'].includes((await readProcessStat(child))?.state)) await new Promise((resolve) => setTimeout(resolve, 20));
     expect([undefined, 'Z']).toContain((await readProcessStat(child))?.state);
   });
 

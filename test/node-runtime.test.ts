@@ -100,6 +100,18 @@ describe('the node runtime, through the CLI', () => {
    * the time `reportedUsage` closes it, for the master's clock as for the node's (the
    * master takes no usage for an hour not over). The meter's clock is the only thing chosen.
    */
+  /**
+   * The samples are an hour old, and the master bills only hours of an instance's life:
+   * the instance is taken to have been requested two hours ago.
+   */
+  const requestedHoursAgo = (title: string) => {
+    const sqlite = new SqliteDatabase(f.master.database.replace(/^sqlite:/, ''));
+    try {
+      sqlite.prepare('UPDATE instances SET created_at = ? WHERE title = ?').run(new Date(Date.now() - 2 * 3_600_000).toISOString(), title);
+    } finally {
+      sqlite.close();
+    }
+  };
   const sampleUsage = () => f.node('usage', { NODE_OPTIONS: '--import=data:text/javascript,Date.now=(n=>()=>n()-3600000)(Date.now)' });
   /** Closes the hour of the samples taken so far, reports it, and returns what the master recorded of `title`. */
   const reportedUsage = async (title: string) => {
@@ -136,6 +148,7 @@ describe('the node runtime, through the CLI', () => {
 
   it('meters the CPU a service burns and reports it to the master with its memory, disk and uptime', async () => {
     const run = await deploy('burn', 'default');
+    requestedHoursAgo('burn');
     expect(run.exitCode, run.stdout + run.stderr).toBe(0);
     expect(await info('burn')).toMatchObject({ status: 'started', ready: true });
 
@@ -156,6 +169,7 @@ describe('the node runtime, through the CLI', () => {
 
   it('counts the CPU of child processes that started and ended between two samples', async () => {
     const run = await deploy('forks', 'forking');
+    requestedHoursAgo('forks');
     expect(run.exitCode, run.stdout + run.stderr).toBe(0);
     const dir = await partitionDir('forks');
     expect((await sampleUsage()).exitCode).toBe(0);

@@ -3,13 +3,14 @@
  * master and a node on this machine, deploys hello and prints what its URL answers;
  * running it again reuses everything; `--down` undoes it.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { InstanceView } from '../protocol/api.js';
-import { pledger, processesMentioning } from './helpers/processes.js';
+import { execa } from 'execa';
+import { pledger, processesMentioning, PROJECT } from './helpers/processes.js';
 
 interface QuickstartOutput {
   master: string;
@@ -54,6 +55,33 @@ describe('pledger quickstart', () => {
     expect(down.exitCode).toBe(0);
     expect(await portOpen(port)).toBe(false);
     expect(processesMentioning(path.join(dir, 'node', 'software'))).toEqual([]);
+  });
+
+  it("fails at once with the cause when another program holds the instance's address and port, and works once it is free", async () => {
+    const { ipBase, portBase } = JSON.parse(readFileSync(path.join(dir, 'node.json'), 'utf8')) as { ipBase: string; portBase: number };
+    const squatter = net.createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => squatter.listen(portBase, ipBase, resolve));
+    try {
+      const blocked = await quickstart();
+      expect(blocked.exitCode).toBe(1);
+      expect(blocked.stderr).toContain(`error: instance "hello-world" failed: cannot bind ${ipBase}:${portBase}: address already in use`);
+      expect(blocked.stderr).not.toMatch(/is the node agent running/);
+    } finally {
+      await new Promise((resolve) => squatter.close(resolve));
+    }
+    const freed = await quickstart('--json');
+    expect(freed.exitCode, freed.stderr).toBe(0);
+    // The greeting of the earlier runs: a request without parameters keeps them.
+    expect(freed.json<QuickstartOutput>().answer).toBe('Welcome back\n');
+    expect((await quickstart('--down')).exitCode).toBe(0);
+  });
+
+  it('scripts/quickstart.sh --down uses the built checkout as it is: no install, no build', async () => {
+    const built = statSync(path.join(PROJECT, 'dist', 'cli', 'main.js')).mtimeMs;
+    const down = await execa('bash', [path.join(PROJECT, 'scripts', 'quickstart.sh'), '--down', '--dir', dir, '--port', String(port)], { reject: false, all: true });
+    expect(down.exitCode, String(down.all)).toBe(0);
+    expect(String(down.all)).not.toMatch(/installing|build/i);
+    expect(statSync(path.join(PROJECT, 'dist', 'cli', 'main.js')).mtimeMs).toBe(built);
   });
 });
 

@@ -62,7 +62,8 @@ describe('lock', () => {
       const held = runs.filter((run) => run.held).sort((a, b) => a.from - b.from);
       expect(held.length, `round ${round}`).toBeGreaterThanOrEqual(1);
       for (let i = 1; i < held.length; i++) expect(held[i]!.from, `round ${round}: two runs held the lock at once`).toBeGreaterThan(held[i - 1]!.to);
-      expect(runs.filter((run) => !run.held).every((run) => run.code === 'CONFLICT')).toBe(true);
+      // Every run that did not hold the lock was refused with a conflict (there may be none: runs can follow one another).
+      expect(runs.filter((run) => !run.held && run.code !== 'CONFLICT')).toEqual([]);
       await expect(stat(file)).rejects.toThrow();
       expect((await readdir(path.dirname(file))).filter((name) => name !== 'instances.lock')).toEqual([]);
     }

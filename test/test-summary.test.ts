@@ -1,20 +1,23 @@
 /**
- * The test command's closing line, `tests: N passed, N failed`, as CI reads it: it counts
+ * What the test command promises about a run, checked on small suites of its own.
+ *
+ * Its closing line, `tests: N passed, N failed`, as CI reads it: it counts
  * every error vitest saw (failed tests, test files broken outside their tests, errors
  * outside any test, checks run before the tests), and the exit status agrees with it.
  * Each case runs the same script scripts/test.sh ends with on a small suite of its own.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { PROJECT } from './helpers/processes.js';
+import { processesMentioning, PROJECT } from './helpers/processes.js';
 
 /** Runs scripts/run-vitest.sh on a suite made of `files` (globals on: the files import nothing). */
-async function runSuite(files: Record<string, string>, env: Record<string, string> = {}) {
+async function runSuite(files: Record<string, string>, env: Record<string, string> = {}, globalSetup: string[] = []) {
   const dir = mkdtempSync(path.join(tmpdir(), 'pledger-summary-'));
-  writeFileSync(path.join(dir, 'vitest.config.mjs'), "export default { test: { include: ['*.spec.mjs'], globals: true } };\n");
+  const config = { test: { include: ['*.spec.mjs'], globals: true, globalSetup } };
+  writeFileSync(path.join(dir, 'vitest.config.mjs'), `export default ${JSON.stringify(config)};\n`);
   for (const [name, text] of Object.entries(files)) writeFileSync(path.join(dir, name), text);
   const run = await execa('bash', [path.join(PROJECT, 'scripts', 'run-vitest.sh'), '--root', dir, '--config', path.join(dir, 'vitest.config.mjs')], {
     cwd: PROJECT,
@@ -63,5 +66,57 @@ describe('the closing line of the test command', () => {
       closing: 'tests: 1 passed, 1 failed',
       notes: ['note: 1 check(s) before the tests failed (eslint, type check): see above'],
     });
+  });
+});
+
+/** Whether a process runs (a zombie, exited and waiting to be reaped, does not). */
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return false;
+  }
+}
+
+describe('the end of a test run', () => {
+  it('leaves no process a test started, however it was started, and spares those of other runs', async () => {
+    const outsider = execa('/bin/sleep', ['603'], { reject: false, detached: true });
+    const pidsFile = path.join(mkdtempSync(path.join(tmpdir(), 'pledger-teardown-')), 'pids.json');
+    const spec = [
+      "import { spawn } from 'node:child_process';",
+      "import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';",
+      "import { tmpdir } from 'node:os';",
+      "it('starts processes and leaves them running', () => {",
+      "  const dir = mkdtempSync(`${tmpdir()}/root-`);",
+      '  const start = (argv, options) => {',
+      "    const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: 'ignore', ...options });",
+      '    child.unref();',
+      '    return child.pid;',
+      '  };',
+      '  const pids = [',
+      // With the environment of the tests, in a partition with a clean one, and naming its folder.
+      "    start(['/bin/sleep', '600'], {}),",
+      "    start(['/bin/sleep', '601'], { cwd: dir, env: { PATH: '/usr/bin:/bin' } }),",
+      "    start(['/bin/sh', '-c', `sleep ${process.env.NONCE}; echo ${dir}`], { cwd: '/', env: {} }),",
+      '  ];',
+      '  writeFileSync(process.env.PIDS_FILE, JSON.stringify(pids));',
+      '});',
+      '',
+    ].join('\n');
+    try {
+      // The shell's own child, `sleep NONCE`, carries neither the run's mark nor its folder.
+      const nonce = `602.${Date.now()}`;
+      const result = await runSuite({ 'a.spec.mjs': spec }, { PIDS_FILE: pidsFile, NONCE: nonce }, [path.join(PROJECT, 'test', 'global-teardown.ts')]);
+      expect(result).toEqual({ exitCode: 0, closing: 'tests: 1 passed, 0 failed', notes: [] });
+      const pids = JSON.parse(readFileSync(pidsFile, 'utf8')) as number[];
+      expect(pids).toHaveLength(3);
+      expect(pids.filter(running)).toEqual([]);
+      expect(processesMentioning(`sleep ${nonce}`).filter((p) => running(p.pid))).toEqual([]);
+      expect(running(outsider.pid!)).toBe(true);
+    } finally {
+      outsider.kill('SIGKILL');
+      await outsider;
+    }
   });
 });

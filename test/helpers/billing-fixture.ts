@@ -129,9 +129,6 @@ export async function billingFixture(engine: TestEngine, partitions = 8): Promis
     close: async () => {
       await app.close();
       await database.close();
-      // pg's pool resolves end() before its sockets are closed: dropping the database at
-      // once would terminate them mid-close, an error nobody listens to any more.
-      await new Promise((resolve) => setTimeout(resolve, 100));
       await testDb.drop();
     },
   };

@@ -42,6 +42,15 @@ export async function freshDatabase(engine: TestEngine): Promise<TestDatabase> {
     drop: async () => {
       const client = new pg.Client({ connectionString: adminUrl });
       await client.connect();
+      // pg's pool resolves end() before its sockets are closed: a drop that terminated them
+      // mid-close would raise an error nobody listens to any more, failing the run. The
+      // server says when the last one is gone. (A pool the test never closed is ended by the
+      // drop after half a minute.)
+      for (let i = 0; i < 600; i++) {
+        const { rows } = await client.query<{ n: string }>('SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1', [name]);
+        if (Number(rows[0]!.n) === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
       await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
       await client.end();
     },
