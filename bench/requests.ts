@@ -29,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { createAccount } from '../master/accounts.js';
 import { openDatabase } from '../master/db/database.js';
 import { requestInstance } from '../master/instances/request.js';
-import { desiredState } from '../master/nodes/desired-state.js';
+import { desiredState, desiredStateTag } from '../master/nodes/desired-state.js';
 import { initMaster } from '../master/server.js';
 import { freshDatabase, type TestEngine } from '../test/helpers/databases.js';
 import { startMasterFleet, type MasterFleet } from '../test/helpers/master-fleet.js';
@@ -279,7 +279,9 @@ async function prepareFleet(engine: TestEngine, count: number): Promise<{ databa
     const rows = new Map((await db.selectFrom('nodes').selectAll().execute()).map((r) => [r.id, r]));
     const nodes: FleetNode[] = [];
     for (const w of written) {
-      const { state, etag } = await desiredState(db, rows.get(w.id)!);
+      const row = rows.get(w.id)!;
+      const state = await desiredState(db, row);
+      const etag = desiredStateTag(row);
       const instance = state.partitions[0]!.instance!;
       nodes.push({ credential: w.credential, etag, instance: instance.id, serial: instance.serial });
     }

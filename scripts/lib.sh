@@ -57,12 +57,15 @@ ensure_ledger_tools() {
 }
 
 # Debian's monitoring-plugins (the node tests run check_tcp, check_http... as command
-# promises) and supervisor (the node benchmark compares its restart latency). Installs
+# promises), supervisor (the node benchmark compares its restart latency) and haproxy
+# (in front of several masters in the concurrency test). Installs
 # what is missing when root; otherwise the tests that need them say so and skip.
 ensure_debian_packages() {
   local missing=()
   [ -x /usr/lib/nagios/plugins/check_tcp ] || missing+=(monitoring-plugins-basic)
   command -v supervisord >/dev/null || missing+=(supervisor)
+  # The concurrency test puts several masters behind a real load balancer.
+  [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
   echo "installing ${missing[*]} from Debian"

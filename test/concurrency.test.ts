@@ -29,7 +29,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testEngines, type TestEngine } from './helpers/databases.js';
 import { addNode, createCustomer, expectStatus, FleetClient, formatMinor, minorUnits, publishGreeter, type Answer, type Body, type SimulatedNode } from './helpers/fleet-clients.js';
-import { invoiceViolations, journalViolations, partitionViolations, query, snapshotDifferences, snapshotProjections } from './helpers/ledger-checks.js';
+import { backdateInstances, invoiceViolations, journalViolations, partitionViolations, query, snapshotDifferences, snapshotProjections } from './helpers/ledger-checks.js';
 import { startMasterFleet, type MasterFleet } from './helpers/master-fleet.js';
 
 const MASTERS: Record<TestEngine, number> = { postgres: 3, sqlite: 2 };
@@ -52,6 +52,8 @@ if (TITLES > NODES * PARTITIONS_PER_NODE) throw new Error('the scenario must hav
 const PRICES = { software: 'greeter', softwareType: 'default', validFrom: '2026-10', prices: { 'instance-hour': '1.00' } };
 const hours = (day: string, count: number) => Array.from({ length: count }, (_, h) => `${day}T${String(h).padStart(2, '0')}:00:00.000Z`);
 const OCTOBER_HOURS = hours('2026-10-05', 5);
+/** When the instances billed are taken to have been requested: before the months billed. */
+const BEFORE_BILLED_MONTHS = '2026-09-01T00:00:00.000Z';
 const NOVEMBER_HOURS = hours('2026-11-10', 24);
 
 async function freePartitions(database: string, node?: string): Promise<number> {
@@ -98,6 +100,8 @@ interface World {
   invoices: { id: string; account: string; total: string }[];
   /** The invoice of a customer outside the load: small payments sent at the moment of the kill land on it. */
   steadyInvoice: string;
+  /** The instances taken to have been requested before the months billed (`backdateInstances`). */
+  backdated: string[];
 }
 
 /** Everything before the load: release, nodes, prices, customers with two instances each, October closed. */
@@ -119,17 +123,19 @@ async function prepare(engine: TestEngine): Promise<World> {
         if (!view.body.partition) throw new Error(`${name} seed-${s} was not allocated: ${view.text}`);
       }
     }
-    // The nodes deploy the seeds and report five hours of October for each.
-    for (const node of nodes) node.useHours(OCTOBER_HOURS);
+    // The nodes deploy the seeds and report five hours of October for each: the seeds are
+    // taken to have been requested before October.
+    const backdated = await backdateInstances(fleet.database, BEFORE_BILLED_MONTHS);
+    for (const node of nodes) node.useHours(OCTOBER_HOURS, backdated);
     for (let round = 0; round < OCTOBER_HOURS.length; round++) for (const node of nodes) await node.cycle(true);
     const closed = await expectStatus(admin.call('POST', '/api/v1/billing/close', { body: { period: '2026-10' } }), 200, 'close October');
     const all = (closed.body.invoices as Body[]).map((i) => ({ id: String(i.id), account: String(i.account), total: String(i.total) }));
     if (all.length !== CUSTOMERS + 1) throw new Error(`expected ${CUSTOMERS + 1} invoices for October, got ${closed.text}`);
-    for (const node of nodes) node.useHours(NOVEMBER_HOURS);
+    for (const node of nodes) node.useHours(NOVEMBER_HOURS, backdated);
     // Room for every title the load will request, even if no destroyed partition is ever freed.
     const free = await freePartitions(fleet.database);
     if (free < CUSTOMERS * NEW_PER_CUSTOMER) throw new Error(`only ${free} free partitions for ${CUSTOMERS * NEW_PER_CUSTOMER} new titles`);
-    return { fleet, admin, customers, nodes, invoices: all.filter((i) => i.account !== 'steady'), steadyInvoice: all.find((i) => i.account === 'steady')!.id };
+    return { fleet, admin, customers, nodes, backdated, invoices: all.filter((i) => i.account !== 'steady'), steadyInvoice: all.find((i) => i.account === 'steady')!.id };
   } catch (error) {
     await fleet.close();
     throw error;
@@ -324,6 +330,7 @@ async function inspect(world: World, observed: Observed) {
   const live = await snapshotProjections(database);
   const rebuild = fleet.cli(['master', 'rebuild', '--database', database, '--json']);
   if (rebuild.exitCode !== 0) throw new Error(`master rebuild failed: ${rebuild.stderr}`);
+  await backdateInstances(database, BEFORE_BILLED_MONTHS, world.backdated);
   const rebuilt = await snapshotProjections(database);
 
   const instances = await query(database, 'select a.name as owner, i.title, i.parameters, i.state, i.partition_id from instances i join accounts a on a.id = i.owner_id');
@@ -412,6 +419,7 @@ describe.each(testEngines())('focused races on %s', (engine) => {
   let admin: FleetClient;
   let invoices: { id: string; account: string; total: string }[];
   let serialsNode: SimulatedNode;
+  let backdated: string[] = [];
   const PAYERS = 8;
 
   beforeAll(async () => {
@@ -427,7 +435,7 @@ describe.each(testEngines())('focused races on %s', (engine) => {
       const customer = await createCustomer(admin, `payer-${p}`);
       await expectStatus(customer.call('PUT', '/api/v1/instances/web', { body: { software: 'greeter', sla: { node: 'billing' } } }), 200, `payer-${p} web`);
     }
-    billingNode.useHours(OCTOBER_HOURS);
+    billingNode.useHours(OCTOBER_HOURS, (backdated = await backdateInstances(fleet.database, BEFORE_BILLED_MONTHS)));
     for (let round = 0; round < OCTOBER_HOURS.length; round++) await billingNode.cycle(true);
     const closed = await expectStatus(admin.call('POST', '/api/v1/billing/close', { body: { period: '2026-10' } }), 200, 'close October');
     invoices = (closed.body.invoices as Body[]).map((i) => ({ id: String(i.id), account: String(i.account), total: String(i.total) }));
@@ -528,6 +536,7 @@ describe.each(testEngines())('focused races on %s', (engine) => {
     const live = await snapshotProjections(fleet.database);
     const rebuild = fleet.cli(['master', 'rebuild', '--database', fleet.database, '--json']);
     expect(rebuild.stderr).toBe('');
+    await backdateInstances(fleet.database, BEFORE_BILLED_MONTHS, backdated);
     expect(snapshotDifferences(live, await snapshotProjections(fleet.database))).toEqual([]);
   });
 });

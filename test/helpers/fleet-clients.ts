@@ -171,9 +171,17 @@ export class SimulatedNode {
     public usageHours: string[] = [],
   ) {}
 
-  /** Reports usage for these hours from now on, from the first, for every instance. */
-  useHours(hours: string[]): void {
+  /** Instances usage is reported for; all when null. */
+  private usageOf: ReadonlySet<string> | null = null;
+
+  /**
+   * Reports usage for these hours from now on, from the first, for every instance or
+   * those of `only` (an instance requested after them never ran in them: the master
+   * would refuse their usage).
+   */
+  useHours(hours: string[], only?: Iterable<string>): void {
     this.usageHours = hours;
+    this.usageOf = only ? new Set(only) : null;
     this.usageNext.clear();
   }
 
@@ -221,7 +229,7 @@ export class SimulatedNode {
         }
         this.reported.set(instance.id, key);
       }
-      if (withUsage && instance.state !== 'destroyed') {
+      if (withUsage && instance.state !== 'destroyed' && (this.usageOf === null || this.usageOf.has(instance.id))) {
         const next = this.usageNext.get(instance.id) ?? 0;
         const hour = this.usageHours[next];
         if (hour) {

@@ -30,6 +30,37 @@ export async function query(database: string, text: string): Promise<Row[]> {
   }
 }
 
+/**
+ * Takes these instances (all of them when no ids are given) to have been requested at
+ * `createdAt`, and answers their ids. The master bills only hours within an instance's
+ * life, and the tests bill months that are over: their instances must be older than
+ * those months. A rebuild dates each instance from its first movement again, so a test
+ * that compares a rebuild dates the same instances again before reading it.
+ */
+export async function backdateInstances(database: string, createdAt: string, ids?: readonly string[]): Promise<string[]> {
+  const chosen: string[] = ids ? [...ids] : (await query(database, 'select id from instances')).map((r) => String(r.id));
+  if (chosen.length === 0) return [];
+  if (database.startsWith('sqlite:')) {
+    const sqlite = new Sqlite(database.slice('sqlite:'.length), { fileMustExist: true });
+    try {
+      sqlite.pragma('busy_timeout = 5000');
+      const update = sqlite.prepare('update instances set created_at = ? where id = ?');
+      sqlite.transaction(() => chosen.forEach((id) => update.run(createdAt, id)))();
+    } finally {
+      sqlite.close();
+    }
+    return chosen;
+  }
+  const client = new pg.Client({ connectionString: database });
+  await client.connect();
+  try {
+    await client.query('update instances set created_at = $1 where id = any($2)', [createdAt, chosen]);
+  } finally {
+    await client.end();
+  }
+  return chosen;
+}
+
 async function tables(database: string): Promise<string[]> {
   const rows = database.startsWith('sqlite:')
     ? await query(database, "select name from sqlite_master where type = 'table' and name not like 'sqlite_%' order by name")
