@@ -30,6 +30,7 @@ import { billingRoutes } from './routes/billing-api.js';
 import { binaryCacheKeyRoutes, binaryCacheRoutes, sourceCacheRoutes } from './routes/cache-api.js';
 import { nodeRoutes } from './routes/node-api.js';
 import { softwareUploadRoutes, userRoutes } from './routes/user-api.js';
+import { describeSchemaErrors } from '../protocol/schema-problems.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -204,16 +205,10 @@ function bearer(request: FastifyRequest): string {
 function toPledgerError(error: FastifyError, request: FastifyRequest): PledgerError {
   if (error instanceof PledgerError) return error;
   if (error.validation) {
-    const problems = error.validation.map((v) => {
-      const where = v.instancePath ? `${error.validationContext ?? 'body'}${v.instancePath.replaceAll('/', '.')}` : (error.validationContext ?? 'body');
-      const extra = v.keyword === 'additionalProperties' ? ` (${(v.params as { additionalProperty: string }).additionalProperty})` : '';
-      // The shared text patterns are unreadable as regular expressions: say what they mean.
-      const pattern = v.keyword === 'pattern' ? PATTERN_MEANINGS[(v.params as { pattern: string }).pattern] : undefined;
-      return `${where} ${pattern ?? v.message ?? 'is invalid'}${extra}`;
-    });
-    const distinct = [...new Set(problems)];
-    const more = distinct.length > MAX_PROBLEMS ? `; and ${distinct.length - MAX_PROBLEMS} more` : '';
-    return new PledgerError('BAD_REQUEST', `invalid request: ${distinct.slice(0, MAX_PROBLEMS).join('; ')}${more}`, {
+    const context = error.validationContext ?? 'body';
+    // The shared text patterns are unreadable as regular expressions: say what they mean.
+    const problems = describeSchemaErrors(error.validation, { root: context, top: context, patterns: PATTERN_MEANINGS }, MAX_PROBLEMS);
+    return new PledgerError('BAD_REQUEST', `invalid request: ${problems}`, {
       details: error.validation.slice(0, MAX_PROBLEMS),
     });
   }

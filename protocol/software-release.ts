@@ -9,13 +9,14 @@
 import { createHash } from 'node:crypto';
 import { lstat, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
+import { Ajv } from 'ajv';
 import addFormatsImport from 'ajv-formats';
 import { Type, type Static } from 'typebox';
 import nunjucks from 'nunjucks';
 import { parseDocument } from 'yaml';
 import { Resources, SoftwareName, SoftwareRef, SoftwareType, SoftwareVersion, StrictRecord } from './api.js';
 import { PledgerError } from './errors.js';
+import { describeSchemaError } from './schema-problems.js';
 
 // ajv-formats is CommonJS: its default export arrives wrapped under ESM.
 const addFormats = ((addFormatsImport as unknown as { default?: unknown }).default ?? addFormatsImport) as (ajv: Ajv) => Ajv;
@@ -247,7 +248,7 @@ export async function loadSoftware(dir: string, options: { knownHash?: string } 
   }
   const parsed: unknown = document.toJS();
   const valid = validateDefinition(parsed);
-  if (!valid) problems.push(...validateDefinition.errors!.map(describeSchemaError));
+  if (!valid) problems.push(...validateDefinition.errors!.map((e) => describeSchemaError(e, { top: '(top)' })));
   // The other checks still run on every piece that has the right shape, so that one
   // mistake does not hide the others; a definition with a schema error is never returned.
   const definition = valid ? parsed : checkablePieces(parsed);
@@ -431,12 +432,6 @@ export function templateStrings(value: unknown): string[] {
   if (Array.isArray(value)) return value.flatMap(templateStrings);
   if (value !== null && typeof value === 'object') return Object.values(value).flatMap(templateStrings);
   return [];
-}
-
-function describeSchemaError(error: ErrorObject): SoftwareProblem {
-  const where = error.instancePath.split('/').slice(1).join('.') || '(top)';
-  const extra = error.keyword === 'additionalProperties' ? ` (${(error.params as { additionalProperty: string }).additionalProperty})` : '';
-  return { where, message: `${error.message ?? 'is invalid'}${extra}` };
 }
 
 function invalid(problems: SoftwareProblem[]): PledgerError {

@@ -8,6 +8,7 @@
  */
 import type { ErrorObject } from 'ajv';
 import { PledgerError, type ErrorCode } from '../protocol/errors.js';
+import { describeSchemaErrors } from '../protocol/schema-problems.js';
 
 /** A compiled check: true when `value` matches; `errors` says why not. */
 export interface Validator {
@@ -18,11 +19,6 @@ export interface Validator {
 /** Returns `value` typed as `T` when `validate` accepts it, or throws PledgerError(code). */
 export function checkValue<T>(validate: Validator, value: unknown, what: string, code: ErrorCode = 'BAD_REQUEST', hint?: string): T {
   if (validate(value)) return value as T;
-  const problems = (validate.errors ?? []).map(describe).join('; ');
+  const problems = describeSchemaErrors(validate.errors ?? [], { top: '(top)' });
   throw new PledgerError(code, `invalid ${what}: ${problems}`, hint === undefined ? {} : { hint });
-}
-
-function describe(error: ErrorObject): string {
-  const where = error.instancePath.split('/').slice(1).join('.') || '(top)';
-  return `${where} ${error.message ?? 'is invalid'}`;
 }

@@ -7,6 +7,7 @@ import type { Parameters } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { sharedSchemaKey, type SoftwareDefinition } from '../../protocol/software-release.js';
 import type { SoftwareRow } from '../software.js';
+import { describeSchemaErrors } from '../../protocol/schema-problems.js';
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 
@@ -58,13 +59,7 @@ function validatorFor(software: Pick<SoftwareRow, 'hash' | 'parameter_schemas'>,
 }
 
 function problemsOf(validate: ValidateFunction): string {
-  return validate.errors!
-    .map((e) => {
-      const where = e.instancePath ? e.instancePath.slice(1).replaceAll('/', '.') : 'parameters';
-      const extra = e.keyword === 'additionalProperties' ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : '';
-      return `${where} ${e.message ?? 'is invalid'}${extra}`;
-    })
-    .join('; ');
+  return describeSchemaErrors(validate.errors!, { top: 'parameters' });
 }
 
 /**
