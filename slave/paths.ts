@@ -26,8 +26,6 @@ export const desiredStatePath = (root: string) => path.join(root, 'state', 'desi
 export const legacyOutboxPath = (root: string) => path.join(root, 'state', 'outbox.jsonl');
 /** SQLite: the outbox and the usage meter, written by the agent's cycles and by the supervisor. */
 export const nodeDatabasePath = (root: string) => path.join(root, 'state', 'node.db');
-/** Where `new Outbox(...)` keeps the events: the node database. */
-export const outboxPath = nodeDatabasePath;
 /** Held while a cycle runs (one run per cycle at a time), and by the supervisor while it lives. */
 export const lockPath = (root: string, task: 'software' | 'instances' | 'promises' | 'usage' | 'report' | 'supervisor' | 'daemon') =>
   path.join(root, 'state', `${task}.lock`);

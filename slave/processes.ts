@@ -4,7 +4,7 @@
  * started it, and is known afterwards by its pid and its start time. The start time
  * guards against pid reuse: a pid alone could name an unrelated process later.
  */
-import { readdir, readFile, open } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 
 export interface ServiceRecord {
   pid: number;
@@ -45,53 +45,12 @@ export async function isAlive(record: ServiceRecord): Promise<boolean> {
   return stat !== undefined && stat.startTime === record.startTime && stat.state !== 'Z';
 }
 
-export interface StartOptions {
-  argv: string[];
-  cwd: string;
-  env: Record<string, string>;
-  /** stdout and stderr are appended to this file. */
-  logFile: string;
-}
-
 /**
  * The child writes straight into an open file, not through a pipe to the agent, so it
  * keeps its output when the agent exits. execa takes any descriptor; its types list 3-9.
  */
 export function fileDescriptor(fd: number): 3 {
   return fd as 3;
-}
-
-/** Starts a process in a group of its own that survives the agent, and returns its record. */
-export async function startProcess(options: StartOptions): Promise<ServiceRecord> {
-  const [command, ...args] = options.argv;
-  if (!command) throw new Error('empty command');
-  // Loaded here only: the supervisor, which never calls this, stays small without it.
-  const { execa } = await import('execa');
-  const log = await open(options.logFile, 'a', 0o640);
-  try {
-    const child = execa(command, args, {
-      cwd: options.cwd,
-      env: options.env,
-      extendEnv: false,
-      detached: true,
-      cleanup: false,
-      stdin: 'ignore',
-      stdout: fileDescriptor(log.fd),
-      stderr: fileDescriptor(log.fd),
-      reject: false,
-      buffer: false,
-    });
-    if (child.pid === undefined) {
-      const result = await child;
-      throw new Error(`cannot start ${command}: ${result.originalMessage || result.shortMessage}`);
-    }
-    child.unref();
-    const stat = await readProcessStat(child.pid);
-    if (!stat) throw new Error(`${command} exited at once (see ${options.logFile})`);
-    return { pid: child.pid, startTime: stat.startTime };
-  } finally {
-    await log.close();
-  }
 }
 
 /** The processes of a group that still run (zombies excluded: they are only waiting to be reaped). */

@@ -30,7 +30,3 @@ export function receivableAccount(accountName: string): string {
   const escaped = accountName.replace(/[-._]/g, (c) => (c === '-' ? '--' : c === '.' ? '-d' : '-u'));
   return `${RECEIVABLE_PREFIX}C-${escaped}`;
 }
-
-export function isReceivable(account: string): boolean {
-  return account.startsWith(RECEIVABLE_PREFIX);
-}
