@@ -137,7 +137,8 @@ describe('pledger billing', () => {
 
   it('refuses usage of an hour outside the instance\'s life, billing nothing for it and blocking no month', async () => {
     await expectUnchanged(async () => {
-      for (const hour of ['2001-01-01T00:00:00.000Z', '2025-12-31T23:00:00.000Z']) {
+      // Long before, and the last hour that ended before it was requested by more than a node's clock may be off.
+      for (const hour of ['2001-01-01T00:00:00.000Z', '2025-12-31T22:00:00.000Z']) {
         const refused = await nodeCall('POST', '/events', { events: [usageEvent(`usage-before-life-${hour.slice(0, 4)}`, hour)] });
         expect(refused.status).toBe(400);
         const body = (await refused.json()) as { error: { code: string; message: string } };

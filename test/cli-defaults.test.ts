@@ -5,7 +5,7 @@
  * of its own. Port 8600, the documented default, may be taken on a shared machine: the
  * tests that need it say so as a skip.
  */
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -113,6 +113,21 @@ describe('documented defaults', () => {
     const bare = await serve(['--port', String(await freePort()), '--no-software-dir'], { HOME: emptyHome });
     started.push(bare.child);
     expect((await pledger(['software', 'list', '--json'], { env: { PLEDGER_MASTER_URL: bare.url, PLEDGER_TOKEN: emptyToken } })).json()).toEqual([]);
+  });
+
+  it('login keeps the master and token in ~/.config/pledger/client.json, mode 0600, for the next commands', async () => {
+    const HOME = home();
+    const token = (await pledger(['master', 'init', '--json'], { env: { HOME } })).json<{ token: string }>().token;
+    const master = await serve(['--port', String(await freePort())], { HOME });
+    started.push(master.child);
+    // The CLI as a user runs it: no PLEDGER_CONFIG, no PLEDGER_MASTER_URL nor PLEDGER_TOKEN.
+    const cli = (...args: string[]) => execa(process.execPath, [CLI, ...args], { reject: false, extendEnv: false, env: { HOME, PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+    const login = await cli('login', '--master', master.url, '--token', token);
+    expect(login.exitCode, String(login.stderr)).toBe(0);
+    const file = path.join(HOME, '.config', 'pledger', 'client.json');
+    expect(login.stdout).toBe(`logged in to ${master.url} as admin (admin); settings kept in ${file}`);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect((await cli('whoami')).stdout).toBe('admin (admin)');
   });
 
   it('master serve listens on 127.0.0.1:8600 when told nothing', async (context) => {

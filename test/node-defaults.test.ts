@@ -189,6 +189,7 @@ describe('a node configured with the documented defaults', () => {
       const waited = await pledger(['request', 'blocked', 'hello', '--wait', '--timeout', '30'], { env: asAlice });
       expect(waited.exitCode).toBe(1);
       expect(waited.stderr).toContain(cause);
+      expect(waited.stderr).toMatch(/\nhint: its node reported this; `pledger info blocked --history` lists every report/);
       expect(contacted).toBe(0);
     } finally {
       await new Promise((resolve) => squatter.close(resolve));

@@ -58,7 +58,11 @@ export async function waitUntilReady(client: MasterClient, title: string, timeou
     if (summary !== last) onChange?.(view);
     last = summary;
     if (view.ready) return view;
-    if (view.status === 'error') throw new PledgerError('NODE_FAILURE', `instance "${title}" failed: ${view.message ?? 'no message'}`);
+    if (view.status === 'error') {
+      throw new PledgerError('NODE_FAILURE', `instance "${title}" failed: ${view.message ?? 'no message'}`, {
+        hint: `its node reported this; \`pledger info ${title} --history\` lists every report, and the node tries again at its next run`,
+      });
+    }
     if (Date.now() > deadline) {
       // Unallocated, no node agent is involved yet: what is missing is a node that can take it.
       const hint =

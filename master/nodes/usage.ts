@@ -92,10 +92,11 @@ export function usageHour(context: EventContext, node: NodeRow, event: NodeEvent
     throw new PledgerError('FORBIDDEN', `instance ${event.instance} is not allocated to partition ${event.partition} of node ${node.name}`);
   }
   // An hour is billed only within the instance's life: one that ended before it was
-  // requested, or began after its node reported it destroyed, never ran there.
+  // requested, or began after its node reported it destroyed, never ran there (with the
+  // same leeway as above for a node's clock that is off by a few minutes).
   const start = Date.parse(event.hour);
   const destroyedAt = instance.partition_id !== pid || instance.status === 'destroyed' ? Date.parse(instance.updated_at) : Number.POSITIVE_INFINITY;
-  if (start + HOUR_MS <= Date.parse(instance.created_at) || start > destroyedAt) {
+  if (start + HOUR_MS + USAGE_CLOCK_SKEW_MS <= Date.parse(instance.created_at) || start > destroyedAt + USAGE_CLOCK_SKEW_MS) {
     const life = `${instance.created_at} to ${Number.isFinite(destroyedAt) ? instance.updated_at : 'now'}`;
     throw new PledgerError('BAD_REQUEST', `usage event ${event.id}: the hour ${event.hour} is outside the life of instance ${event.instance} (${life})`, {
       details: { event: event.id },
