@@ -28,52 +28,22 @@ import {
 } from '../protocol/binary-cache.js';
 import { PledgerError } from '../protocol/errors.js';
 import { checkGzippedTar } from '../protocol/software-archive.js';
+import type { BinaryCacheTable, Tables } from './db/tables.js';
 
-interface SourceCacheTable {
-  sha256: string;
-  content: Buffer;
-  size: number;
-  uploaded_by: string;
-  uploaded_at: string;
-}
 
-interface BinaryCacheTable {
-  part_hash: string;
-  platform: string;
-  prefix: string;
-  sha256: string;
-  size: number;
-  content: Buffer;
-  signature: string;
-  uploaded_by: string;
-  uploaded_at: string;
-}
 
-interface SigningKeysTable {
-  name: string;
-  public_key: string;
-  private_key: string;
-  created_at: string;
-}
-
-export interface CacheTables {
-  source_cache: SourceCacheTable;
-  binary_cache: BinaryCacheTable;
-  signing_keys: SigningKeysTable;
-}
-
-export async function hasSource(db: Kysely<CacheTables>, sha256: string): Promise<boolean> {
+export async function hasSource(db: Kysely<Tables>, sha256: string): Promise<boolean> {
   return (await db.selectFrom('source_cache').select('sha256').where('sha256', '=', sha256).executeTakeFirst()) !== undefined;
 }
 
-export async function readSource(db: Kysely<CacheTables>, sha256: string): Promise<Buffer> {
+export async function readSource(db: Kysely<Tables>, sha256: string): Promise<Buffer> {
   const row = await db.selectFrom('source_cache').select('content').where('sha256', '=', sha256).executeTakeFirst();
   if (!row) throw new PledgerError('NOT_FOUND', `no source archive with sha256 ${sha256} in the cache`);
   return Buffer.from(row.content);
 }
 
 /** Stores `content` under `sha256` unless it is there already; returns whether it was new. */
-export async function storeSource(db: Kysely<CacheTables>, nodeId: string, sha256: string, content: Buffer): Promise<boolean> {
+export async function storeSource(db: Kysely<Tables>, nodeId: string, sha256: string, content: Buffer): Promise<boolean> {
   const actual = createHash('sha256').update(content).digest('hex');
   if (actual !== sha256) throw new PledgerError('BAD_REQUEST', `refused: the content has the sha256 ${actual}, not ${sha256}`);
   // A source may be compressed in any way tar reads; a gzipped one is read through, so
@@ -104,7 +74,7 @@ const signingKeys = new WeakMap<object, Promise<SigningKey>>();
  * `pledger master init` or the first start). Several master processes starting at
  * once may each generate one: the first stored wins and every process reads it back.
  */
-export function binaryCacheSigningKey(db: Kysely<CacheTables>): Promise<SigningKey> {
+export function binaryCacheSigningKey(db: Kysely<Tables>): Promise<SigningKey> {
   let key = signingKeys.get(db);
   if (!key) {
     key = loadOrCreateSigningKey(db);
@@ -115,7 +85,7 @@ export function binaryCacheSigningKey(db: Kysely<CacheTables>): Promise<SigningK
   return key;
 }
 
-async function loadOrCreateSigningKey(db: Kysely<CacheTables>): Promise<SigningKey> {
+async function loadOrCreateSigningKey(db: Kysely<Tables>): Promise<SigningKey> {
   const read = () => db.selectFrom('signing_keys').select(['public_key', 'private_key']).where('name', '=', BINARY_CACHE_KEY_NAME).executeTakeFirst();
   let row = await read();
   if (!row) {
@@ -156,7 +126,7 @@ const toEntry = (row: BinaryRow): BinaryEntry => ({
  * The entry a node with this platform and root can use for a part: one built for its
  * very root first, else a relocatable one (filed under the empty prefix).
  */
-export async function findBinary(db: Kysely<CacheTables>, partHash: string, platform: string, prefix: string): Promise<BinaryEntry> {
+export async function findBinary(db: Kysely<Tables>, partHash: string, platform: string, prefix: string): Promise<BinaryEntry> {
   const rows = await db
     .selectFrom('binary_cache')
     .select(BINARY_COLUMNS)
@@ -170,7 +140,7 @@ export async function findBinary(db: Kysely<CacheTables>, partHash: string, plat
 }
 
 /** The archive filed under exactly this key. */
-export async function readBinary(db: Kysely<CacheTables>, partHash: string, platform: string, prefix: string): Promise<Buffer> {
+export async function readBinary(db: Kysely<Tables>, partHash: string, platform: string, prefix: string): Promise<Buffer> {
   const row = await db
     .selectFrom('binary_cache')
     .select('content')
@@ -187,7 +157,7 @@ export async function readBinary(db: Kysely<CacheTables>, partHash: string, plat
  * sha256 announced. When the key holds an entry already, that one stays and is
  * returned (`stored: false`), whatever was sent.
  */
-export async function storeBinary(db: Kysely<CacheTables>, nodeId: string, partHash: string, upload: BinaryUploadQuery, content: Buffer): Promise<BinaryUploaded> {
+export async function storeBinary(db: Kysely<Tables>, nodeId: string, partHash: string, upload: BinaryUploadQuery, content: Buffer): Promise<BinaryUploaded> {
   if (content.length > MAX_BINARY_ARCHIVE_BYTES) throw new PledgerError('PAYLOAD_TOO_LARGE', `a built part archive may hold at most ${MAX_BINARY_ARCHIVE_BYTES} bytes`);
   const actual = createHash('sha256').update(content).digest('hex');
   if (actual !== upload.sha256) throw new PledgerError('BAD_REQUEST', `refused: the content has the sha256 ${actual}, not ${upload.sha256}`);

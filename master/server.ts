@@ -3,11 +3,10 @@
  * migrates, publishes the bundled software releases and listens.
  */
 import { once } from 'node:events';
-import type { Kysely } from 'kysely';
 import { PledgerError } from '../protocol/errors.js';
 import { countAccounts, createAccount } from './accounts.js';
 import { buildApp, type App } from './app.js';
-import { binaryCacheSigningKey, type CacheTables } from './cache.js';
+import { binaryCacheSigningKey } from './cache.js';
 import { openDatabase } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { startPeriodicWork } from './periodic.js';
@@ -36,7 +35,7 @@ export async function initMaster(database: string, adminName: string): Promise<{
     }
     const { token } = await createAccount(opened.db, { name: adminName, role: 'admin' }, 'master');
     // Created now so that every node registered from here on can be given it.
-    await binaryCacheSigningKey(opened.db as unknown as Kysely<CacheTables>);
+    await binaryCacheSigningKey(opened.db);
     return { token };
   } finally {
     await opened.close();
@@ -53,7 +52,7 @@ export async function serveMaster(settings: MasterSettings): Promise<RunningMast
   const database = openDatabase(settings.database);
   await migrate(database);
   // A master initialized before the binary cache existed gets its key at this start.
-  await binaryCacheSigningKey(database.db as unknown as Kysely<CacheTables>);
+  await binaryCacheSigningKey(database.db);
   const app = buildApp({ database, logger: { level: process.env.PLEDGER_LOG_LEVEL ?? 'info' } });
   database.onConnectionError((error) => app.log.warn({ err: error }, 'database connection lost: the pool opens a new one when needed'));
   if (settings.softwareDir) {

@@ -5,7 +5,6 @@
  * ledger holds exactly one invoice per customer and a balanced journal.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { billingDb } from '../master/billing/journal.js';
 import { billingFixture, type BillingFixture } from './helpers/billing-fixture.js';
 import { testEngines } from './helpers/databases.js';
 import { pledger, serveDatabase, type RunningMaster } from './helpers/processes.js';
@@ -98,7 +97,7 @@ describe.each(testEngines())('closing a month from several masters at once on %s
       expect(Number(t.postings)).toBeGreaterThanOrEqual(2);
     }
     // Every usage hour was billed, by this close.
-    const billed = await billingDb(db).selectFrom('usage_hours').select(['billed_period', (eb) => eb.fn.countAll().as('hours')]).groupBy('billed_period').execute();
+    const billed = await db.selectFrom('usage_hours').select(['billed_period', (eb) => eb.fn.countAll().as('hours')]).groupBy('billed_period').execute();
     expect(billed.map((b) => ({ period: b.billed_period, hours: Number(b.hours) }))).toEqual([{ period: '2026-10', hours: 3 * (CUSTOMERS + CUSTOMERS / 2) }]);
   }, 120_000);
 });

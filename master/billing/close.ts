@@ -17,7 +17,7 @@ import { writeTransaction } from '../db/group-commit.js';
 import type { Tables } from '../db/tables.js';
 import { record, recordMany, type MovementEntry } from '../ledger/movements.js';
 import { receivableAccount, revenueAccount, TAX_ACCOUNT } from './accounts.js';
-import { billingDb, loadSettings, RESOURCES, type InvoiceData, type InvoiceLineData, type JournalTransaction, type Resource } from './journal.js';
+import { loadSettings, RESOURCES, type InvoiceData, type InvoiceLineData, type JournalTransaction, type Resource } from './journal.js';
 import { divRound, exactSum, int, PRICE_DECIMALS } from './money.js';
 import { loadPriceVersions, PriceBook } from './prices.js';
 
@@ -111,7 +111,7 @@ export async function closePeriod(database: Database, period: string, actor: str
     await engine.allowLargeSort(trx);
     // Usage is added up per instance and month first (10,000 groups for a million
     // hours), then joined to the names and sorted.
-    const sums = billingDb(trx)
+    const sums = trx
       .selectFrom('usage_hours as u')
       .select([
         'u.owner_id',
@@ -186,7 +186,7 @@ export async function closePeriod(database: Database, period: string, actor: str
 async function refuseOutOfOrder(trx: Transaction<Tables>, period: string, start: string): Promise<void> {
   const later = await trx.selectFrom('billing_periods').select('period').where('period', '>', period).orderBy('period').executeTakeFirst();
   if (later) throw new PledgerError('CONFLICT', `the period ${later.period} is closed already: ${period} cannot be closed after it`);
-  const earliest = await billingDb(trx)
+  const earliest = await trx
     .selectFrom('usage_hours')
     .select((eb) => eb.fn.min<string | null>('hour').as('hour'))
     .where('billed_period', 'is', null)

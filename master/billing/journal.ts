@@ -13,15 +13,8 @@ import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 import { NO_LOCKS, type Projection } from '../ledger/applier.js';
 import { locks, type LockKey } from '../ledger/locks.js';
-import type { BilledUsageHoursTable } from './tables.js';
-
-/** The master's tables with the column migration 0003 adds to usage_hours. */
-export type BillingTables = Omit<Tables, 'usage_hours'> & { usage_hours: BilledUsageHoursTable };
 type Db = Kysely<Tables> | Transaction<Tables>;
 
-export function billingDb(db: Db): Kysely<BillingTables> {
-  return db as unknown as Kysely<BillingTables>;
-}
 
 export interface Posting {
   account: string;
@@ -290,7 +283,7 @@ export const billing: Projection<BillingMovement['kind']> = {
           .values({ period, closed_at: at, invoices })
           .onConflict((oc) => oc.column('period').doNothing())
           .execute();
-        await billingDb(db).updateTable('usage_hours').set({ billed_period: period }).where('billed_period', 'is', null).where('hour', '<', until).execute();
+        await db.updateTable('usage_hours').set({ billed_period: period }).where('billed_period', 'is', null).where('hour', '<', until).execute();
       },
     },
     'payment.recorded': { locks: invoiceLock, apply: (db, d, at) => applyPayment(db, d, d.paymentId, at) },

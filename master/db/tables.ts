@@ -1,8 +1,10 @@
 /**
  * The master's tables as kysely sees them.
  *
- * `movements` is the ledger: append-only, one row per thing that happened. Every other
- * table but `software_archives` and `node_heartbeats` is a projection of the movements,
+ * Every table of the database, in one registry. `movements` is the ledger: append-only,
+ * one row per thing that happened. Every other table but the content stores
+ * (`software_archives`, the caches, the signing keys) and the nodes' own reports
+ * (`node_heartbeats`, `node_set_aside`) and `master_leases` is a projection of the movements,
  * updated in the same transaction as the movement that changes it (master/ledger).
  * Timestamps are ISO-8601 text and JSON is text, so both engines store the same bytes.
  */
@@ -176,6 +178,8 @@ export interface UsageHoursTable {
   disk_byte_seconds: number | string;
   uptime_seconds: number;
   recorded_at: string;
+  /** The period whose close billed the hour (migration 0003); null until then. */
+  billed_period: Generated<string | null>;
 }
 
 /** Which master process does a piece of periodic work until when: not part of the ledger. */
@@ -183,6 +187,151 @@ export interface MasterLeasesTable {
   name: string;
   holder: string;
   expires_at: string;
+}
+
+// ---------------------------------------------------------------------------
+// Billing (migration 0003 and after). Money and quantities are integers in minor units
+// and base units; PostgreSQL returns its bigints as strings, so every read goes through
+// `int()` in master/billing/money.ts.
+
+type BigInteger = number | string | bigint;
+
+export interface BillingSettingsTable {
+  key: string;
+  value: string;
+}
+
+export interface PricesTable {
+  software_name: string;
+  software_type: string;
+  valid_from: string;
+  currency: string;
+  instance_month: BigInteger;
+  instance_hour: BigInteger;
+  cpu_hour: BigInteger;
+  memory_gib_hour: BigInteger;
+  disk_gib_month: BigInteger;
+  set_at: string;
+}
+
+export interface BillingHoldsTable {
+  account_id: string;
+  invoice_id: string;
+  reason: string;
+  since: string;
+  instances: string;
+  destroyed: number;
+}
+
+export interface BillingPeriodsTable {
+  period: string;
+  closed_at: string;
+  invoices: number;
+}
+
+export interface InvoicesTable {
+  id: string;
+  owner_id: string;
+  period: string;
+  currency: string;
+  subtotal: BigInteger;
+  tax: BigInteger;
+  total: BigInteger;
+  tax_rate_basis_points: number;
+  issued_at: string;
+  due_at: string;
+}
+
+export interface InvoiceLinesTable {
+  invoice_id: string;
+  line: number;
+  instance_id: string;
+  instance_title: string;
+  software_id: string;
+  software_type: string;
+  usage_month: string;
+  resource: string;
+  quantity: BigInteger;
+  unit: string;
+  unit_price: BigInteger;
+  amount: BigInteger;
+}
+
+export interface PaymentsTable {
+  id: string;
+  invoice_id: string;
+  amount: BigInteger;
+  currency: string;
+  paid_at: string;
+  reference: string;
+}
+
+/** One row per invoice a credit note reversed (migration 0012), append-only. */
+export interface CreditNotesTable {
+  invoice_id: string;
+  amount: BigInteger;
+  currency: string;
+  reason: string;
+  credited_at: string;
+}
+
+export interface JournalTransactionsTable {
+  id: string;
+  date: string;
+  period: string;
+  kind: string;
+  reference: string;
+  description: string;
+  reverses: string | null;
+}
+
+export interface JournalPostingsTable {
+  transaction_id: string;
+  line: number;
+  account: string;
+  currency: string;
+  amount: BigInteger;
+}
+
+// ---------------------------------------------------------------------------
+// Content the master stores by hash (not projections: a rebuild keeps them), and its keys.
+
+export interface SourceCacheTable {
+  sha256: string;
+  content: Buffer;
+  size: number;
+  uploaded_by: string;
+  uploaded_at: string;
+}
+
+export interface BinaryCacheTable {
+  part_hash: string;
+  platform: string;
+  prefix: string;
+  sha256: string;
+  size: number;
+  content: Buffer;
+  signature: string;
+  uploaded_by: string;
+  uploaded_at: string;
+}
+
+export interface SigningKeysTable {
+  name: string;
+  public_key: string;
+  private_key: string;
+  created_at: string;
+}
+
+/** What each node last said of the events it set aside: its own report, not a projection (migration 0014). */
+export interface NodeSetAsideTable {
+  node_id: string;
+  count: number;
+  last_event: string | null;
+  last_type: string | null;
+  last_reason: string | null;
+  last_at: string | null;
+  reported_at: string;
 }
 
 export interface Tables {
@@ -202,4 +351,18 @@ export interface Tables {
   shared_backends: SharedBackendsTable;
   usage_hours: UsageHoursTable;
   master_leases: MasterLeasesTable;
+  billing_settings: BillingSettingsTable;
+  prices: PricesTable;
+  billing_holds: BillingHoldsTable;
+  billing_periods: BillingPeriodsTable;
+  invoices: InvoicesTable;
+  invoice_lines: InvoiceLinesTable;
+  payments: PaymentsTable;
+  credit_notes: CreditNotesTable;
+  journal_transactions: JournalTransactionsTable;
+  journal_postings: JournalPostingsTable;
+  source_cache: SourceCacheTable;
+  binary_cache: BinaryCacheTable;
+  signing_keys: SigningKeysTable;
+  node_set_aside: NodeSetAsideTable;
 }

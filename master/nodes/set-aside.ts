@@ -7,25 +7,9 @@
 import type { Kysely } from 'kysely';
 import type { SetAsideReport, SetAsideView } from '../../protocol/api.js';
 import { storable } from '../../protocol/storable.js';
+import type { Tables } from '../db/tables.js';
 
-interface NodeSetAsideTable {
-  node_id: string;
-  count: number;
-  last_event: string | null;
-  last_type: string | null;
-  last_reason: string | null;
-  last_at: string | null;
-  reported_at: string;
-}
-
-/** The one table of this module, typed here: it touches no other but `nodes`, to name them. */
-export interface SetAsideTables {
-  node_set_aside: NodeSetAsideTable;
-  nodes: { id: string; name: string };
-}
-
-export async function noteSetAside<T>(database: Kysely<T>, nodeId: string, report: SetAsideReport): Promise<void> {
-  const db = database as unknown as Kysely<SetAsideTables>;
+export async function noteSetAside(db: Kysely<Tables>, nodeId: string, report: SetAsideReport): Promise<void> {
   // The reason is the master's own message about the node's event: evidence, kept as it is, made storable.
   const last = report.last ? storable(report.last) : undefined;
   const row = {
@@ -44,8 +28,7 @@ export async function noteSetAside<T>(database: Kysely<T>, nodeId: string, repor
 }
 
 /** Each node's report, by node name, for the nodes that set anything aside. */
-export async function setAsideByNode<T>(database: Kysely<T>): Promise<Map<string, SetAsideView>> {
-  const db = database as unknown as Kysely<SetAsideTables>;
+export async function setAsideByNode(db: Kysely<Tables>): Promise<Map<string, SetAsideView>> {
   const rows = await db
     .selectFrom('node_set_aside')
     .innerJoin('nodes', 'nodes.id', 'node_set_aside.node_id')

@@ -17,19 +17,17 @@ import { Sha256 } from '../../protocol/api.js';
 import { BinaryCacheKey, BinaryEntry, BinaryKeyQuery, BinaryUploaded, BinaryUploadQuery } from '../../protocol/binary-cache.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { App } from '../app.js';
-import { binaryCacheSigningKey, findBinary, readBinary, readSource, storeBinary, storeSource, type CacheTables } from '../cache.js';
+import { binaryCacheSigningKey, findBinary, readBinary, readSource, storeBinary, storeSource } from '../cache.js';
 import type { Tables } from '../db/tables.js';
 import { sourceSuppliedTo } from '../software.js';
 
 const SHA256 = /^[0-9a-f]{64}$/;
 
 export async function sourceCacheRoutes(app: App, db: Kysely<Tables>): Promise<void> {
-  // Its own table, typed here: the cache touches no other table but through sourceSuppliedTo.
-  const cache = db as unknown as Kysely<CacheTables>;
   const params = Type.Object({ sha256: Sha256 });
 
   app.get('/sources/:sha256', { schema: { params } }, async (request, reply) => {
-    const content = await readSource(cache, request.params.sha256);
+    const content = await readSource(db, request.params.sha256);
     return reply.type('application/octet-stream').header('cache-control', 'public, max-age=31536000, immutable').send(content);
   });
 
@@ -50,14 +48,13 @@ export async function sourceCacheRoutes(app: App, db: Kysely<Tables>): Promise<v
     async (request, reply) => {
       const body = request.body;
       if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/octet-stream');
-      const stored = await storeSource(cache, request.node.id, request.params.sha256, body);
+      const stored = await storeSource(db, request.node.id, request.params.sha256, body);
       return reply.code(stored ? 201 : 200).send({ sha256: request.params.sha256, size: body.length, stored });
     },
   );
 }
 
-export async function binaryCacheRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
-  const db = database as unknown as Kysely<CacheTables>;
+export async function binaryCacheRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   const params = Type.Object({ partHash: Sha256 });
 
   app.get('/binaries/:partHash', { schema: { params, querystring: BinaryKeyQuery, response: { 200: BinaryEntry } } }, async (request) =>
@@ -94,7 +91,6 @@ export async function binaryCacheRoutes<T>(app: App, database: Kysely<T>): Promi
 }
 
 /** For operators and users: what `pledger node configure --binary-cache-key` takes. */
-export async function binaryCacheKeyRoutes<T>(app: App, database: Kysely<T>): Promise<void> {
-  const db = database as unknown as Kysely<CacheTables>;
+export async function binaryCacheKeyRoutes(app: App, db: Kysely<Tables>): Promise<void> {
   app.get('/binary-cache/key', { schema: { response: { 200: BinaryCacheKey } } }, async () => ({ publicKey: (await binaryCacheSigningKey(db)).publicKey }));
 }
