@@ -275,6 +275,9 @@ async function prepareFleet(engine: TestEngine, count: number): Promise<{ databa
         }
       }),
     );
+    // The nodes report the last hour that is over; the master bills only hours within an
+    // instance's life, so the instances are taken to have been requested before it.
+    await db.updateTable('instances').set({ created_at: new Date(Date.now() - 3 * 3_600_000).toISOString() }).execute();
     // What each node learnt from its last poll: the state's ETag and its instance.
     const rows = new Map((await db.selectFrom('nodes').selectAll().execute()).map((r) => [r.id, r]));
     const nodes: FleetNode[] = [];

@@ -7,16 +7,18 @@
  * the instance's), called the master in the last 10 minutes, has the release supplied,
  * has enough of each declared resource the instance needs left over, and has a free
  * partition. Among the fitting partitions the first by node name, then by partition
- * reference, wins: allocation is deterministic. It is safe with several master
- * processes: a node's partitions and resources are taken under the node's lock, so two
- * masters never give the same partition twice nor more than a node has.
+ * reference, wins: one request at a time, allocation is deterministic. It is safe with
+ * several master processes: a node's partitions and resources are taken under the
+ * node's lock, so two masters never give the same partition twice nor more than a node
+ * has; requests allocated at the same moment take the first nodes that no other one
+ * holds.
  */
 import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely';
 import type { Resources, Sla } from '../../protocol/api.js';
 import type { SoftwareDefinition } from '../../protocol/software-release.js';
 import { writeTransaction } from '../db/group-commit.js';
 import type { Tables } from '../db/tables.js';
-import { lock, locks } from '../ledger/locks.js';
+import { lock, locks, tryLock } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';
 import { partitionTaken } from './shared.js';
 
@@ -61,35 +63,54 @@ export function resourceNeeds(definition: SoftwareDefinition, softwareType: stri
  */
 type NodeCondition = RawBuilder<unknown>;
 
-/** Nodes tried under their lock before an instance waits for a later try. */
+/** Nodes looked at before an allocation only waits for those another one held. */
 const MAX_NODES_TRIED = 16;
 
 /**
  * Allocates `instance` inside the caller's transaction, or records why it cannot. The
  * caller holds the instance's lock.
  *
- * The first fitting node is taken under its lock and checked again: another master may
- * have taken its last partition or resource meanwhile, and then the next node is
- * tried. Nodes are locked in the order of their names, as every allocation does, so
- * two allocations never wait for each other in a circle.
+ * The first fitting node by name is taken under its lock and checked again: another
+ * master may have taken its last partition or resource meanwhile, and then the next
+ * node is tried. A node another allocation holds at that moment is passed over for the
+ * next fitting one, so that concurrent requests spread over the fleet instead of
+ * queueing for one node; only when no other node fits does the allocation wait for it.
  */
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
   const sla = JSON.parse(instance.sla) as Sla;
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
   const conditions = [...matching(sla), open(instance.owner_id), supplied(instance.software_id), alive(cutoff), ...apart(instance, sla), ...withResources(instance.needs)];
+  // Nodes that no longer fit once locked, and nodes another allocation holds right now.
   const tried: string[] = [];
-  for (let attempt = 0; attempt < MAX_NODES_TRIED; attempt++) {
-    const notTried = tried.length > 0 ? [sql`nodes.id not in (${sql.join(tried)})`] : [];
-    // The first fitting node by name, walking only nodes with a free partition (a partial
-    // index: `> 0` is a literal, not a parameter, or SQLite cannot use it and walks every
-    // node, the full ones first).
-    const { rows: nodes } = await sql<{ id: string }>`
-      select nodes.id from nodes
-      where ${sql.join([...conditions, ...notTried], sql` and `)} and nodes.free_partitions > 0
-      order by nodes.name limit 1`.execute(trx);
-    const node = nodes[0];
-    if (!node) break;
-    await lock(trx, locks.node(node.id));
+  const busy: string[] = [];
+  for (;;) {
+    let node: { id: string } | undefined;
+    const skipped = [...tried, ...busy];
+    if (skipped.length < MAX_NODES_TRIED) {
+      const notTried = skipped.length > 0 ? [sql`nodes.id not in (${sql.join(skipped)})`] : [];
+      // The first fitting node by name, walking only nodes with a free partition (a partial
+      // index: `> 0` is a literal, not a parameter, or SQLite cannot use it and walks every
+      // node, the full ones first).
+      const { rows } = await sql<{ id: string }>`
+        select nodes.id from nodes
+        where ${sql.join([...conditions, ...notTried], sql` and `)} and nodes.free_partitions > 0
+        order by nodes.name limit 1`.execute(trx);
+      node = rows[0];
+    }
+    if (node) {
+      // Concurrent requests would all queue for the first node by name: one that another
+      // allocation holds is left for the next fitting one.
+      if (!(await tryLock(trx, locks.node(node.id)))) {
+        busy.push(node.id);
+        continue;
+      }
+    } else {
+      // Nothing else fits: wait for the nodes other allocations held, in turn.
+      const waitFor = busy.shift();
+      if (waitFor === undefined) break;
+      node = { id: waitFor };
+      await lock(trx, locks.node(node.id));
+    }
     // Under the lock, read again: its first free partition (one entry of a partial index),
     // if the node still fits.
     const { rows: partitions } = await sql<{ id: string; reference: string; name: string }>`

@@ -62,6 +62,19 @@ export async function lockShared(trx: Transaction<Tables>, key: LockKey): Promis
   await take(trx, [{ key, shared: true }]);
 }
 
+/**
+ * Takes the exclusive lock `key` only if nobody holds it, without waiting: false when
+ * another transaction does (an allocation then tries another node rather than queue).
+ */
+export async function tryLock(trx: Transaction<Tables>, key: LockKey): Promise<boolean> {
+  let mine = held.get(trx);
+  if (!mine) held.set(trx, (mine = new Set()));
+  if (mine.has(`x ${key}`)) return true;
+  if (!(await engineOf(trx).tryLock(trx, key))) return false;
+  mine.add(`x ${key}`);
+  return true;
+}
+
 async function take(trx: Transaction<Tables>, wanted: LockRequest[]): Promise<void> {
   let mine = held.get(trx);
   if (!mine) held.set(trx, (mine = new Set()));

@@ -48,6 +48,12 @@ export async function lock(trx: Transaction<Tables>, locks: LockRequest[]): Prom
   await sql`select ${sql.join(calls)}`.execute(trx);
 }
 
+/** Takes the exclusive lock `key` if nobody holds it: true when taken, false at once otherwise. */
+export async function tryLock(trx: Transaction<Tables>, key: string): Promise<boolean> {
+  const { rows } = await sql<{ taken: boolean }>`select pg_try_advisory_xact_lock(hashtextextended(${key}, 0)) as taken`.execute(trx);
+  return rows[0]!.taken;
+}
+
 export async function deferForeignKeys(trx: Transaction<Tables>): Promise<void> {
   await sql`SET CONSTRAINTS ALL DEFERRED`.execute(trx);
 }

@@ -44,6 +44,11 @@ export function open(url: string): Opened {
  */
 export async function lock(_trx: Transaction<Tables>, _locks: LockRequest[]): Promise<void> {}
 
+/** Always taken: the transaction holds the database's one write lock already. */
+export async function tryLock(_trx: Transaction<Tables>, _key: string): Promise<boolean> {
+  return true;
+}
+
 /** Foreign keys checked at commit rather than at each statement (a rebuild refills tables in any order). */
 export async function deferForeignKeys(trx: Transaction<Tables>): Promise<void> {
   await sql`PRAGMA defer_foreign_keys = ON`.execute(trx);
