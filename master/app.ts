@@ -59,6 +59,9 @@ export interface AppOptions {
 export function buildApp({ database, logger = false }: AppOptions): App {
   const app = Fastify({
     logger,
+    // One line per request, written once it is answered (below), rather than fastify's
+    // two: a busy master writes its log at every request.
+    disableRequestLogging: true,
     bodyLimit: 1024 * 1024,
     // A title may hold 200 characters (`MAX_TITLE_LENGTH`), each up to 9 bytes once
     // percent-encoded in a URL: fastify's default of 100 would refuse most of them.
@@ -96,6 +99,9 @@ export function buildApp({ database, logger = false }: AppOptions): App {
     },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info({ method: request.method, url: shortPath(request.raw.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'request completed');
+  });
   app.setErrorHandler((error: FastifyError, request, reply) => sendError(reply, toPledgerError(error, request)));
   app.setNotFoundHandler((request, reply) =>
     sendError(reply, new PledgerError('NOT_FOUND', `no route ${request.method} ${shortPath(request.url)}`)),
