@@ -133,7 +133,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
         const node = await nodeByCredential(db, bearer(request));
         if (!node) throw new PledgerError('UNAUTHENTICATED', 'this node credential is not valid', { hint: 'register the node again with `pledger node register`' });
         request.node = node;
-        request.nodeBack = await touchNode(db, node.id);
+        request.nodeBack = await touchNode(db, node.id, node.last_seen_at);
       });
       // A node back from silence may take the instances waiting for a partition. Its
       // desired-state poll tries them first, so that it gets them at once; after any

@@ -97,8 +97,15 @@ export async function nodeById(db: Kysely<Tables>, id: string): Promise<NodeRow 
   return db.selectFrom('nodes').selectAll().where('id', '=', id).executeTakeFirst();
 }
 
-export async function nodeByCredential(db: Kysely<Tables>, credential: string): Promise<NodeRow | undefined> {
-  return db.selectFrom('nodes').selectAll().where('credential_hash', '=', hashSecret(credential)).executeTakeFirst();
+/** The node a credential names, with when it last called (read with it: every node call needs both). */
+export async function nodeByCredential(db: Kysely<Tables>, credential: string): Promise<(NodeRow & { last_seen_at: string | null }) | undefined> {
+  return db
+    .selectFrom('nodes')
+    .leftJoin('node_heartbeats', 'node_heartbeats.node_id', 'nodes.id')
+    .selectAll('nodes')
+    .select('node_heartbeats.last_seen_at')
+    .where('nodes.credential_hash', '=', hashSecret(credential))
+    .executeTakeFirst();
 }
 
 /**
@@ -106,21 +113,17 @@ export async function nodeByCredential(db: Kysely<Tables>, credential: string): 
  * node is back from silence: it may take instances again, and those waiting for a
  * partition should be tried again.
  */
-export async function touchNode(db: Kysely<Tables>, nodeId: string): Promise<boolean> {
-  const now = new Date();
-  const staleBefore = new Date(now.getTime() - 60_000).toISOString();
-  const previous = await db.selectFrom('node_heartbeats').select('last_seen_at').where('node_id', '=', nodeId).executeTakeFirst();
+export async function touchNode(db: Kysely<Tables>, nodeId: string, lastSeenAt: string | null): Promise<boolean> {
+  const now = Date.now();
+  // Most calls come within the minute: nothing to write.
+  if (lastSeenAt !== null && lastSeenAt >= new Date(now - 60_000).toISOString()) return false;
+  const at = new Date(now).toISOString();
   await db
     .insertInto('node_heartbeats')
-    .values({ node_id: nodeId, last_seen_at: now.toISOString() })
-    .onConflict((oc) =>
-      oc
-        .column('node_id')
-        .doUpdateSet({ last_seen_at: now.toISOString() })
-        .where('node_heartbeats.last_seen_at', '<', staleBefore),
-    )
+    .values({ node_id: nodeId, last_seen_at: at })
+    .onConflict((oc) => oc.column('node_id').doUpdateSet({ last_seen_at: at }).where('node_heartbeats.last_seen_at', '<', at))
     .execute();
-  return previous !== undefined && previous.last_seen_at < new Date(now.getTime() - SILENT_AFTER_MS).toISOString();
+  return lastSeenAt !== null && lastSeenAt < new Date(now - SILENT_AFTER_MS).toISOString();
 }
 
 export async function listNodes(db: Kysely<Tables>): Promise<NodeView[]> {
