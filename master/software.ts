@@ -92,14 +92,30 @@ export async function publishBundled(
 }
 
 /** `NAME@VERSION`, or `NAME` for the version published last. */
+/**
+ * Releases by id, as they were published: a version names one content forever, so a
+ * row once read never changes (a rebuild writes it back the same). Per database.
+ */
+const releases = new WeakMap<Kysely<Tables>, Map<string, SoftwareRow>>();
+const RELEASES_KEPT = 1000;
+
 export async function resolveSoftware(db: Kysely<Tables>, ref: string): Promise<SoftwareRow> {
   const [name, version] = ref.split('@') as [string, string | undefined];
+  let known = releases.get(db);
+  if (!known) releases.set(db, (known = new Map()));
+  // A bare name asks for the latest version, which a new release changes: only NAME@VERSION is kept.
+  const kept = version === undefined ? undefined : known.get(ref);
+  if (kept) return kept;
   // Plain SQL: every request resolves its release.
   const { rows } = await sql<SoftwareRow>`
     select * from software where name = ${name} ${version === undefined ? sql`` : sql`and version = ${version}`}
     order by published_at desc, id desc limit 1`.execute(db);
   const row = rows[0];
   if (!row) throw new PledgerError('SOFTWARE_NOT_FOUND', `no software release ${ref} is published`);
+  if (version !== undefined) {
+    if (known.size >= RELEASES_KEPT) known.clear();
+    known.set(ref, row);
+  }
   return row;
 }
 
