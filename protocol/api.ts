@@ -3,7 +3,7 @@
  *
  * One TypeBox definition gives both the JSON Schema that the master validates every
  * request against and the TypeScript type that the clients use. The master and the
- * node agent share this module and nothing else.
+ * node agent share protocol/, this module among others, and nothing else.
  */
 import { Type, type Static, type TSchema } from 'typebox';
 import { MAX_JSON_DEPTH, UNSTORABLE_CLASS } from './storable.js';

@@ -1,8 +1,10 @@
 /**
- * Long-running services, supervised without root and without a daemon: each service
- * is started in a process group of its own (detached), outlives the agent run that
- * started it, and is known afterwards by its pid and its start time. The start time
- * guards against pid reuse: a pid alone could name an unrelated process later.
+ * The processes of services, as /proc shows them. The supervisor (supervisor.ts) starts
+ * each service in a process group of its own, detached, so that it outlives the agent
+ * run that asked for it; afterwards a service is known by its pid and its start time,
+ * which guards against pid reuse (a pid alone could name an unrelated process later).
+ * Here: reading a process's state, telling whether it is still the same one, the
+ * members of its group, stopping the whole group, and the clean environment it gets.
  */
 import { readdir, readFile } from 'node:fs/promises';
 
