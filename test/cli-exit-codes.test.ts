@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { agentUser, expectLedgerUnchanged, pledger, type AgentUser, type RunningMaster, startMaster } from './helpers/processes.js';
+import { agentUser, type AgentUser, asAccount, createCustomer, expectLedgerUnchanged, pledger, type RunningMaster, startMaster } from './helpers/processes.js';
 
 /** A port of 127.0.0.1 that nothing listens on (taken, then given back). */
 function closedPort(): Promise<number> {
@@ -38,9 +38,8 @@ describe('exit codes', () => {
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
-    asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
-    const alice = await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin });
-    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: alice.json<{ token: string }>().token };
+    asAdmin = asAccount(master, master.adminToken);
+    asAlice = await createCustomer(master, 'alice');
     agent = agentUser();
     away = `http://127.0.0.1:${await closedPort()}`;
   });

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView, MovementView, NodeView } from '../protocol/api.js';
 import type { RunReport } from '../slave/result.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { agentUser, pledger, portBase, processesMentioning, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+import { agentUser, type AgentUser, asAccount, createCustomer, pledger, portBase, processesMentioning, type RunningMaster, startMaster } from './helpers/processes.js';
 
 describe('hello, from request to a running, promised instance', () => {
   let db: TestDatabase;
@@ -28,10 +28,8 @@ describe('hello, from request to a running, promised instance', () => {
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
-    asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
-    const alice = await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin });
-    expect(alice.exitCode).toBe(0);
-    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: alice.json<{ token: string }>().token };
+    asAdmin = asAccount(master, master.adminToken);
+    asAlice = await createCustomer(master, 'alice');
 
     agent = agentUser();
     root = path.join(agent.home, 'root');

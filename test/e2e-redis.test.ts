@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView, NodeView } from '../protocol/api.js';
 import type { RunReport } from '../slave/result.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { pledger, processesMentioning, startMaster, startNode, type RunningMaster, type TestNode } from './helpers/processes.js';
+import { asAccount, createCustomer, pledger, processesMentioning, type RunningMaster, startMaster, startNode, type TestNode } from './helpers/processes.js';
 
 describe('redis from Debian packages, from supply to SET and GET with the published password', () => {
   let db: TestDatabase;
@@ -32,9 +32,8 @@ describe('redis from Debian packages, from supply to SET and GET with the publis
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
-    asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
-    const alice = await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin });
-    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: alice.json<{ token: string }>().token };
+    asAdmin = asAccount(master, master.adminToken);
+    asAlice = await createCustomer(master, 'alice');
     edge = await startNode(master, 'edge-redis', { partitions: 1, ipBase: '127.44.0.1' });
   }, 60_000);
 

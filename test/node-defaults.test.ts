@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { InstanceView, PartitionDefinition } from '../protocol/api.js';
 import type { RunReport } from '../slave/result.js';
 import { freshDatabase, type TestDatabase } from './helpers/databases.js';
-import { agentUser, pledger, processesMentioning, startMaster, type AgentUser, type RunningMaster } from './helpers/processes.js';
+import { agentUser, type AgentUser, asAccount, createCustomer, pledger, processesMentioning, type RunningMaster, startMaster } from './helpers/processes.js';
 
 interface Node {
   name: string;
@@ -48,9 +48,8 @@ describe('a node configured with the documented defaults', () => {
   beforeAll(async () => {
     db = await freshDatabase('sqlite');
     master = await startMaster(db.url);
-    asAdmin = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: master.adminToken };
-    const alice = await pledger(['account', 'create', 'alice', '--json'], { env: asAdmin });
-    asAlice = { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: alice.json<{ token: string }>().token };
+    asAdmin = asAccount(master, master.adminToken);
+    asAlice = await createCustomer(master, 'alice');
   });
 
   afterAll(async () => {

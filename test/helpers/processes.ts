@@ -51,6 +51,18 @@ export interface RunningMaster {
   stop(): Promise<void>;
 }
 
+/** The environment of a CLI call made with `token` on `master`. */
+export function asAccount(master: RunningMaster, token: string): Record<string, string> {
+  return { PLEDGER_MASTER_URL: master.url, PLEDGER_TOKEN: token };
+}
+
+/** Creates the account `name` through the CLI, as the operator, and answers the environment to call as it. */
+export async function createCustomer(master: RunningMaster, name: string): Promise<Record<string, string>> {
+  const created = await pledger(['account', 'create', name, '--json'], { env: asAccount(master, master.adminToken) });
+  if (created.exitCode !== 0) throw new Error(`account create ${name} failed: ${created.stderr}`);
+  return asAccount(master, created.json<{ token: string }>().token);
+}
+
 /** Initializes `database` and serves it on a free port of 127.0.0.1. */
 export async function startMaster(database: string): Promise<RunningMaster> {
   const init = await pledger(['master', 'init', '--database', database, '--json']);
