@@ -118,11 +118,15 @@ export async function touchNode(db: Kysely<Tables>, nodeId: string, lastSeenAt: 
   // Most calls come within the minute: nothing to write.
   if (lastSeenAt !== null && lastSeenAt >= new Date(now - 60_000).toISOString()) return false;
   const at = new Date(now).toISOString();
-  await db
-    .insertInto('node_heartbeats')
-    .values({ node_id: nodeId, last_seen_at: at })
-    .onConflict((oc) => oc.column('node_id').doUpdateSet({ last_seen_at: at }).where('node_heartbeats.last_seen_at', '<', at))
-    .execute();
+  // With the other writes of the moment: a fleet's heartbeats would otherwise cost a
+  // sync to disk each on SQLite.
+  await writeTransaction(db, (trx) =>
+    trx
+      .insertInto('node_heartbeats')
+      .values({ node_id: nodeId, last_seen_at: at })
+      .onConflict((oc) => oc.column('node_id').doUpdateSet({ last_seen_at: at }).where('node_heartbeats.last_seen_at', '<', at))
+      .execute(),
+  );
   return lastSeenAt !== null && lastSeenAt < new Date(now - SILENT_AFTER_MS).toISOString();
 }
 
