@@ -111,33 +111,25 @@ export class MasterClient {
     this.node = bodies.node;
   }
 
-  /**
-   * Calls one route of the table: `args` are its path parameters, its body when it takes
-   * one, and its query and headers (see `RouteArgs`).
-   */
+  /** Calls one route of the table with the arguments its method took (see `RouteArgs`). */
   private async send(endpoint: Endpoint, args: unknown[]): Promise<{ status: number; headers: AnswerHeaders; body: unknown }> {
-    const names = endpoint.path.match(PATH_PARAMETER) ?? [];
-    const values = args.slice(0, names.length) as string[];
-    const body = TAKES_BODY.has(endpoint.method) ? args[names.length] : undefined;
-    const options = (args[names.length + (TAKES_BODY.has(endpoint.method) ? 1 : 0)] ?? {}) as RequestOptionsOf;
-    let next = 0;
-    let path = endpoint.path.replace(PATH_PARAMETER, () => encodeURIComponent(values[next++]!));
-    const query = new URLSearchParams(definedEntries(options.query));
-    if (query.size > 0) path += `?${query}`;
-    const headers: Record<string, string> = Object.fromEntries(definedEntries(options.headers));
-    if (endpoint.answer && endpoint.answer !== 'stream') headers.accept = endpoint.answer;
+    const { path, body, headers } = requestOf(endpoint, args);
     if (endpoint.answer === 'stream') {
-      return { status: 200, headers: new AnswerHeaders({}), body: await this.stream(endpoint.method, path, headers) };
+      const response = await this.stream(endpoint.method, path, headers);
+      return { status: response.statusCode ?? 0, headers: new AnswerHeaders(response.headers), body: response };
     }
+    if (endpoint.answer) headers.accept = endpoint.answer;
     const answer = endpoint.archive
       ? await this.raw(endpoint.method, path, { body: body as Buffer, headers: { 'content-type': endpoint.archive, ...headers } })
       : await this.raw(endpoint.method, path, {
           body: body === undefined ? undefined : Buffer.from(JSON.stringify(body)),
           headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
         });
-    if (endpoint.answer || answer.body.length === 0) return { status: answer.status, headers: answer.headers, body: endpoint.answer ? answer.body : undefined };
+    const { status, headers: answered } = answer;
+    if (endpoint.answer) return { status, headers: answered, body: answer.body };
+    if (answer.body.length === 0) return { status, headers: answered, body: undefined };
     try {
-      return { status: answer.status, headers: answer.headers, body: JSON.parse(answer.body.toString('utf8')) };
+      return { status, headers: answered, body: JSON.parse(answer.body.toString('utf8')) };
     } catch {
       throw new PledgerError('INTERNAL', `the master answered ${endpoint.method} ${endpoint.path} with something that is not JSON`);
     }
@@ -275,6 +267,22 @@ const TAKES_BODY = new Set(['PUT', 'POST', 'PATCH']);
 interface RequestOptionsOf {
   query?: Record<string, string | undefined>;
   headers?: Record<string, string | undefined>;
+}
+
+/**
+ * The request a route's method makes of its arguments: path parameters first, each
+ * encoded into the path (here and nowhere else), then the body of a method that takes
+ * one, then the query and headers, without the values left undefined.
+ */
+function requestOf(endpoint: Endpoint, args: unknown[]): { path: string; body: unknown; headers: Record<string, string> } {
+  const values = args.slice(0, (endpoint.path.match(PATH_PARAMETER) ?? []).length) as string[];
+  const rest = args.slice(values.length);
+  const body = TAKES_BODY.has(endpoint.method) ? rest.shift() : undefined;
+  const options = (rest[0] ?? {}) as RequestOptionsOf;
+  let next = 0;
+  const path = endpoint.path.replace(PATH_PARAMETER, () => encodeURIComponent(values[next++]!));
+  const query = new URLSearchParams(definedEntries(options.query));
+  return { path: query.size > 0 ? `${path}?${query}` : path, body, headers: Object.fromEntries(definedEntries(options.headers)) };
 }
 
 function definedEntries(record: Record<string, string | undefined> | undefined): [string, string][] {
