@@ -7,6 +7,10 @@
  *
  * Plain data, without the schemas: the node agent's client names its routes from here
  * without loading TypeBox, which would cost more than a whole run that has nothing to do.
+ *
+ * A new route is named here, given its schemas in routes.ts, registered with its handler
+ * by `route()` in master/routes/, and documented in docs/api.md; the client has its
+ * method at once.
  */
 import { API_PREFIX } from './api-prefix.js';
 
