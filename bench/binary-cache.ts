@@ -17,8 +17,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { initMaster, serveMaster } from '../master/server.js';
-import type { NodeCredential } from '../protocol/api.js';
-import type { BinaryCacheKey } from '../protocol/binary-cache.js';
 import { MasterClient } from '../protocol/client.js';
 import { packSoftware } from '../protocol/software-archive.js';
 import { resolveNodeConfig } from '../slave/config.js';
@@ -37,7 +35,7 @@ async function main(): Promise<void> {
   const { token } = await initMaster(database, 'admin');
   const master = await serveMaster({ database, host: '127.0.0.1', port: 0, softwareDir: null });
   const operator = new MasterClient({ url: master.url, token });
-  const { publicKey } = await operator.call<BinaryCacheKey>('GET', '/api/v1/binary-cache/key');
+  const { publicKey } = await operator.binaryCache.key();
   const figures: Record<'plain' | 'upload' | 'download', number[]> = { plain: [], upload: [], download: [] };
   try {
     for (let run = 0; run < RUNS; run++) {
@@ -49,17 +47,17 @@ async function main(): Promise<void> {
         path.join(dir, 'software.yaml'),
         `name: ${name}\nversion: 1.0.0\nparts:\n  blob:\n    shared: true\n    build: [[/bin/sh, -c, "head -c ${PART_BYTES} /dev/urandom > blob; echo ${name} > name"]]\nsoftware-types:\n  default: {}\n`,
       );
-      await operator.raw('POST', '/api/v1/software', { body: await packSoftware(dir), headers: { 'content-type': 'application/gzip' } });
+      await operator.software.publish(await packSoftware(dir));
       for (const [mode, binaryCache] of [
         ['plain', undefined],
         ['upload', { download: false, upload: true, publicKey }],
         ['download', { download: true, upload: false, publicKey }],
       ] as const) {
         const node = `${mode}-${run}`;
-        const { credential } = await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name: node });
+        const { credential } = await operator.nodes.register({ name: node });
         // Without the operator's leave the master would refuse the upload, and nothing would be there to download.
-        if (binaryCache?.upload) await operator.call('PATCH', `/api/v1/nodes/${node}`, { binaryCacheUpload: true });
-        await operator.call('POST', '/api/v1/supplies', { software: `${name}@1.0.0`, node, state: 'available' });
+        if (binaryCache?.upload) await operator.nodes.update(node, { binaryCacheUpload: true });
+        await operator.supplies.set({ software: `${name}@1.0.0`, node, state: 'available' });
         const root = path.join(work, 'nodes', node);
         const config = resolveNodeConfig({ masterUrl: master.url, credential, root, partitions: 1, ...(binaryCache ? { binaryCache } : {}) });
         const started = performance.now();

@@ -125,7 +125,7 @@ const lastPid = () => Number(readFileSync('/proc/loadavg', 'utf8').trim().split(
 async function benchPartitions(scratch: string): Promise<void> {
   const master = await startMasterProcess(scratch);
   const operator = new MasterClient({ url: master.url, token: master.token });
-  const { credential } = await operator.call<{ credential: string }>('POST', '/api/v1/nodes', { name: 'bench-node' });
+  const { credential } = await operator.nodes.register({ name: 'bench-node' });
   const config = resolveNodeConfig({
     masterUrl: master.url,
     credential,
@@ -142,12 +142,12 @@ async function benchPartitions(scratch: string): Promise<void> {
     'name: idle\nversion: 1.0.0\nsoftware-types:\n  default:\n    services:\n      idle: [/bin/sleep, "100000"]\n    promises:\n      running: { process: idle }\n',
   );
   progress('publishing and building the release');
-  await operator.raw('POST', '/api/v1/software', { body: await packSoftware(release), headers: { 'content-type': 'application/gzip' } });
-  await operator.call('POST', '/api/v1/supplies', { software: 'idle', node: 'bench-node' });
+  await operator.software.publish(await packSoftware(release));
+  await operator.supplies.set({ software: 'idle', node: 'bench-node' });
   await formatNode(config, silentLogger);
   await installSoftware(config, silentLogger);
   progress('requesting 100 instances');
-  for (let i = 0; i < PARTITIONS; i++) await operator.call('PUT', `/api/v1/instances/idle-${i}`, { software: 'idle' });
+  for (let i = 0; i < PARTITIONS; i++) await operator.instances.request(`idle-${i}`, { software: 'idle' });
 
   progress('deploying them');
   let began = performance.now();

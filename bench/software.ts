@@ -19,7 +19,6 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { create } from 'tar';
 import { initMaster, serveMaster } from '../master/server.js';
-import type { NodeCredential } from '../protocol/api.js';
 import { MasterClient } from '../protocol/client.js';
 import { packSoftware } from '../protocol/software-archive.js';
 import { resolveNodeConfig, writeNodeConfig } from '../slave/config.js';
@@ -72,14 +71,14 @@ async function main(): Promise<number> {
   const { token } = await initMaster(database, 'admin');
   const master = await serveMaster({ database, host: '127.0.0.1', port: 0, softwareDir: null });
   const operator = new MasterClient({ url: master.url, token });
-  const { credential } = await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name: 'bench' });
+  const { credential } = await operator.nodes.register({ name: 'bench' });
   const config = resolveNodeConfig({ masterUrl: master.url, credential, root: path.join(work, 'node'), partitions: 1 });
   const configFile = path.join(work, 'node.json');
   await writeNodeConfig(configFile, config);
   const publishAndSupply = async (files: Record<string, string>, name: string) => {
     const dir = writeTree(path.join(work, 'releases', name), files);
-    await operator.raw('POST', '/api/v1/software', { body: await packSoftware(dir), headers: { 'content-type': 'application/gzip' } });
-    await operator.call('POST', '/api/v1/supplies', { software: `${name}@1.0.0`, node: 'bench', state: 'available' });
+    await operator.software.publish(await packSoftware(dir));
+    await operator.supplies.set({ software: `${name}@1.0.0`, node: 'bench', state: 'available' });
   };
   const small = (name: string) => ({
     'software.yaml': `name: ${name}\nversion: 1.0.0\nparts:\n  app:\n    files: [app.sh]\n    build: [[/bin/chmod, "755", app.sh]]\nsoftware-types:\n  default: {}\n`,

@@ -18,6 +18,7 @@ import Fastify, {
 import type { Socket } from 'node:net';
 import type { Ajv } from 'ajv';
 import { API_PREFIX, MAX_TITLE_LENGTH, PATTERN_MEANINGS, STORABLE_JSON_KEYWORD } from '../protocol/api.js';
+import { NODE_API_PREFIX } from '../protocol/endpoints.js';
 import { PledgerError } from '../protocol/errors.js';
 import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../protocol/software-archive.js';
 import { findUnstorable } from '../protocol/storable.js';
@@ -148,7 +149,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
         await binaryCacheRoutes(archives, db);
       });
     },
-    { prefix: `${API_PREFIX}/node` },
+    { prefix: NODE_API_PREFIX },
   );
   return app;
 }

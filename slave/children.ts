@@ -9,7 +9,6 @@
 import { isDeepStrictEqual } from 'node:util';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { API_PREFIX } from '../protocol/api-prefix.js';
 import type { ChildRequest, ChildrenState, ChildState, DesiredInstance } from '../protocol/api.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
@@ -45,7 +44,7 @@ export async function resolveChildren(
   let children = fresh ? undefined : usable;
   if (!children) {
     try {
-      const answer = await master.call<unknown>('POST', `${API_PREFIX}/node/partitions/${target.partition}/requests`, {
+      const answer = await master.node.requestChildren(target.partition, {
         instance: target.instance.id,
         serial: target.instance.serial,
         requests,

@@ -4,7 +4,6 @@
  */
 import { chmod, mkdir } from 'node:fs/promises';
 import type { PartitionDefinition, PartitionsReport } from '../protocol/api.js';
-import { API_PREFIX } from '../protocol/api-prefix.js';
 import { ipToNumber, numberToIp, type NodeConfig } from './config.js';
 import type { Logger } from './log.js';
 import { connectMaster } from './master.js';
@@ -31,7 +30,7 @@ export async function formatNode(config: NodeConfig, log: Logger): Promise<Parti
     await chmod(dir, 0o750);
   }
   const report: PartitionsReport = { partitions };
-  await connectMaster(config).call('PUT', `${API_PREFIX}/node/partitions`, report);
+  await connectMaster(config).node.partitions(report);
   log.info('node formatted', { partitions: partitions.length, root: config.root });
   return partitions;
 }

@@ -4,7 +4,6 @@
  * converging towards the last state it was given.
  */
 import type { DesiredState } from '../protocol/api.js';
-import { API_PREFIX } from '../protocol/api-prefix.js';
 import { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import type { NodeConfig } from './config.js';
@@ -39,9 +38,7 @@ export async function pullDesiredState(config: NodeConfig, master: MasterClient,
   const saved = await readSavedState(file, log);
   let answer;
   try {
-    answer = await master.raw('GET', `${API_PREFIX}/node/desired-state`, {
-      headers: saved?.etag ? { 'if-none-match': saved.etag } : {},
-    });
+    answer = await master.answer.node.desiredState({ headers: saved?.etag ? { 'if-none-match': saved.etag } : {} });
   } catch (error) {
     if (error instanceof PledgerError && error.code === 'MASTER_UNREACHABLE' && saved) {
       log.error('master unreachable: using the last desired state', { reason: error.message });
@@ -54,13 +51,8 @@ export async function pullDesiredState(config: NodeConfig, master: MasterClient,
     if (saved) return { state: saved.state, offline: false };
     throw new PledgerError('INTERNAL', 'the master answered 304 to a request without If-None-Match');
   }
-  let body: unknown;
-  try {
-    body = JSON.parse(answer.body.toString('utf8'));
-  } catch {
-    throw new PledgerError('INTERNAL', 'the master sent a desired state that is not JSON');
-  }
-  const state = checkValue<DesiredState>(validators.DesiredState, body, 'desired state from the master', 'INTERNAL');
+  // Checked, as everything from the network: the node trusts no answer it did not check.
+  const state = checkValue<DesiredState>(validators.DesiredState, answer.body, 'desired state from the master', 'INTERNAL');
   const fresh: SavedState = { etag: answer.headers.get('etag'), state };
   await writeFileAtomic(file, `${JSON.stringify(fresh)}\n`, 0o600);
   return { state, offline: false };

@@ -10,7 +10,6 @@
  */
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import type { BangEvent, EventsReceipt, InstanceEvent, NodeEvent, PromisesEvent, SetAsideReport, SoftwareEvent } from '../protocol/api.js';
-import { API_PREFIX } from '../protocol/api-prefix.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import { OUTBOX_DEFAULTS, outboxSettings, type NodeConfig, type OutboxSettings } from './config.js';
@@ -254,7 +253,7 @@ export class Outbox {
       ...(last && event ? { last: { event: event.id, type: event.type, reason: last.reason.slice(0, 2048), at: new Date(last.set_aside_at).toISOString() } } : {}),
     };
     try {
-      await master.call('PUT', `${API_PREFIX}/node/set-aside`, report);
+      await master.node.setAside(report);
       writeMeta(this.database, SET_ASIDE_REPORTED, String(count));
     } catch (error) {
       log.error('cannot tell the master about the events set aside: told next run', { setAside: count, reason: errorMessage(error) });
@@ -312,7 +311,7 @@ export class Outbox {
  */
 async function deliver(master: MasterClient, batch: NodeEvent[], outcome: Outcome, log: Logger): Promise<unknown> {
   try {
-    const answer = await master.call<unknown>('POST', `${API_PREFIX}/node/events`, { events: batch });
+    const answer = await master.node.events({ events: batch });
     const receipt = checkValue<EventsReceipt>(validators.EventsReceipt, answer, 'events receipt', 'INTERNAL');
     for (const id of [...receipt.applied, ...receipt.duplicates]) outcome.delivered.add(id);
     outcome.failuresInARow = 0;

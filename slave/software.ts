@@ -14,7 +14,6 @@
 import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { DesiredState } from '../protocol/api.js';
-import { API_PREFIX } from '../protocol/api-prefix.js';
 import type { MasterClient } from '../protocol/client.js';
 import { PledgerError } from '../protocol/errors.js';
 import { checkFreeSpace, forgetAttempts, readAttempts, recordFailure } from './build-retry.js';
@@ -159,9 +158,9 @@ async function ensureBuilt(config: NodeConfig, master: MasterClient, outbox: Out
 /** Downloads and unpacks a release, and refuses it unless its content has the expected hash. */
 async function downloadRelease(master: MasterClient, hash: string, dir: string): Promise<void> {
   const { MAX_SOFTWARE_ARCHIVE_BYTES, hashDirectory, unpackSoftware } = await builders();
-  const answer = await master.raw('GET', `${API_PREFIX}/node/software/${hash}`, { headers: { accept: 'application/gzip' } });
-  if (answer.body.length > MAX_SOFTWARE_ARCHIVE_BYTES) throw new Error(`the archive is larger than ${MAX_SOFTWARE_ARCHIVE_BYTES} bytes`);
-  await unpackSoftware(answer.body, dir);
+  const archive = await master.node.software(hash);
+  if (archive.length > MAX_SOFTWARE_ARCHIVE_BYTES) throw new Error(`the archive is larger than ${MAX_SOFTWARE_ARCHIVE_BYTES} bytes`);
+  await unpackSoftware(archive, dir);
   const actual = await hashDirectory(dir);
   if (actual !== hash) throw new Error(`refused: the release downloaded has the content hash ${actual}, not ${hash}`);
 }

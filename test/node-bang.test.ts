@@ -8,7 +8,6 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { InstanceView, MovementView } from '../protocol/api.js';
 import { MasterClient } from '../protocol/client.js';
 import { resolveNodeConfig, type NodeConfig } from '../slave/config.js';
 import { reportEvents } from '../slave/report.js';
@@ -40,8 +39,8 @@ let master: InProcessMaster;
 let config: NodeConfig;
 let owner: MasterClient;
 
-const info = (title: string) => owner.call<InstanceView>('GET', `/api/v1/instances/${title}`);
-const history = async (title: string) => (await owner.call<MovementView[]>('GET', `/api/v1/instances/${title}/history`)).map((m) => m.kind);
+const info = (title: string) => owner.instances.get(title);
+const history = async (title: string) => (await owner.instances.history(title)).map((m) => m.kind);
 
 beforeAll(async () => {
   scratch = mkdtempSync(path.join(tmpdir(), 'pledger-bang-'));
@@ -58,7 +57,7 @@ beforeAll(async () => {
     supervisor: { backoffFirstMs: 50, crashLoopExits: 3, crashLoopWindowMs: 60_000 },
   });
   await master.publish(writeTree({ 'software.yaml': YAML }));
-  await owner.call('POST', '/api/v1/supplies', { software: 'fragile', node: 'bang-node' });
+  await owner.supplies.set({ software: 'fragile', node: 'bang-node' });
   await formatNode(config, silentLogger);
   await installSoftware(config, silentLogger);
 });
@@ -76,7 +75,7 @@ describe('bangs', () => {
   });
 
   it('a promise failing bang-after periodic checks in a row asks for a redeployment, once', async () => {
-    await owner.call('PUT', '/api/v1/instances/flagged', { software: 'fragile' });
+    await owner.instances.request('flagged', { software: 'fragile' });
     // The flag is missing: the deployment itself fails its promise, and is in error.
     // A promise failure, which the CLI tells apart (exit code 2) from other failures.
     expect((await processInstances(config, silentLogger)).results[0]).toEqual({
@@ -107,7 +106,7 @@ describe('bangs', () => {
   });
 
   it('a service in a crash loop is reported in error with the end of its log, and banged', async () => {
-    await owner.call('PUT', '/api/v1/instances/crasher', { software: 'fragile', softwareType: 'crashing' });
+    await owner.instances.request('crasher', { software: 'fragile', softwareType: 'crashing' });
     await processInstances(config, silentLogger);
     const supervisor = new SupervisorClient(config.root);
     for (let i = 0; i < 100 && !(await supervisor.status()).part1?.services.dies?.crashLoop; i++) await new Promise((resolve) => setTimeout(resolve, 20));
@@ -122,7 +121,7 @@ describe('bangs', () => {
     expect(kinds).toContain('instance.error');
     expect(kinds).toContain('instance.banged');
     expect(await info('crasher')).toMatchObject({ serial: 2 });
-    const movements = await owner.call<MovementView[]>('GET', '/api/v1/instances/crasher/history');
+    const movements = await owner.instances.history('crasher');
     const error = movements.find((m) => m.kind === 'instance.error')!.data as { message: string };
     expect(error.message).toMatch(/^service dies exited 3 times in 60 s \(last: exit code 4\); end of dies\.log:\ngiving up\n/);
     await supervisor.stop('part1', 200);

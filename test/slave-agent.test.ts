@@ -11,7 +11,7 @@ import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serveMaster, initMaster, type RunningMaster } from '../master/server.js';
-import type { DesiredState, InstanceRequest, InstanceView, MovementView, NodeCredential, NodeView, SoftwareView } from '../protocol/api.js';
+import type { InstanceRequest, SoftwareView } from '../protocol/api.js';
 import { MasterClient } from '../protocol/client.js';
 import { packSoftware } from '../protocol/software-archive.js';
 import { resolveNodeConfig, type NodeConfig } from '../slave/config.js';
@@ -127,20 +127,19 @@ async function watching<T>(run: () => Promise<T>): Promise<{ result: T; requests
 const DESIRED_STATE_UNCHANGED = 'GET /api/v1/node/desired-state 304';
 
 async function publish(dir: string): Promise<SoftwareView> {
-  const answer = await operator.raw('POST', '/api/v1/software', { body: await packSoftware(dir), headers: { 'content-type': 'application/gzip' } });
-  return JSON.parse(answer.body.toString('utf8')) as SoftwareView;
+  return operator.software.publish(await packSoftware(dir));
 }
 
 const supply = (software: string, state: 'available' | 'destroyed' = 'available') =>
-  operator.call('POST', '/api/v1/supplies', { software, node: NODE, state });
+  operator.supplies.set({ software, node: NODE, state });
 
-const request = (title: string, body: InstanceRequest) => alice.call<InstanceView>('PUT', `/api/v1/instances/${encodeURIComponent(title)}`, body);
-const info = (title: string) => alice.call<InstanceView>('GET', `/api/v1/instances/${encodeURIComponent(title)}`);
-const nodeView = async () => (await operator.call<NodeView[]>('GET', '/api/v1/nodes')).find((n) => n.name === NODE)!;
+const request = (title: string, body: InstanceRequest) => alice.instances.request(title, body);
+const info = (title: string) => alice.instances.get(title);
+const nodeView = async () => (await operator.nodes.list()).find((n) => n.name === NODE)!;
 
 /** What the node reported about an instance, in order, as `KIND SERIAL`. */
 async function reported(title: string): Promise<string[]> {
-  const history = await alice.call<MovementView[]>('GET', `/api/v1/instances/${encodeURIComponent(title)}/history`);
+  const history = await alice.instances.history(title);
   // Promise states are reported beside the lifecycle; test/node-promises.test.ts checks them.
   return history
     .filter((m) => m.actor === `node:${NODE}` && m.kind !== 'instance.promises')
@@ -184,8 +183,8 @@ beforeAll(async () => {
   const { token } = await initMaster(db.url, 'admin');
   await startMaster();
   operator = new MasterClient({ url: master.url, token });
-  alice = new MasterClient({ url: master.url, token: (await operator.call<{ token: string }>('POST', '/api/v1/accounts', { name: 'alice' })).token });
-  credential = (await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name: NODE })).credential;
+  alice = new MasterClient({ url: master.url, token: (await operator.accounts.create({ name: 'alice' })).token });
+  credential = (await operator.nodes.register({ name: NODE })).credential;
   config = resolveNodeConfig({
     masterUrl: master.url,
     credential,
@@ -357,7 +356,7 @@ describe('node agent, against a real master', () => {
     expect((await processInstances(config, silentLogger)).results[0]).toEqual({ item: 'part0 (web)', status: 'unchanged' });
     expect(await reported('web')).toEqual(['instance.deployed 1', 'instance.started 1', 'instance.stopped 2']);
 
-    expect(await alice.call<InstanceView>('DELETE', '/api/v1/instances/web')).toMatchObject({ state: 'destroyed', serial: 3 });
+    expect(await alice.instances.destroy('web')).toMatchObject({ state: 'destroyed', serial: 3 });
     expect((await processInstances(config, silentLogger)).results[0]).toEqual({ item: 'part0 (web)', status: 'done', message: 'destroyed' });
     expect(await readdir(path.join(config.root, 'partitions', 'part0'))).toEqual([]);
     // The report freed the partition on the master.
@@ -388,12 +387,12 @@ describe('node agent, against a real master', () => {
     const idle = (await services('part2')).idle!;
     // The master frees a partition once its node reports the instance destroyed. Here that
     // report comes from elsewhere with the node's credential, so this agent never saw it.
-    await alice.call('DELETE', '/api/v1/instances/silent');
+    await alice.instances.destroy('silent');
     const asNode = new MasterClient({ url: master.url, token: credential });
-    const desired = await asNode.call<DesiredState>('GET', '/api/v1/node/desired-state');
+    const desired = await asNode.node.desiredState();
     const silent = desired.partitions.find((p) => p.reference === 'part2')!.instance!;
     const at = new Date().toISOString();
-    await asNode.call('POST', '/api/v1/node/events', { events: [{ id: 'destroyed-elsewhere', at, type: 'instance.destroyed', partition: 'part2', instance: silent.id, serial: 2 }] });
+    await asNode.node.events({ events: [{ id: 'destroyed-elsewhere', at, type: 'instance.destroyed', partition: 'part2', instance: silent.id, serial: 2 }] });
     expect(await info('silent')).toMatchObject({ status: 'destroyed', partition: null });
     // Meanwhile hello gets a new greeting: its events travel with the agent's report on part2.
     await request('hello', { software: 'hello', parameters: { greeting: 'Bonjour' } });

@@ -7,7 +7,6 @@ import { PledgerError } from '../protocol/errors.js';
 import { defaultIpBase, defaultNodeConfigPath, readNodeConfig, resolveNodeConfig, writeNodeConfig, type NodeConfig } from '../slave/config.js';
 import { computePartitions, formatNode } from '../slave/format.js';
 import { silentLogger } from '../slave/log.js';
-import type { NodeView } from '../protocol/api.js';
 import { startInProcessMaster, type InProcessMaster } from './helpers/master-in-process.js';
 
 let scratch: string;
@@ -41,7 +40,7 @@ describe('partitions', () => {
     const config: NodeConfig = resolveNodeConfig({ masterUrl: master.url, credential, root: path.join(scratch, 'node'), partitions: 2 });
     const first = await formatNode(config, silentLogger);
     expect(first.map((p) => p.reference)).toEqual(['part0', 'part1']);
-    const nodes = await master.operator.call<NodeView[]>('GET', '/api/v1/nodes');
+    const nodes = await master.operator.nodes.list();
     expect(nodes).toEqual([expect.objectContaining({ name: 'format-node', partitions: 2, freePartitions: 2 })]);
     expect((await stat(path.join(config.root, 'partitions', 'part1'))).mode & 0o777).toBe(0o750);
     await writeFile(path.join(config.root, 'partitions', 'part0', 'keep.txt'), 'kept');

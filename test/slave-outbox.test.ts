@@ -9,7 +9,7 @@ import { silentLogger } from '../slave/log.js';
 import { OUTBOX_DEFAULTS } from '../slave/config.js';
 import { newEvent, Outbox } from '../slave/outbox.js';
 import { usageEventId } from '../slave/usage.js';
-import type { NodeEvent, NodeView } from '../protocol/api.js';
+import type { NodeEvent } from '../protocol/api.js';
 import { startInProcessMaster, type InProcessMaster } from './helpers/master-in-process.js';
 import { greeterRelease, writeTree } from './helpers/tree.js';
 
@@ -25,7 +25,7 @@ beforeAll(async () => {
   credential = await master.registerNode('outbox-node');
   for (const version of ['1.0.0', '2.0.0']) {
     const release = await master.publish(writeTree(greeterRelease(version)));
-    await master.operator.call('POST', '/api/v1/supplies', { software: `greeter@${version}`, node: 'outbox-node' });
+    await master.operator.supplies.set({ software: `greeter@${version}`, node: 'outbox-node' });
     supplied.push(release.hash);
   }
 });
@@ -37,7 +37,7 @@ afterAll(async () => {
 
 const built = (hash: string) => newEvent({ type: 'software.built', software: hash });
 const statuses = async () =>
-  (await master.operator.call<NodeView[]>('GET', '/api/v1/nodes'))[0]!.software.map((s) => `${s.version}:${s.status}`);
+  (await master.operator.nodes.list())[0]!.software.map((s) => `${s.version}:${s.status}`);
 
 const event = (partition: string, type: 'instance.started' | 'instance.error' = 'instance.started') =>
   newEvent({ type, partition, instance: 'i-1', serial: 1 });
@@ -85,7 +85,7 @@ describe('outbox', () => {
     expect(await outbox.flush(client, silentLogger)).toEqual({ sent: 0, pending: 0, offline: false, setAside: 1 });
     expect(outbox.setAside().map((s) => s.event)).toEqual([refused]);
     expect(outbox.setAside()[0]!.reason).toContain(notSupplied);
-    const view = (await master.operator.call<NodeView[]>('GET', '/api/v1/nodes'))[0]!;
+    const view = (await master.operator.nodes.list())[0]!;
     expect(view.setAside).toEqual(expect.objectContaining({ count: 1, lastEvent: refused.id, lastType: 'software.error' }));
     expect(view.setAside!.lastReason).toContain(notSupplied);
 

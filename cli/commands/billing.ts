@@ -5,28 +5,14 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InvalidArgumentError, type Command } from '@commander-js/extra-typings';
-import type {
-  BalanceView,
-  BillingCloseResult,
-  BillingSettingsUpdate,
-  BillingSettingsView,
-  CreditNoteView,
-  DunningResult,
-  InvoiceSummary,
-  InvoiceView,
-  PaymentView,
-  PriceList,
-  PriceListSet,
-  StatementView,
-} from '../../protocol/api.js';
+import type { BillingSettingsUpdate, ExportFormat, InvoiceSummary, PriceListSet } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
-import { clientConfigPath, userClient } from '../settings.js';
-import { globals, type GlobalOptions } from './globals.js';
+import { userClient } from '../settings.js';
+import { globals } from './globals.js';
 
 const RESOURCE_OPTIONS = [
   ['instance-month', 'per instance and month, prorated by the hours it existed'],
@@ -75,8 +61,8 @@ export function registerBillingCommands(program: Command): void {
       if (options.destroyAfterDays !== undefined) update.destroyAfterDays = options.destroyAfterDays === 'never' ? null : options.destroyAfterDays;
       const settings =
         Object.keys(update).length > 0
-          ? await client.call<BillingSettingsView>('PUT', '/api/v1/billing/settings', update)
-          : await client.call<BillingSettingsView>('GET', '/api/v1/billing/settings');
+          ? await client.billing.configure(update)
+          : await client.billing.settings();
       print(g, settings, (s) =>
         fields([
           ['currency', `${s.currency} (${s.decimals} decimals)`],
@@ -106,7 +92,7 @@ export function registerBillingCommands(program: Command): void {
     }
     if (Object.keys(prices).length === 0) throw new PledgerError('BAD_REQUEST', 'name at least one price', { hint: 'e.g. --instance-month 30.00 --cpu-hour 0.05' });
     const body: PriceListSet = { software, softwareType: options.type, validFrom: options.from, prices };
-    const list = await (await userClient(g)).call<PriceList>('PUT', '/api/v1/billing/prices', body);
+    const list = await (await userClient(g)).billing.setPrices(body);
     print(g, list, (p) => `${p.software} ${p.softwareType} from ${p.validFrom}: ${Object.entries(p.prices).map(([r, a]) => `${r} ${money(a, p.currency)}`).join(', ')}`);
   });
   price
@@ -114,7 +100,7 @@ export function registerBillingCommands(program: Command): void {
     .description('list the price lists and their versions')
     .action(async (_options, command) => {
       const g = globals(command);
-      const list = await (await userClient(g)).call<PriceList[]>('GET', '/api/v1/billing/prices');
+      const list = await (await userClient(g)).billing.prices();
       print(g, list, (l) =>
         l.length === 0
           ? 'no prices'
@@ -131,7 +117,7 @@ export function registerBillingCommands(program: Command): void {
     .requiredOption('--period <YYYY-MM>', 'the month to close')
     .action(async (options, command) => {
       const g = globals(command);
-      const result = await (await userClient(g)).call<BillingCloseResult>('POST', '/api/v1/billing/close', { period: options.period });
+      const result = await (await userClient(g)).billing.close({ period: options.period });
       print(g, result, (r) =>
         [`${r.period} ${r.closed ? 'closed now' : `was closed at ${r.closedAt}`}: ${r.invoices.length} invoice(s)`, ...(r.invoices.length > 0 ? [invoiceTable(r.invoices)] : [])].join('\n'),
       );
@@ -144,10 +130,7 @@ export function registerBillingCommands(program: Command): void {
     .option('--account <name>')
     .action(async (options, command) => {
       const g = globals(command);
-      const query = new URLSearchParams();
-      if (options.period) query.set('period', options.period);
-      if (options.account) query.set('account', options.account);
-      const list = await (await userClient(g)).call<InvoiceSummary[]>('GET', `/api/v1/billing/invoices${query.size ? `?${query}` : ''}`);
+      const list = await (await userClient(g)).billing.invoices({ query: { period: options.period || undefined, account: options.account || undefined } });
       print(g, list, (l) => (l.length === 0 ? 'no invoices' : invoiceTable(l)));
     });
 
@@ -160,11 +143,10 @@ export function registerBillingCommands(program: Command): void {
       const g = globals(command);
       const client = await userClient(g);
       if (options.html) {
-        const page = await client.raw('GET', `/api/v1/billing/invoices/${encodeURIComponent(id)}/html`, { headers: { accept: 'text/html' } });
-        process.stdout.write(page.body);
+        process.stdout.write(await client.billing.invoicePage(id));
         return;
       }
-      const invoice = await client.call<InvoiceView>('GET', `/api/v1/billing/invoices/${encodeURIComponent(id)}`);
+      const invoice = await client.billing.invoice(id);
       print(g, invoice, (v) =>
         [
           fields([['invoice', v.id], ['account', v.account], ['period', v.period], ['issued', v.issuedAt], ['due', v.dueAt], ['status', v.status]]),
@@ -195,11 +177,9 @@ export function registerBillingCommands(program: Command): void {
       // A payment retried after a timeout must not be recorded twice: the bank
       // reference names one transfer, so it is the natural key when given.
       const key = options.idempotencyKey ?? (options.reference ? `reference-${createHash('sha256').update(`${invoice}\n${options.reference}`).digest('hex')}` : randomUUID());
-      const payment = await (await userClient(g)).call<PaymentView>(
-        'POST',
-        '/api/v1/billing/payments',
+      const payment = await (await userClient(g)).billing.pay(
         { invoice, amount, ...(options.reference ? { reference: options.reference } : {}) },
-        { 'idempotency-key': key },
+        { headers: { 'idempotency-key': key } },
       );
       print(g, payment, (p) =>
         [`paid ${money(p.amount, p.currency)} on ${p.invoice}; outstanding ${money(p.outstanding, p.currency)}`, ...(p.restarted.length > 0 ? [`started again: ${p.restarted.join(', ')}`] : [])].join('\n'),
@@ -213,7 +193,7 @@ export function registerBillingCommands(program: Command): void {
     .requiredOption('--reason <text>', 'why, kept in the journal')
     .action(async (payment, options, command) => {
       const g = globals(command);
-      const reversal = await (await userClient(g)).call<PaymentView>('POST', `/api/v1/billing/payments/${encodeURIComponent(payment)}/reverse`, { reason: options.reason });
+      const reversal = await (await userClient(g)).billing.reversePayment(payment, { reason: options.reason });
       print(g, reversal, (r) => `reversed: ${money(r.amount, r.currency)} on ${r.invoice}; outstanding ${money(r.outstanding, r.currency)}`);
     });
 
@@ -224,7 +204,7 @@ export function registerBillingCommands(program: Command): void {
     .option('--reason <text>', 'why, kept in the journal')
     .action(async (invoice, options, command) => {
       const g = globals(command);
-      const note = await (await userClient(g)).call<CreditNoteView>('POST', `/api/v1/billing/invoices/${encodeURIComponent(invoice)}/credit`, {
+      const note = await (await userClient(g)).billing.credit(invoice, {
         ...(options.reason !== undefined ? { reason: options.reason } : {}),
       });
       print(g, note, (n) =>
@@ -241,7 +221,7 @@ export function registerBillingCommands(program: Command): void {
     .option('--account <name>', 'another account (operators)')
     .action(async (options, command) => {
       const g = globals(command);
-      const view = await (await userClient(g)).call<BalanceView>('GET', `/api/v1/billing/balance${options.account ? `?account=${encodeURIComponent(options.account)}` : ''}`);
+      const view = await (await userClient(g)).billing.balance({ query: { account: options.account || undefined } });
       print(g, view, (b) =>
         fields([
           ['account', b.account],
@@ -258,7 +238,7 @@ export function registerBillingCommands(program: Command): void {
     .option('--account <name>', 'another account (operators)')
     .action(async (options, command) => {
       const g = globals(command);
-      const view = await (await userClient(g)).call<StatementView>('GET', `/api/v1/billing/statement${options.account ? `?account=${encodeURIComponent(options.account)}` : ''}`);
+      const view = await (await userClient(g)).billing.statement({ query: { account: options.account || undefined } });
       print(g, view, (s) =>
         [table(['DATE', 'KIND', 'REFERENCE', 'AMOUNT', 'BALANCE'], s.entries.map((e) => [e.date, e.kind, e.reference, e.amount, e.balance])), `balance: ${money(s.balance, s.currency)}`].join('\n'),
       );
@@ -270,7 +250,7 @@ export function registerBillingCommands(program: Command): void {
     .option('--as-of <timestamp>', 'judge overdue invoices as of this time instead of now')
     .action(async (options, command) => {
       const g = globals(command);
-      const result = await (await userClient(g)).call<DunningResult>('POST', '/api/v1/billing/dunning', options.asOf ? { asOf: options.asOf } : {});
+      const result = await (await userClient(g)).billing.dunning(options.asOf ? { asOf: options.asOf } : {});
       print(g, result, (r) =>
         fields([
           ['held now', r.held.join(', ') || 'nobody'],
@@ -288,9 +268,10 @@ export function registerBillingCommands(program: Command): void {
     .option('--output <file>', 'write to this file instead of stdout')
     .action(async (options, command) => {
       const g = globals(command);
-      const response = await streamFrom(g, `/api/v1/billing/export?${new URLSearchParams({ period: options.period, format: options.format })}`);
+      // The master checks the format, as it checks every query: an unknown one is its 400.
+      const journal = await (await userClient(g)).billing.export({ query: { period: options.period, format: options.format as ExportFormat } });
       const sink = options.output ? createWriteStream(options.output) : stdoutSink();
-      await pipeline(Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>), sink);
+      await pipeline(journal, sink);
     });
 }
 
@@ -309,38 +290,4 @@ function stdoutSink(): Writable {
       else process.stdout.once('drain', () => callback());
     },
   });
-}
-
-/**
- * A GET whose answer is read as it arrives rather than buffered: exports can be large.
- * Errors are the master's own, as with every other call.
- */
-async function streamFrom(g: GlobalOptions, path: string): Promise<Response> {
-  const client = await userClient(g);
-  const token = g.token ?? process.env.PLEDGER_TOKEN ?? (await savedToken());
-  let response: Response;
-  try {
-    response = await fetch(`${client.url}${path}`, { headers: { authorization: `Bearer ${token}` } });
-  } catch (error) {
-    throw new PledgerError('MASTER_UNREACHABLE', `cannot reach the master at ${client.url}: ${(error as Error & { cause?: Error }).cause?.message ?? (error as Error).message}`);
-  }
-  if (!response.ok || !response.body) {
-    const text = await response.text();
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      parsed = undefined;
-    }
-    throw PledgerError.fromBody(parsed, response.status);
-  }
-  return response;
-}
-
-async function savedToken(): Promise<string | undefined> {
-  try {
-    return (JSON.parse(await readFile(clientConfigPath(), 'utf8')) as { token?: string }).token;
-  } catch {
-    return undefined;
-  }
 }

@@ -1,15 +1,13 @@
 /** The ordering flow: request, list, info, destroy. */
 import { readFile } from 'node:fs/promises';
 import type { Command } from '@commander-js/extra-typings';
-import type { InstanceRequest, InstanceTreeView, InstanceView, MovementView, Parameters, RequestedState } from '../../protocol/api.js';
+import type { InstanceRequest, InstanceView, MovementView, Parameters, RequestedState } from '../../protocol/api.js';
 import type { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
 import { userClient } from '../settings.js';
 import { globals, type GlobalOptions } from './globals.js';
 import { parseAmounts, parsePairs } from './operator.js';
-
-const path = (title: string) => `/api/v1/instances/${encodeURIComponent(title)}`;
 
 /**
  * `k=v` gives the string v; `k:=v` gives v parsed as JSON (numbers, booleans, lists).
@@ -53,7 +51,7 @@ export async function waitUntilReady(client: MasterClient, title: string, timeou
   const deadline = Date.now() + timeoutSeconds * 1000;
   let last = '';
   for (;;) {
-    const view = await client.call<InstanceView>('GET', path(title));
+    const view = await client.instances.get(title);
     const summary = `${view.status} ${view.message ?? ''}`;
     if (summary !== last) onChange?.(view);
     last = summary;
@@ -131,7 +129,7 @@ export function registerInstanceCommands(program: Command): void {
         const base = options.parametersFile ? await readParametersFile(options.parametersFile) : {};
         body.parameters = parseParameterPairs(options.parameters ?? [], base);
       }
-      let view = await client.call<InstanceView>('PUT', path(title), body);
+      let view = await client.instances.request(title, body);
       if (options.wait) view = await waitUntilReady(client, title, Number(options.timeout), progress(g));
       print(g, view, describeInstance);
     });
@@ -143,7 +141,7 @@ export function registerInstanceCommands(program: Command): void {
     .action(async (options, command) => {
       const g = globals(command);
       const client = await userClient(g);
-      const views = await client.call<InstanceView[]>('GET', `/api/v1/instances${options.all ? '?all=true' : ''}`);
+      const views = await client.instances.list(options.all ? { query: { all: 'true' } } : {});
       print(g, views, (list) =>
         list.length === 0
           ? 'no instances'
@@ -164,7 +162,7 @@ export function registerInstanceCommands(program: Command): void {
       const g = globals(command);
       const client = await userClient(g);
       if (options.tree) {
-        const tree = await client.call<InstanceTreeView>('GET', `${path(title)}/tree`);
+        const tree = await client.instances.tree(title);
         print(g, tree, (t) =>
           table(
             ['TITLE', 'SOFTWARE', 'STATE', 'STATUS', 'NODE', 'PROMISES'],
@@ -179,10 +177,10 @@ export function registerInstanceCommands(program: Command): void {
           ),
         );
       } else if (options.history) {
-        const history = await client.call<MovementView[]>('GET', `${path(title)}/history`);
+        const history = await client.instances.history(title);
         print(g, history, (list) => table(['AT', 'MOVEMENT', 'BY', 'DETAIL'], list.map((m) => [m.at, m.kind, m.actor, movementDetail(m)])));
       } else {
-        print(g, await client.call<InstanceView>('GET', path(title)), describeInstance);
+        print(g, await client.instances.get(title), describeInstance);
       }
     });
 
@@ -195,7 +193,7 @@ export function registerInstanceCommands(program: Command): void {
     .action(async (title, options, command) => {
       const g = globals(command);
       const client = await userClient(g);
-      let view = await client.call<InstanceView>('DELETE', path(title));
+      let view = await client.instances.destroy(title);
       if (options.wait) view = await waitUntilReady(client, title, Number(options.timeout), progress(g));
       print(g, view, describeInstance);
     });

@@ -1,7 +1,6 @@
 /** What operators do: accounts, node registration, software releases and supplies. */
 import type { Command } from '@commander-js/extra-typings';
-import type { Account, AccountWithToken, NodeCredential, NodeRegister, NodeScope, NodeUpdate, NodeView, SoftwareView, SupplyView } from '../../protocol/api.js';
-import type { BinaryCacheKey } from '../../protocol/binary-cache.js';
+import type { NodeRegister, NodeScope, NodeUpdate, NodeView } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print, table } from '../output.js';
@@ -17,7 +16,7 @@ export function registerOperatorCommands(program: Command): void {
       const g = globals(command);
       if (!g.master || !g.token) throw new PledgerError('BAD_REQUEST', 'login needs --master URL and --token TOKEN');
       const client = new MasterClient({ url: checkMasterUrl(g.master, '--master'), token: g.token });
-      const me = await client.call<Account>('GET', '/api/v1/whoami');
+      const me = await client.accounts.whoami();
       const file = await writeClientConfig({ master: client.url, token: g.token });
       print(g, { ...me, config: file }, (v) => `logged in to ${client.url} as ${v.name} (${v.role}); settings kept in ${file}`);
     });
@@ -27,7 +26,7 @@ export function registerOperatorCommands(program: Command): void {
     .description('show the account of the current token')
     .action(async (_options, command) => {
       const g = globals(command);
-      const me = await (await userClient(g)).call<Account>('GET', '/api/v1/whoami');
+      const me = await (await userClient(g)).accounts.whoami();
       print(g, me, (v) => `${v.name} (${v.role})`);
     });
 
@@ -39,7 +38,7 @@ export function registerOperatorCommands(program: Command): void {
     .option('--admin', 'make it an operator')
     .action(async (name, options, command) => {
       const g = globals(command);
-      const created = await (await userClient(g)).call<AccountWithToken>('POST', '/api/v1/accounts', { name, role: options.admin ? 'admin' : 'user' });
+      const created = await (await userClient(g)).accounts.create({ name, role: options.admin ? 'admin' : 'user' });
       print(g, created, (v) => fields([['account', v.name], ['role', v.role], ['token', v.token]]));
     });
   account
@@ -47,7 +46,7 @@ export function registerOperatorCommands(program: Command): void {
     .description('list the accounts')
     .action(async (_options, command) => {
       const g = globals(command);
-      const list = await (await userClient(g)).call<Account[]>('GET', '/api/v1/accounts');
+      const list = await (await userClient(g)).accounts.list();
       print(g, list, (l) => table(['NAME', 'ROLE', 'CREATED'], l.map((a) => [a.name, a.role, a.createdAt])));
     });
 
@@ -58,7 +57,7 @@ export function registerOperatorCommands(program: Command): void {
     .description('list the published software releases')
     .action(async (_options, command) => {
       const g = globals(command);
-      const list = await (await userClient(g)).call<SoftwareView[]>('GET', '/api/v1/software');
+      const list = await (await userClient(g)).software.list();
       print(g, list, (l) =>
         table(['NAME', 'VERSION', 'TYPES', 'DESCRIPTION'], l.map((s) => [s.name, s.version, Object.keys(s.softwareTypes).join(','), s.description])),
       );
@@ -69,7 +68,7 @@ export function registerOperatorCommands(program: Command): void {
     .argument('<software>', 'NAME or NAME@VERSION')
     .action(async (ref, _options, command) => {
       const g = globals(command);
-      const view = await (await userClient(g)).call<SoftwareView>('GET', `/api/v1/software/${encodeURIComponent(ref)}`);
+      const view = await (await userClient(g)).software.show(ref);
       print(g, view, (v) =>
         [
           fields([['name', v.name], ['version', v.version], ['hash', v.hash], ['description', v.description], ['published', v.publishedAt]]),
@@ -88,9 +87,8 @@ export function registerOperatorCommands(program: Command): void {
       const { packSoftware } = await import('../../protocol/software-archive.js');
       await loadSoftware(dir); // refuse locally, with the same message, before uploading
       const archive = await packSoftware(dir);
-      const answer = await client.raw('POST', '/api/v1/software', { body: archive, headers: { 'content-type': 'application/gzip' } });
-      const published = JSON.parse(answer.body.toString('utf8')) as SoftwareView;
-      print(g, published, (v) => `${answer.status === 201 ? 'published' : 'already published'} ${v.name}@${v.version} (${v.hash})`);
+      const answer = await client.answer.software.publish(archive);
+      print(g, answer.body, (v) => `${answer.status === 201 ? 'published' : 'already published'} ${v.name}@${v.version} (${v.hash})`);
     });
 
   program
@@ -101,7 +99,7 @@ export function registerOperatorCommands(program: Command): void {
     .option('--destroy', 'remove it from the node instead')
     .action(async (ref, node, options, command) => {
       const g = globals(command);
-      const supply = await (await userClient(g)).call<SupplyView>('POST', '/api/v1/supplies', { software: ref, node, state: options.destroy ? 'destroyed' : 'available' });
+      const supply = await (await userClient(g)).supplies.set({ software: ref, node, state: options.destroy ? 'destroyed' : 'available' });
       print(g, supply, (s) => `${s.software.name}@${s.software.version} on ${s.node}: ${s.state}`);
     });
 }
@@ -123,10 +121,10 @@ export function registerNodeAdminCommands(node: Command): void {
       if (options.scope) body.scope = parseScope(options.scope);
       if (options.owner) body.owner = options.owner;
       const client = await userClient(g);
-      const credential = await client.call<NodeCredential>('POST', '/api/v1/nodes', body);
+      const credential = await client.nodes.register(body);
       // The master's binary cache key travels with the credential, over the operator's
       // own authenticated channel: the node never has to trust a key it downloaded itself.
-      const { publicKey } = await client.call<BinaryCacheKey>('GET', '/api/v1/binary-cache/key');
+      const { publicKey } = await client.binaryCache.key();
       print(g, { ...credential, binaryCacheKey: publicKey }, (c) =>
         fields([['node', c.name], ['credential', c.credential], ['binary cache key', c.binaryCacheKey]]),
       );
@@ -136,7 +134,7 @@ export function registerNodeAdminCommands(node: Command): void {
     .description("print the master's binary cache key, for `pledger node configure --binary-cache-key` (register prints it too)")
     .action(async (_options, command) => {
       const g = globals(command);
-      const key = await (await userClient(g)).call<BinaryCacheKey>('GET', '/api/v1/binary-cache/key');
+      const key = await (await userClient(g)).binaryCache.key();
       print(g, key, (k) => k.publicKey);
     });
   node
@@ -156,7 +154,7 @@ export function registerNodeAdminCommands(node: Command): void {
       const client = await userClient(g);
       const update: NodeUpdate = {};
       const current = async () => {
-        const view = (await client.call<NodeView[]>('GET', '/api/v1/nodes')).find((n) => n.name === name);
+        const view = (await client.nodes.list()).find((n) => n.name === name);
         if (!view) throw new PledgerError('NODE_NOT_FOUND', `no node named "${name}"`);
         return view;
       };
@@ -178,7 +176,7 @@ export function registerNodeAdminCommands(node: Command): void {
       if (Object.keys(update).length === 0) {
         throw new PledgerError('BAD_REQUEST', 'nothing to change: give --label, --unlabel, --resource, --remove-resource, --scope, --owner, --no-owner or --binary-cache-upload');
       }
-      const view = await client.call<NodeView>('PATCH', `/api/v1/nodes/${encodeURIComponent(name)}`, update);
+      const view = await client.nodes.update(name, update);
       print(g, view, (n) =>
         fields([
           ['node', n.name],
@@ -195,7 +193,7 @@ export function registerNodeAdminCommands(node: Command): void {
     .description('list the nodes (operators)')
     .action(async (_options, command) => {
       const g = globals(command);
-      const list = await (await userClient(g)).call<NodeView[]>('GET', '/api/v1/nodes');
+      const list = await (await userClient(g)).nodes.list();
       print(g, list, (l) => {
         if (l.length === 0) return 'no nodes';
         const nodes = table(

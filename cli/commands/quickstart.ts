@@ -10,7 +10,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import type { InstanceView, NodeCredential } from '../../protocol/api.js';
+import type { InstanceRequest } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
 import { PledgerError } from '../../protocol/errors.js';
 import { fields, print } from '../output.js';
@@ -75,22 +75,22 @@ export function registerQuickstartCommand(program: Command): void {
 
       if (!existsSync(nodeConfigFile)) {
         say(`registering node "${NODE_NAME}"`);
-        const { credential } = await client.call<NodeCredential>('POST', '/api/v1/nodes', { name: NODE_NAME });
+        const { credential } = await client.nodes.register({ name: NODE_NAME });
         await writeNodeConfig(nodeConfigFile, resolveNodeConfig({ masterUrl: url, credential, root: path.join(dir, 'node') }));
       }
       const config = await readNodeConfig(nodeConfigFile);
       const log = createLogger(Boolean(g.json) || !process.stderr.isTTY);
       await formatNode(config, log);
-      await client.call('POST', '/api/v1/supplies', { software: 'hello', node: NODE_NAME });
+      await client.supplies.set({ software: 'hello', node: NODE_NAME });
 
       say('building the hello release');
       const built = await installSoftware(config, log);
       const failed = built.results.find((r) => r.status === 'failed');
       if (failed) throw new PledgerError('NODE_FAILURE', `building ${failed.item} failed: ${failed.message ?? ''}`);
 
-      const request: Record<string, unknown> = { software: 'hello', state: 'started' };
+      const request: InstanceRequest = { software: 'hello', state: 'started' };
       if (options.greeting !== undefined) request.parameters = { greeting: options.greeting };
-      await client.call<InstanceView>('PUT', `/api/v1/instances/${TITLE}`, request);
+      await client.instances.request(TITLE, request);
       say(`deploying instance "${TITLE}"`);
       await processInstances(config, log);
       const view = await waitUntilReady(client, TITLE, 60);
@@ -119,10 +119,10 @@ async function down(where: { url: string; operatorFile: string; nodeConfigFile: 
   if (existsSync(where.operatorFile) && (await healthy(where.url))) {
     const { token } = JSON.parse(await readFile(where.operatorFile, 'utf8')) as { token: string };
     const client = new MasterClient({ url: where.url, token });
-    const present = await client.call<InstanceView[]>('GET', '/api/v1/instances');
+    const present = await client.instances.list();
     if (present.some((i) => i.title === TITLE)) {
       where.say(`destroying instance "${TITLE}"`);
-      await client.call('DELETE', `/api/v1/instances/${TITLE}`);
+      await client.instances.destroy(TITLE);
       await processInstances(await readNodeConfig(where.nodeConfigFile), createLogger(!process.stderr.isTTY));
     }
   }

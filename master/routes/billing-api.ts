@@ -6,31 +6,8 @@
  */
 import { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
-import { Type } from 'typebox';
-import {
-  BalanceView,
-  BillingAccountQuery,
-  BillingClose,
-  BillingCloseResult,
-  BillingSettingsUpdate,
-  BillingSettingsView,
-  CreditNoteCreate,
-  CreditNoteView,
-  DunningResult,
-  DunningRun,
-  ExportQuery,
-  InvoiceId,
-  InvoiceListQuery,
-  InvoiceSummary,
-  InvoiceView,
-  OneLineText,
-  PaymentCreate,
-  PaymentView,
-  PriceList,
-  PriceListSet,
-  StatementView,
-} from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
+import { ROUTES } from '../../protocol/routes.js';
 import type { App } from '../app.js';
 import { closePeriod } from '../billing/close.js';
 import { releaseIfSettled, runDunning } from '../billing/dunning.js';
@@ -42,28 +19,16 @@ import { listPrices, setPrice } from '../billing/prices.js';
 import type { Database } from '../db/database.js';
 import { writeTransaction } from '../db/group-commit.js';
 import { record } from '../ledger/movements.js';
-
-function requireAdmin(request: FastifyRequest): void {
-  if (request.account.role !== 'admin') throw new PledgerError('FORBIDDEN', 'only an operator (admin account) may do this');
-}
+import { route } from './route.js';
 
 const actor = (request: FastifyRequest) => `account:${request.account.name}`;
-const InvoiceParams = Type.Object({ id: InvoiceId });
-const PaymentParams = Type.Object({ id: Type.String({ pattern: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' }) });
-const PaymentReversal = Type.Object({ reason: OneLineText(200) }, { additionalProperties: false });
-
-/**
- * A payment's idempotency key: the same key sent again answers the payment it recorded
- * first (printable ASCII, as HTTP headers carry it).
- */
-const PaymentHeaders = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: '^[\\x21-\\x7e]+$' })) });
+const { billing } = ROUTES;
 
 export async function billingRoutes(app: App, database: Database): Promise<void> {
   const { db } = database;
 
-  app.get('/billing/settings', { schema: { response: { 200: BillingSettingsView } } }, async () => loadSettings(db));
-  app.put('/billing/settings', { schema: { body: BillingSettingsUpdate, response: { 200: BillingSettingsView } } }, async (request) => {
-    requireAdmin(request);
+  route(app, billing.settings, async () => loadSettings(db));
+  route(app, billing.configure, async (request) => {
     await writeTransaction(db, async (trx) => {
       const current = await loadSettings(trx);
       const next = { ...current, ...request.body };
@@ -77,69 +42,52 @@ export async function billingRoutes(app: App, database: Database): Promise<void>
     return loadSettings(db);
   });
 
-  app.get('/billing/prices', { schema: { response: { 200: Type.Array(PriceList) } } }, async () => listPrices(db));
-  app.put('/billing/prices', { schema: { body: PriceListSet, response: { 200: PriceList } } }, async (request) => {
-    requireAdmin(request);
-    return setPrice(db, request.body, actor(request));
-  });
+  route(app, billing.prices, async () => listPrices(db));
+  route(app, billing.setPrices, async (request) => setPrice(db, request.body, actor(request)));
 
-  app.post('/billing/close', { schema: { body: BillingClose, response: { 200: BillingCloseResult } } }, async (request) => {
-    requireAdmin(request);
+  route(app, billing.close, async (request) => {
     const outcome = await closePeriod(database, request.body.period, actor(request));
     const invoices = await listInvoices(db, { period: outcome.period });
     return { period: outcome.period, closed: outcome.closed, closedAt: outcome.closedAt, invoices };
   });
 
-  app.get('/billing/invoices', { schema: { querystring: InvoiceListQuery, response: { 200: Type.Array(InvoiceSummary) } } }, async (request) => {
+  route(app, billing.invoices, async (request) => {
     // A customer lists their own; an operator everyone's, or one account's.
     const { account, period } = request.query;
     if (request.account.role === 'admin' && account === undefined) return listInvoices(db, { period });
     const subject = await subjectAccount(db, request.account, account);
     return listInvoices(db, { ownerId: subject.id, period });
   });
-  app.get('/billing/invoices/:id', { schema: { params: InvoiceParams, response: { 200: InvoiceView } } }, async (request) =>
-    getInvoice(db, request.account, request.params.id),
-  );
-  app.get('/billing/invoices/:id/html', { schema: { params: InvoiceParams } }, async (request, reply) => {
+  route(app, billing.invoice, async (request) => getInvoice(db, request.account, request.params.id));
+  route(app, billing.invoicePage, async (request, reply) => {
     const invoice = await getInvoice(db, request.account, request.params.id);
     return reply.type('text/html; charset=utf-8').send(renderInvoice(invoice));
   });
 
-  app.post('/billing/invoices/:id/credit', { schema: { params: InvoiceParams, body: CreditNoteCreate, response: { 200: CreditNoteView, 201: CreditNoteView } } }, async (request, reply) => {
-    requireAdmin(request);
+  route(app, billing.credit, async (request, reply) => {
     const { ownerId, ...note } = await creditInvoice(db, request.params.id, request.body.reason, actor(request));
     // A credited invoice is owed no more: a hold it caused is lifted like after a payment.
     const restarted = await releaseIfSettled(db, ownerId);
     return reply.code(note.credited ? 201 : 200).send({ ...note, restarted });
   });
 
-  app.post('/billing/payments', { schema: { body: PaymentCreate, headers: PaymentHeaders, response: { 201: PaymentView } } }, async (request, reply) => {
-    requireAdmin(request);
+  route(app, billing.pay, async (request, reply) => {
     const { ownerId, ...payment } = await recordPayment(db, request.body, actor(request), request.headers['idempotency-key']);
     const restarted = await releaseIfSettled(db, ownerId);
     return reply.code(201).send({ ...payment, restarted });
   });
 
-  app.post('/billing/payments/:id/reverse', { schema: { params: PaymentParams, body: PaymentReversal, response: { 201: PaymentView } } }, async (request, reply) => {
-    requireAdmin(request);
+  route(app, billing.reversePayment, async (request, reply) => {
     const reversal = await reversePayment(db, request.params.id, request.body.reason, actor(request));
     return reply.code(201).send({ ...reversal, restarted: [] });
   });
 
-  app.get('/billing/balance', { schema: { querystring: BillingAccountQuery, response: { 200: BalanceView } } }, async (request) =>
-    balance(db, await subjectAccount(db, request.account, request.query.account)),
-  );
-  app.get('/billing/statement', { schema: { querystring: BillingAccountQuery, response: { 200: StatementView } } }, async (request) =>
-    statement(db, await subjectAccount(db, request.account, request.query.account)),
-  );
+  route(app, billing.balance, async (request) => balance(db, await subjectAccount(db, request.account, request.query.account)));
+  route(app, billing.statement, async (request) => statement(db, await subjectAccount(db, request.account, request.query.account)));
 
-  app.post('/billing/dunning', { schema: { body: DunningRun, response: { 200: DunningResult } } }, async (request) => {
-    requireAdmin(request);
-    return runDunning(db, request.body.asOf ? new Date(request.body.asOf) : new Date());
-  });
+  route(app, billing.dunning, async (request) => runDunning(db, request.body.asOf ? new Date(request.body.asOf) : new Date()));
 
-  app.get('/billing/export', { schema: { querystring: ExportQuery } }, async (request, reply) => {
-    requireAdmin(request);
+  route(app, billing.export, async (request, reply) => {
     const { period, format } = request.query;
     return reply
       .type(EXPORT_CONTENT_TYPES[format])

@@ -12,29 +12,34 @@
  * `GET /api/v1/binary-cache/key`: the public key nodes verify entries with.
  */
 import type { Kysely } from 'kysely';
-import { Type } from 'typebox';
-import { Sha256 } from '../../protocol/api.js';
-import { BinaryCacheKey, BinaryEntry, BinaryKeyQuery, BinaryUploaded, BinaryUploadQuery } from '../../protocol/binary-cache.js';
 import { PledgerError } from '../../protocol/errors.js';
+import { ROUTES } from '../../protocol/routes.js';
 import type { App } from '../app.js';
 import { binaryCacheSigningKey, findBinary, readBinary, readSource, storeBinary, storeSource } from '../cache.js';
 import type { Tables } from '../db/tables.js';
 import { sourceSuppliedTo } from '../software.js';
+import { route } from './route.js';
 
 const SHA256 = /^[0-9a-f]{64}$/;
+const { node, binaryCache } = ROUTES;
 
 export async function sourceCacheRoutes(app: App, db: Kysely<Tables>): Promise<void> {
-  const params = Type.Object({ sha256: Sha256 });
-
-  app.get('/sources/:sha256', { schema: { params } }, async (request, reply) => {
+  // fastify answers HEAD on this route too (`node.hasSource`): the same answer without its body.
+  route(app, node.source, async (request, reply) => {
     const content = await readSource(db, request.params.sha256);
     return reply.type('application/octet-stream').header('cache-control', 'public, max-age=31536000, immutable').send(content);
   });
 
-  app.put(
-    '/sources/:sha256',
+  route(
+    app,
+    node.fileSource,
+    async (request, reply) => {
+      const body = request.body;
+      if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/octet-stream');
+      const stored = await storeSource(db, request.node.id, request.params.sha256, body);
+      return reply.code(stored ? 201 : 200).send({ sha256: request.params.sha256, size: body.length, stored });
+    },
     {
-      schema: { params },
       // Checked before the body is read: the cache holds what the releases a node builds
       // ask for, not whatever a node (perhaps a compromised one) wants to keep there.
       onRequest: async (request) => {
@@ -45,31 +50,28 @@ export async function sourceCacheRoutes(app: App, db: Kysely<Tables>): Promise<v
         }
       },
     },
-    async (request, reply) => {
-      const body = request.body;
-      if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/octet-stream');
-      const stored = await storeSource(db, request.node.id, request.params.sha256, body);
-      return reply.code(stored ? 201 : 200).send({ sha256: request.params.sha256, size: body.length, stored });
-    },
   );
 }
 
 export async function binaryCacheRoutes(app: App, db: Kysely<Tables>): Promise<void> {
-  const params = Type.Object({ partHash: Sha256 });
 
-  app.get('/binaries/:partHash', { schema: { params, querystring: BinaryKeyQuery, response: { 200: BinaryEntry } } }, async (request) =>
-    findBinary(db, request.params.partHash, request.query.platform, request.query.prefix),
-  );
+  route(app, node.binary, async (request) => findBinary(db, request.params.partHash, request.query.platform, request.query.prefix));
 
-  app.get('/binaries/:partHash/archive', { schema: { params, querystring: BinaryKeyQuery } }, async (request, reply) => {
+  route(app, node.binaryArchive, async (request, reply) => {
     const content = await readBinary(db, request.params.partHash, request.query.platform, request.query.prefix);
     return reply.type('application/gzip').send(content);
   });
 
-  app.put(
-    '/binaries/:partHash',
+  route(
+    app,
+    node.fileBinary,
+    async (request, reply) => {
+      const body = request.body;
+      if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/gzip');
+      const uploaded = await storeBinary(db, request.node.id, request.params.partHash, request.query, body);
+      return reply.code(uploaded.stored ? 201 : 200).send(uploaded);
+    },
     {
-      schema: { params, querystring: BinaryUploadQuery, response: { 200: BinaryUploaded, 201: BinaryUploaded } },
       // The node-side switch is the node's own and a compromised node can flip it: what
       // every node then trusts is filed only from nodes an operator chose. Checked
       // before the body is read.
@@ -81,16 +83,10 @@ export async function binaryCacheRoutes(app: App, db: Kysely<Tables>): Promise<v
         }
       },
     },
-    async (request, reply) => {
-      const body = request.body;
-      if (!Buffer.isBuffer(body)) throw new PledgerError('BAD_REQUEST', 'send the archive as application/gzip');
-      const uploaded = await storeBinary(db, request.node.id, request.params.partHash, request.query, body);
-      return reply.code(uploaded.stored ? 201 : 200).send(uploaded);
-    },
   );
 }
 
 /** For operators and users: what `pledger node configure --binary-cache-key` takes. */
 export async function binaryCacheKeyRoutes(app: App, db: Kysely<Tables>): Promise<void> {
-  app.get('/binary-cache/key', { schema: { response: { 200: BinaryCacheKey } } }, async () => ({ publicKey: (await binaryCacheSigningKey(db)).publicKey }));
+  route(app, binaryCache.key, async () => ({ publicKey: (await binaryCacheSigningKey(db)).publicKey }));
 }

@@ -4,22 +4,25 @@
  */
 import type { FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
-import { Type } from 'typebox';
-import { ChildrenRequest, ChildrenState, DesiredState, EventsReceipt, EventsReport, PartitionReference, PartitionsReport, SetAsideReport, Sha256, type NodeEvent } from '../../protocol/api.js';
+import type { NodeEvent } from '../../protocol/api.js';
+import { ROUTES } from '../../protocol/routes.js';
 import { storable } from '../../protocol/storable.js';
 import type { App } from '../app.js';
 import type { Tables } from '../db/tables.js';
 import { allocatePending } from '../instances/allocation.js';
+import { requestChildren } from '../instances/children.js';
 import { desiredState, desiredStateTag } from '../nodes/desired-state.js';
 import { applyEvents } from '../nodes/events.js';
 import { formatPartitions } from '../nodes/partitions.js';
 import { nodeById } from '../nodes/registry.js';
 import { noteSetAside } from '../nodes/set-aside.js';
 import { archiveForNode } from '../software.js';
-import { requestChildren } from '../instances/children.js';
+import { route } from './route.js';
+
+const { node } = ROUTES;
 
 export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
-  app.get('/desired-state', { schema: { response: { 200: DesiredState } } }, async (request, reply) => {
+  route(app, node.desiredState, async (request, reply) => {
     // The tag of the node's row as it authenticated: a state built a moment later may be
     // newer than its tag, never older, so a change is never missed (at worst sent twice).
     if (request.nodeBack) {
@@ -34,35 +37,25 @@ export async function nodeRoutes(app: App, db: Kysely<Tables>): Promise<void> {
     return desiredState(db, request.node);
   });
 
-  app.put(
-    '/partitions',
-    { schema: { body: PartitionsReport, response: { 200: Type.Object({ partitions: Type.Integer() }) } } },
-    async (request) => {
-      await formatPartitions(db, request.node, request.body.partitions);
-      return { partitions: request.body.partitions.length };
-    },
-  );
+  route(app, node.partitions, async (request) => {
+    await formatPartitions(db, request.node, request.body.partitions);
+    return { partitions: request.body.partitions.length };
+  });
 
-  app.post(
-    '/partitions/:reference/requests',
-    { schema: { params: Type.Object({ reference: PartitionReference }), body: ChildrenRequest, response: { 200: ChildrenState } } },
-    async (request) => requestChildren(db, request.node, request.params.reference, request.body),
-  );
+  route(app, node.requestChildren, async (request) => requestChildren(db, request.node, request.params.reference, request.body));
 
   // What a node reports is evidence (a build log's tail, a promise's output): a NUL or a
   // broken surrogate in it is kept, escaped, never refused, so that one odd byte in a
   // log cannot hold back the node's every later event.
-  app.post('/events', { schema: { body: EventsReport, response: { 200: EventsReceipt } } }, async (request) =>
-    applyEvents(db, request.node, storableEvents(request.body.events)),
-  );
+  route(app, node.events, async (request) => applyEvents(db, request.node, storableEvents(request.body.events)));
 
   // The node's count of events it set aside, and the last one's reason (see master/set-aside.ts).
-  app.put('/set-aside', { schema: { body: SetAsideReport, response: { 200: Type.Object({ count: Type.Integer() }) } } }, async (request) => {
+  route(app, node.setAside, async (request) => {
     await noteSetAside(db, request.node.id, request.body);
     return { count: request.body.count };
   });
 
-  app.get('/software/:hash', { schema: { params: Type.Object({ hash: Sha256 }) } }, async (request, reply) => {
+  route(app, node.software, async (request, reply) => {
     const archive = await archiveForNode(db, request.node.id, request.params.hash);
     return reply.type('application/gzip').send(archive);
   });

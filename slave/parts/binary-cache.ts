@@ -22,7 +22,6 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { create } from 'tar';
-import { API_PREFIX } from '../../protocol/api-prefix.js';
 import {
   decodePublicKey,
   MAX_BINARY_ARCHIVE_BYTES,
@@ -73,9 +72,6 @@ async function readOsRelease(): Promise<string> {
   return (version ? `${id}-${version}` : id).replace(/^[^a-z0-9]+/, '').slice(0, 64) || 'unknown';
 }
 
-const keyQuery = (platform: string, prefix: string, extra: Record<string, string> = {}) =>
-  new URLSearchParams({ platform, prefix, ...extra }).toString();
-
 /**
  * Puts the part at its place from the binary cache. Returns false, having changed
  * nothing, when the cache is off, holds no entry, or its entry is refused.
@@ -86,7 +82,7 @@ export async function fetchBuiltPart(context: BinaryCacheContext, part: { name: 
   const platform = await nodePlatform();
   let entry: BinaryEntryType;
   try {
-    const answer = await master.call<unknown>('GET', `${API_PREFIX}/node/binaries/${part.hash}?${keyQuery(platform, context.root)}`);
+    const answer = await master.node.binary(part.hash, { query: { platform, prefix: context.root } });
     entry = checkValue<BinaryEntryType>(BinaryEntry, answer, 'binary cache entry');
   } catch (error) {
     if (!(error instanceof PledgerError && error.code === 'NOT_FOUND')) {
@@ -126,10 +122,7 @@ async function takeEntry(
     throw new Refused(`the master answered an entry for ${entry.partHash} on ${entry.platform} under "${entry.prefix}"`);
   }
   if (!verifyBinaryEntry(entry, key)) throw new Refused('its signature does not check against the configured binary cache key');
-  const answer = await context.master!.raw('GET', `${API_PREFIX}/node/binaries/${part.hash}/archive?${keyQuery(platform, entry.prefix)}`, {
-    headers: { accept: 'application/gzip' },
-  });
-  const bytes = answer.body;
+  const bytes = await context.master!.node.binaryArchive(part.hash, { query: { platform, prefix: entry.prefix } });
   if (bytes.length > MAX_BINARY_ARCHIVE_BYTES) throw new Refused(`the archive is larger than ${MAX_BINARY_ARCHIVE_BYTES} bytes`);
   const actual = createHash('sha256').update(bytes).digest('hex');
   if (actual !== entry.sha256) throw new Refused(`checksum mismatch: the archive has the sha256 ${actual}, the signed entry says ${entry.sha256}`);
@@ -157,7 +150,7 @@ export async function uploadBuiltPart(context: BinaryCacheContext, part: { name:
   const file = path.join(partsRoot(context.root), `.build-${part.hash}-${randomToken(6)}.upload`);
   try {
     const platform = await nodePlatform();
-    const present = await master.raw('GET', `${API_PREFIX}/node/binaries/${part.hash}?${keyQuery(platform, context.root)}`).then(
+    const present = await master.node.binary(part.hash, { query: { platform, prefix: context.root } }).then(
       () => true,
       (error: unknown) => {
         if (error instanceof PledgerError && error.code === 'NOT_FOUND') return false;
@@ -173,10 +166,7 @@ export async function uploadBuiltPart(context: BinaryCacheContext, part: { name:
     // A part that holds its node's root anywhere (a prefix, a wrapper, a link) only
     // works under that root: filed for it. One that holds none works under any root.
     const prefix = packed.holdsRoot ? context.root : '';
-    await master.raw('PUT', `${API_PREFIX}/node/binaries/${part.hash}?${keyQuery(platform, prefix, { sha256: packed.sha256 })}`, {
-      body: await readFile(file),
-      headers: { 'content-type': 'application/gzip' },
-    });
+    await master.node.fileBinary(part.hash, await readFile(file), { query: { platform, prefix, sha256: packed.sha256 } });
     log.info('part filed in the binary cache', { part: part.name, hash: part.hash, platform, relocatable: prefix === '', bytes: packed.size });
   } catch (error) {
     log.error('part not filed in the binary cache', { part: part.name, hash: part.hash, reason: errorMessage(error) });

@@ -15,7 +15,6 @@
 import { createHash } from 'node:crypto';
 import { appendFile, cp, mkdir, readdir, readFile, readlink, rename, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { API_PREFIX } from '../../protocol/api-prefix.js';
 import type { MasterClient } from '../../protocol/client.js';
 import { MAX_SOFTWARE_ARCHIVE_BYTES } from '../../protocol/software-archive.js';
 import type { LoadedSoftware, PartDefinition } from '../../protocol/software-release.js';
@@ -227,14 +226,13 @@ export async function removeReleaseParts(root: string, releaseDir: string): Prom
  */
 async function fetchSource(context: PartBuildContext, url: string, sha256: string, file: string, timeoutS: number): Promise<void> {
   const { master, buildLog, log } = context;
-  const cachePath = `${API_PREFIX}/node/sources/${sha256}`;
   try {
     await downloadSource(url, sha256, file, timeoutS);
   } catch (upstream) {
     if (!master) throw upstream;
     let cached: Buffer;
     try {
-      cached = (await master.raw('GET', cachePath, { headers: { accept: 'application/octet-stream' } })).body;
+      cached = await master.node.source(sha256);
     } catch (error) {
       throw new SourceError(`${(upstream as Error).message}; not in the master's source cache either (${(error as Error).message})`);
     }
@@ -248,10 +246,10 @@ async function fetchSource(context: PartBuildContext, url: string, sha256: strin
   if (!master) return;
   try {
     // HEAD first: most sources are there already, and an upload costs the whole archive.
-    const present = await master.raw('HEAD', cachePath).then(() => true, () => false);
+    const present = await master.node.hasSource(sha256).then(() => true, () => false);
     const size = (await stat(file)).size;
     if (!present && size <= MAX_SOFTWARE_ARCHIVE_BYTES) {
-      await master.raw('PUT', cachePath, { body: await readFile(file), headers: { 'content-type': 'application/octet-stream' } });
+      await master.node.fileSource(sha256, await readFile(file));
       log.info('source filed in the master cache', { url, sha256, bytes: size });
     }
   } catch (error) {

@@ -4,7 +4,7 @@
  * what the agent asked for without standing in for the master.
  */
 import { initMaster, serveMaster, type RunningMaster } from '../../master/server.js';
-import type { NodeCredential, SoftwareView } from '../../protocol/api.js';
+import type { SoftwareView } from '../../protocol/api.js';
 import { MasterClient } from '../../protocol/client.js';
 import { packSoftware } from '../../protocol/software-archive.js';
 import { freshDatabase, type TestDatabase } from './databases.js';
@@ -48,11 +48,8 @@ export async function startInProcessMaster(): Promise<InProcessMaster> {
     databaseUrl: database.url,
     operator,
     answered,
-    registerNode: async (name) => (await operator.call<NodeCredential>('POST', '/api/v1/nodes', { name })).credential,
-    publish: async (dir) => {
-      const answer = await operator.raw('POST', '/api/v1/software', { body: await packSoftware(dir), headers: { 'content-type': 'application/gzip' } });
-      return JSON.parse(answer.body.toString('utf8')) as SoftwareView;
-    },
+    registerNode: async (name) => (await operator.nodes.register({ name })).credential,
+    publish: async (dir) => operator.software.publish(await packSoftware(dir)),
     stop: async () => {
       await running?.close();
       running = undefined;
