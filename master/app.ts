@@ -5,6 +5,7 @@
  */
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, {
+  LogController,
   type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
@@ -62,7 +63,7 @@ export function buildApp({ database, logger = false }: AppOptions): App {
     logger,
     // One line per request, written once it is answered (below), rather than fastify's
     // two: a busy master writes its log at every request.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
     // A title may hold 200 characters (`MAX_TITLE_LENGTH`), each up to 9 bytes once
     // percent-encoded in a URL: fastify's default of 100 would refuse most of them.

@@ -13,7 +13,7 @@ import { sql, type Kysely } from 'kysely';
 import type { SoftwareView, SupplyRequest, SupplyView } from '../protocol/api.js';
 import { PledgerError } from '../protocol/errors.js';
 import { packSoftware, unpackSoftware } from '../protocol/software-archive.js';
-import { loadSoftware, SOFTWARE_FILE, type SoftwareDefinition } from '../protocol/software-release.js';
+import { loadSoftware, SOFTWARE_FILE } from '../protocol/software-release.js';
 import { findUnstorable } from '../protocol/storable.js';
 import type { SoftwareTable, Tables } from './db/tables.js';
 import { writeTransaction } from './db/group-commit.js';
@@ -21,6 +21,7 @@ import { lock, locks } from './ledger/locks.js';
 import { record } from './ledger/movements.js';
 import { allocatePending } from './instances/allocation.js';
 import { readDefaultPrices, recordDefaultPrices } from './billing/prices.js';
+import { readJson } from './db/json-columns.js';
 
 export type SoftwareRow = SoftwareTable;
 
@@ -120,8 +121,8 @@ export async function resolveSoftware(db: Kysely<Tables>, ref: string): Promise<
 }
 
 export function softwareView(row: SoftwareRow): SoftwareView {
-  const schemas = JSON.parse(row.parameter_schemas) as Record<string, object>;
-  const definition = JSON.parse(row.definition) as SoftwareDefinition;
+  const schemas = readJson('parameter_schemas', row.parameter_schemas);
+  const definition = readJson('definition', row.definition);
   return {
     name: row.name,
     version: row.version,
@@ -165,7 +166,7 @@ export async function sourceSuppliedTo(db: Kysely<Tables>, nodeId: string, sha25
     .where('supplies.state', '=', 'available')
     .execute();
   return rows.some((row) => {
-    const { parts } = JSON.parse(row.definition) as SoftwareDefinition;
+    const { parts } = readJson('definition', row.definition);
     return Object.values(parts ?? {}).some((part) => part.source?.sha256 === sha256);
   });
 }

@@ -17,6 +17,7 @@ import { lock, locks } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';
 import { loadSettings } from './journal.js';
 import { exact, exactSum, formatAmount, int } from './money.js';
+import { readJson } from '../db/json-columns.js';
 
 const DAY = 86_400_000;
 
@@ -61,7 +62,7 @@ export async function runDunning(db: Kysely<Tables>, asOf = new Date()): Promise
       // between the list of its started instances and the hold.
       await lock(trx, locks.account(owner.id));
       const existing = await trx.selectFrom('billing_holds').selectAll().where('account_id', '=', owner.id).executeTakeFirst();
-      if (existing) return { instanceIds: JSON.parse(existing.instances) as string[], created: false };
+      if (existing) return { instanceIds: readJson('instances', existing.instances), created: false };
       const started = await trx.selectFrom('instances').select('id').where('owner_id', '=', owner.id).where('state', '=', 'started').orderBy('title').execute();
       const instanceIds = started.map((r) => r.id);
       await record(trx, { kind: 'billing.held', data: { accountId: owner.id, invoiceId: invoice.id, reason, instanceIds } }, { actor: 'master', subject: owner.id, at: asOf.toISOString() });
@@ -79,7 +80,7 @@ export async function runDunning(db: Kysely<Tables>, asOf = new Date()): Promise
       const owner = await db.selectFrom('accounts').selectAll().where('id', '=', invoice.ownerId).executeTakeFirstOrThrow();
       const hold = await db.selectFrom('billing_holds').selectAll().where('account_id', '=', owner.id).executeTakeFirst();
       if (!hold) continue;
-      const instanceIds = JSON.parse(hold.instances) as string[];
+      const instanceIds = readJson('instances', hold.instances);
       if (hold.destroyed === 0) {
         const reason = `invoice ${invoice.id} is unpaid ${settings.destroyAfterDays} days after it was due: the instances are destroyed`;
         await writeTransaction(db, async (trx) => {
@@ -105,7 +106,7 @@ export async function releaseIfSettled(db: Kysely<Tables>, ownerId: string, asOf
   if (!hold) return [];
   if ((await overdueBy(db, settings.graceDays, asOf)).has(ownerId)) return [];
   const owner = await db.selectFrom('accounts').selectAll().where('id', '=', ownerId).executeTakeFirstOrThrow();
-  const instanceIds = JSON.parse(hold.instances) as string[];
+  const instanceIds = readJson('instances', hold.instances);
   const reason = 'the overdue invoices are paid: the instances are started again';
   const released = await writeTransaction(db, async (trx) => {
     await lock(trx, locks.account(ownerId));

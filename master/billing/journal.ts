@@ -13,6 +13,7 @@ import { PledgerError } from '../../protocol/errors.js';
 import type { Tables } from '../db/tables.js';
 import { NO_LOCKS, type Projection } from '../ledger/applier.js';
 import { locks, type LockKey } from '../ledger/locks.js';
+import { readJson } from '../db/json-columns.js';
 type Db = Kysely<Tables> | Transaction<Tables>;
 
 
@@ -331,6 +332,6 @@ export const billing: Projection<BillingMovement['kind']> = {
 export async function loadSettings(db: Db): Promise<BillingSettings> {
   const rows = await db.selectFrom('billing_settings').selectAll().execute();
   const settings: Record<string, unknown> = { ...DEFAULT_SETTINGS };
-  for (const row of rows) settings[row.key] = JSON.parse(row.value) as unknown;
+  for (const row of rows) settings[row.key] = readJson('value', row.value);
   return settings as unknown as BillingSettings;
 }

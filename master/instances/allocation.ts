@@ -21,6 +21,7 @@ import type { Tables } from '../db/tables.js';
 import { lock, locks, tryLock } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';
 import { partitionTaken } from './shared.js';
+import { readJson } from '../db/json-columns.js';
 
 /** A node silent for longer gets nothing new. */
 export const SILENT_AFTER_MS = 10 * 60_000;
@@ -77,7 +78,7 @@ const MAX_NODES_TRIED = 16;
  * queueing for one node; only when no other node fits does the allocation wait for it.
  */
 export async function allocate(trx: Transaction<Tables>, instance: Allocatable, actor: string): Promise<boolean> {
-  const sla = JSON.parse(instance.sla) as Sla;
+  const sla = readJson('sla', instance.sla);
   const cutoff = new Date(Date.now() - SILENT_AFTER_MS).toISOString();
   const conditions = [...matching(sla), open(instance.owner_id), supplied(instance.software_id), alive(cutoff), ...apart(instance, sla), ...withResources(instance.needs)];
   // Nodes that no longer fit once locked, and nodes another allocation holds right now.
@@ -270,7 +271,7 @@ export async function allocatePending(db: Kysely<Tables>): Promise<void> {
         .where('partition_id', 'is', null)
         .where('state', '!=', 'destroyed')
         .executeTakeFirst();
-      if (current) await allocate(trx, { ...current, needs: JSON.parse(current.needs) as Resources }, 'master');
+      if (current) await allocate(trx, { ...current, needs: readJson('needs', current.needs) }, 'master');
     });
   }
 }

@@ -4,16 +4,17 @@
  * destroys the children no longer requested, and answers with what each has published.
  */
 import type { Kysely, Transaction } from 'kysely';
-import type { ChildrenRequest, ChildrenState, ChildState, ConnectionParameters } from '../../protocol/api.js';
+import type { ChildrenRequest, ChildrenState, ChildState } from '../../protocol/api.js';
 import { MAX_TITLE_LENGTH } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
-import type { SoftwareDefinition } from '../../protocol/software-release.js';
 import { writeTransaction } from '../db/group-commit.js';
 import type { Tables } from '../db/tables.js';
 import { lock, locks } from '../ledger/locks.js';
 import { partitionId } from '../ledger/ids.js';
 import { applyRequest } from './request.js';
 import type { NodeRow } from '../nodes/registry.js';
+import { readJson } from '../db/json-columns.js';
+import { isReady } from './views.js';
 
 /** How deep a tree may grow: a release that requests itself through others stops here at the latest. */
 const MAX_DEPTH = 8;
@@ -41,7 +42,7 @@ export async function requestChildren(db: Kysely<Tables>, node: NodeRow, referen
     }
     // A node renders the requests, but only those its release declares: it cannot order
     // anything else on the owner's account.
-    const declared = (JSON.parse(parent.definition) as SoftwareDefinition)['software-types'][parent.software_type]?.requests ?? {};
+    const declared = readJson('definition', parent.definition)['software-types'][parent.software_type]?.requests ?? {};
     const names = new Set<string>();
     for (const child of body.requests) {
       if (names.has(child.name)) throw new PledgerError('BAD_REQUEST', `the sub-instance "${child.name}" is requested twice`);
@@ -107,9 +108,9 @@ export async function requestChildren(db: Kysely<Tables>, node: NodeRow, referen
       children[name] = {
         title: row.title,
         status: row.status as ChildState['status'],
-        ready: row.status === row.state,
+        ready: isReady(row),
         message: row.message,
-        connection: JSON.parse(row.connection) as ConnectionParameters,
+        connection: readJson('connection', row.connection),
       };
     }
     return { children };

@@ -5,9 +5,10 @@
 import { Ajv, type ValidateFunction } from 'ajv';
 import type { Parameters } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
-import { sharedSchemaKey, type SoftwareDefinition } from '../../protocol/software-release.js';
+import { sharedSchemaKey } from '../../protocol/software-release.js';
 import type { SoftwareRow } from '../software.js';
 import { describeSchemaErrors } from '../../protocol/schema-problems.js';
+import { readJson } from '../db/json-columns.js';
 
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 
@@ -26,7 +27,7 @@ export function validateParameters(
   parameters: Parameters,
   options: { shared: boolean; coerce: boolean },
 ): { parameters: Parameters; hostsShared: boolean } {
-  const definition = JSON.parse(software.definition) as SoftwareDefinition;
+  const definition = readJson('definition', software.definition);
   const type = definition['software-types'][softwareType];
   if (!type || !Object.hasOwn(definition['software-types'], softwareType)) {
     const known = Object.keys(definition['software-types']).join(', ');
@@ -51,7 +52,7 @@ function validatorFor(software: Pick<SoftwareRow, 'hash' | 'parameter_schemas'>,
   const key = `${software.hash}:${schemaKey}:${coerce}`;
   let validate = validators.get(key);
   if (!validate) {
-    const schemas = JSON.parse(software.parameter_schemas) as Record<string, object>;
+    const schemas = readJson('parameter_schemas', software.parameter_schemas);
     validate = (coerce ? coercingAjv : ajv).compile(schemas[schemaKey] ?? {});
     validators.set(key, validate);
   }
@@ -76,7 +77,7 @@ export function refusedByHost(
   parameters: Parameters,
 ): PledgerError | null {
   const key = sharedSchemaKey(softwareType);
-  if (!Object.hasOwn(JSON.parse(host.software.parameter_schemas) as object, key)) {
+  if (!Object.hasOwn(readJson('parameter_schemas', host.software.parameter_schemas), key)) {
     return new PledgerError('BAD_REQUEST', `${host.software.id} ${softwareType} (${host.title}) does not host shared instances`);
   }
   const validate = validatorFor(host.software, key, false);

@@ -10,7 +10,6 @@ import { randomUUID } from 'node:crypto';
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { InstanceRequest, InstanceView, Parameters, RequestedState, Resources, Sla } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
-import type { SoftwareDefinition } from '../../protocol/software-release.js';
 import type { AccountRow } from '../accounts.js';
 import { writeTransaction } from '../db/group-commit.js';
 import type { InstancesTable, Tables } from '../db/tables.js';
@@ -21,6 +20,7 @@ import { allocate, resourceNeeds } from './allocation.js';
 import { validateParameters } from './parameters.js';
 import { hostsChanged, placeShared } from './shared.js';
 import { getInstance } from './views.js';
+import { readJson } from '../db/json-columns.js';
 
 export async function requestInstance(
   db: Kysely<Tables>,
@@ -66,10 +66,10 @@ export async function applyRequest(trx: Transaction<Tables>, owner: AccountRow, 
   // An allocated instance keeps what it took on its node, whatever its release now says;
   // a shared instance takes nothing of a node.
   const needs: Resources = existing?.partition_id
-    ? (JSON.parse(existing.needs) as Resources)
+    ? readJson('needs', existing.needs)
     : shared
       ? {}
-      : resourceNeeds(JSON.parse(software.definition) as SoftwareDefinition, softwareType, JSON.parse(resources) as Resources);
+      : resourceNeeds(readJson('definition', software.definition), softwareType, JSON.parse(resources) as Resources);
   await record(
     trx,
     {
@@ -164,13 +164,13 @@ async function decideRequest(
       hint: 'destroy it first, or choose another title',
     });
   }
-  const { parameters, hostsShared } = validateParameters(software, softwareType, request.parameters ?? (existing ? JSON.parse(existing.parameters) : {}), {
+  const { parameters, hostsShared } = validateParameters(software, softwareType, request.parameters ?? (existing ? readJson('parameters', existing.parameters) : {}), {
     shared,
     coerce: parent !== undefined,
   });
   const state: RequestedState = request.state ?? (existing && existing.state !== 'destroyed' ? existing.state : 'started');
-  const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? (JSON.parse(existing.sla) as Sla) : {})));
-  const resources = JSON.stringify(sortedKeys(request.resources ?? (existing ? (JSON.parse(existing.resources) as Resources) : {})));
+  const sla = JSON.stringify(sortedKeys(request.sla ?? (existing ? readJson('sla', existing.sla) : {})));
+  const resources = JSON.stringify(sortedKeys(request.resources ?? (existing ? readJson('resources', existing.resources) : {})));
   if ((existing?.partition_id || existing?.host_id) && (sla !== existing.sla || resources !== existing.resources) && state !== 'destroyed') {
     throw new PledgerError('CONFLICT', `instance "${title}" is already allocated: its SLA cannot change`, {
       hint: 'destroy it and request it again with the new SLA',

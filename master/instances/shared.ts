@@ -9,15 +9,16 @@
  * and those it declares `backends` must point into partitions of the shared instance's owner.
  */
 import type { Kysely, Transaction } from 'kysely';
-import type { RequestedState, Sla } from '../../protocol/api.js';
+import type { RequestedState } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
-import type { SoftwareDefinition, SoftwareTypeDefinition } from '../../protocol/software-release.js';
+import type { SoftwareTypeDefinition } from '../../protocol/software-release.js';
 import { isUniqueViolation } from '../db/database.js';
 import type { Tables } from '../db/tables.js';
 import { lock, locks } from '../ledger/locks.js';
 import { record } from '../ledger/movements.js';
 import { refusedByHost } from './parameters.js';
 import { redeploy } from './redeploy.js';
+import { readJson } from '../db/json-columns.js';
 
 interface SharedPlacement {
   id: string;
@@ -95,9 +96,9 @@ async function sharedRow(trx: Transaction<Tables>, sharedId: string): Promise<Sh
   return {
     id: sharedId,
     ownerId: row.owner_id,
-    parameters: JSON.parse(row.parameters) as Record<string, unknown>,
+    parameters: readJson('parameters', row.parameters),
     heldRoute: row.shared_route,
-    hosting: (JSON.parse(row.definition) as SoftwareDefinition)['software-types'][row.software_type]?.shared ?? {},
+    hosting: readJson('definition', row.definition)['software-types'][row.software_type]?.shared ?? {},
   };
 }
 
@@ -166,7 +167,7 @@ async function hostOf(trx: Transaction<Tables>, hostId: string): Promise<HostRow
     .select(['nodes.id as node_id', 'nodes.name as node_name'])
     .where('host.id', '=', hostId)
     .executeTakeFirstOrThrow();
-  const hosting = (JSON.parse(row.definition) as SoftwareDefinition)['software-types'][row.software_type]?.shared ?? {};
+  const hosting = readJson('definition', row.definition)['software-types'][row.software_type]?.shared ?? {};
   const software = { id: row.software_id, hash: row.hash, parameter_schemas: row.parameter_schemas };
   return { id: row.id, title: row.title, nodeId: row.node_id, nodeName: row.node_name, type: row.software_type, software, hosting };
 }
@@ -277,7 +278,7 @@ async function attachShared(trx: Transaction<Tables>, sharedId: string, previous
     .select(['instances.owner_id', 'instances.software_type', 'instances.sla', 'software.name'])
     .where('instances.id', '=', sharedId)
     .executeTakeFirstOrThrow();
-  const sla = JSON.parse(shared.sla) as Sla;
+  const sla = readJson('sla', shared.sla);
   const candidates = await trx
     .selectFrom('instances as host')
     .innerJoin('software', 'software.id', 'host.software_id')
@@ -301,7 +302,7 @@ async function attachShared(trx: Transaction<Tables>, sharedId: string, previous
     for (const r of rows) labels.set(r.node_id, { ...labels.get(r.node_id), [r.key]: r.value });
   }
   const fitting = candidates.filter((c) => {
-    const definition = JSON.parse(c.definition) as SoftwareDefinition;
+    const definition = readJson('definition', c.definition);
     if (!definition['software-types'][shared.software_type]?.shared) return false;
     return Object.entries(sla).every(([key, value]) => {
       if (key === 'host') return c.title === value;
@@ -313,7 +314,7 @@ async function attachShared(trx: Transaction<Tables>, sharedId: string, previous
   if (fitting.length > 0) {
     const row = await sharedRow(trx, sharedId);
     for (const candidate of fitting) {
-      const hosting = (JSON.parse(candidate.definition) as SoftwareDefinition)['software-types'][shared.software_type]?.shared ?? {};
+      const hosting = readJson('definition', candidate.definition)['software-types'][shared.software_type]?.shared ?? {};
       const software = { id: candidate.software_id, hash: candidate.hash, parameter_schemas: candidate.parameter_schemas };
       const host = { id: candidate.id, title: candidate.title, nodeId: candidate.node_id, nodeName: candidate.node_name, type: shared.software_type, software, hosting };
       const fit = await fitsHost(trx, row, host);
@@ -439,7 +440,7 @@ export async function sharedOf(db: Kysely<Tables>, hostIds: string[]): Promise<M
     .execute();
   for (const r of rows) {
     const list = byHost.get(r.host_id!) ?? [];
-    list.push({ reference: r.id, parameters: JSON.parse(r.parameters) as Record<string, unknown>, serial: r.serial });
+    list.push({ reference: r.id, parameters: readJson('parameters', r.parameters), serial: r.serial });
     byHost.set(r.host_id!, list);
   }
   return byHost;

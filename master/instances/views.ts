@@ -1,9 +1,10 @@
 /** Instances as their owners read them: one, all, a tree, and the history of one in the ledger. */
 import { sql, type Kysely, type RawBuilder } from 'kysely';
-import type { InstanceTreeView, InstanceView, MovementView, Parameters, PromiseState, Resources, Sla } from '../../protocol/api.js';
+import type { InstanceTreeView, InstanceView, MovementView, PromiseState } from '../../protocol/api.js';
 import { PledgerError } from '../../protocol/errors.js';
 import type { AccountRow } from '../accounts.js';
 import type { InstancesTable, Tables } from '../db/tables.js';
+import { readJson } from '../db/json-columns.js';
 
 /** An instance with its release, partition and node, the titles of its parent and root, and its host's node. */
 type InstanceRow = InstancesTable & {
@@ -54,6 +55,11 @@ async function promisesOf(db: Kysely<Tables>, instanceIds: string[]): Promise<Ma
   return byInstance;
 }
 
+/** Ready: the instance is what was asked of it (started and reported started, stopped and reported stopped...). */
+export function isReady(row: { status: string; state: string }): boolean {
+  return row.status === row.state;
+}
+
 function instanceView(row: InstanceRow, promises: PromiseState[] = []): InstanceView {
   // Once stopped or destroyed on its node, nothing answers at the published addresses and
   // no promise is checked: the ledger keeps the last reports, the view shows none of them.
@@ -62,17 +68,17 @@ function instanceView(row: InstanceRow, promises: PromiseState[] = []): Instance
     title: row.title,
     software: { name: row.software_name, version: row.software_version, hash: row.software_hash },
     softwareType: row.software_type,
-    parameters: JSON.parse(row.parameters) as Parameters,
-    sla: JSON.parse(row.sla) as Sla,
-    resources: JSON.parse(row.needs) as Resources,
+    parameters: readJson('parameters', row.parameters),
+    sla: readJson('sla', row.sla),
+    resources: readJson('needs', row.needs),
     state: row.state,
     status: row.status as InstanceView['status'],
     message: row.message,
-    ready: row.status === row.state,
+    ready: isReady(row),
     serial: row.serial,
     node: row.node_name ?? row.host_node_name,
     partition: row.partition_reference,
-    connection: gone ? {} : (JSON.parse(row.connection) as Record<string, string>),
+    connection: gone ? {} : readJson('connection', row.connection),
     promises: gone ? [] : promises,
     parent: row.parent_title,
     root: row.root_id && row.root_id !== row.id ? row.root_title : null,
@@ -104,7 +110,7 @@ export async function instanceHistory(db: Kysely<Tables>, owner: AccountRow, tit
     .executeTakeFirst();
   if (!instance) throw new PledgerError('INSTANCE_NOT_FOUND', `you have no instance named "${title}"`);
   const rows = await db.selectFrom('movements').selectAll().where('subject', '=', instance.id).orderBy('seq').execute();
-  return rows.map((r) => ({ seq: Number(r.seq), at: r.at, kind: r.kind, actor: r.actor, data: JSON.parse(r.data) as unknown }));
+  return rows.map((r) => ({ seq: Number(r.seq), at: r.at, kind: r.kind, actor: r.actor, data: readJson('data', r.data) }));
 }
 
 /** An instance and its sub-instances, recursively (depth first, by title), without those destroyed. */

@@ -1,9 +1,10 @@
 /** The one snapshot a node pulls: its supplied releases and its partitions with their instances. */
 import type { Kysely } from 'kysely';
-import type { DesiredState, Parameters } from '../../protocol/api.js';
+import type { DesiredState } from '../../protocol/api.js';
 import type { Tables } from '../db/tables.js';
 import { sharedOf } from '../instances/shared.js';
 import type { NodeRow } from './registry.js';
+import { readJson } from '../db/json-columns.js';
 
 /** The shape of the desired state: a master that changes it must change this, so that every node pulls it anew. */
 const DESIRED_STATE_FORMAT = 1;
@@ -52,7 +53,7 @@ export async function desiredState(db: Kysely<Tables>, node: NodeRow): Promise<D
               title: r.title!,
               software: { name: r.name!, version: r.version!, hash: r.hash! },
               softwareType: r.software_type!,
-              parameters: JSON.parse(r.parameters!) as Parameters,
+              parameters: readJson('parameters', r.parameters!),
               state: r.state!,
               serial: r.serial!,
               ...(shared.has(r.id) ? { shared: shared.get(r.id) } : {}),

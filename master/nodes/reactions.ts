@@ -10,6 +10,7 @@ import { lock, locks } from '../ledger/locks.js';
 import { record, type Movement } from '../ledger/movements.js';
 import { redeploy } from '../instances/redeploy.js';
 import type { NodeRow } from './registry.js';
+import { isReady } from '../instances/views.js';
 
 /**
  * What an applied node event sets off beyond its own movement: the connection
@@ -61,7 +62,7 @@ export async function afterNodeEvent(
  */
 async function childPublished(trx: Transaction<Tables>, childId: string, previousConnection: string): Promise<void> {
   const child = await trx.selectFrom('instances').select(['title', 'parent_id', 'connection', 'status', 'state']).where('id', '=', childId).executeTakeFirst();
-  if (!child?.parent_id || child.status !== child.state) return;
+  if (!child?.parent_id || !isReady(child)) return;
   const parent = await trx.selectFrom('instances').select(['id', 'status']).where('id', '=', child.parent_id).executeTakeFirst();
   if (!parent) return;
   if (parent.status === 'waiting' || child.connection !== previousConnection) {

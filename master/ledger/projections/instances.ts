@@ -4,12 +4,12 @@
  * instance's lock; one that takes or frees a partition holds its node's too.
  */
 import { sql } from 'kysely';
-import type { Resources } from '../../../protocol/api.js';
 import type { Db, Projection } from '../applier.js';
 import { locks, type LockKey } from '../locks.js';
 import type { InstanceReportKind } from '../movements.js';
 import { nodeOf } from '../ids.js';
 import { countFreePartitions, takeResources } from './nodes.js';
+import { readJson } from '../../db/json-columns.js';
 
 type InstanceKinds =
   | 'instance.requested'
@@ -138,7 +138,7 @@ async function applyReport(db: Db, data: { instanceId: string; serial: number; m
     await db.updateTable('partitions').set({ instance_id: null }).where('instance_id', '=', instanceId).execute();
     if (freed) {
       await countFreePartitions(db, freed.node_id);
-      await takeResources(db, freed.node_id, JSON.parse(current.needs) as Resources, -1);
+      await takeResources(db, freed.node_id, readJson('needs', current.needs), -1);
     }
     await db.updateTable('instances').set({ partition_id: null, host_id: null, shared_route: null }).where('id', '=', instanceId).execute();
     await db.deleteFrom('shared_backends').where('instance_id', '=', instanceId).execute();
