@@ -33,9 +33,12 @@ const NOT_ONE_LINE = `\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\u202a-\\u202
 export const OneLineText = (maxLength: number) => Type.String({ minLength: 1, maxLength, pattern: `^[^${NOT_ONE_LINE}]+$` });
 const oneLine = OneLineText;
 /** What a refused pattern of the shared text schemas means, for error messages. */
+/** What an HTTP header carries as a token (an idempotency key): printable ASCII without spaces. */
+export const PRINTABLE_ASCII = '^[\\x21-\\x7e]+$';
 export const PATTERN_MEANINGS: Record<string, string> = {
   [`^[^${UNSTORABLE_CLASS}]*$`]: 'must not hold a NUL character (U+0000) or a lone UTF-16 surrogate',
   [`^[^${NOT_ONE_LINE}]+$`]: 'must be one line of text, without control, line or paragraph separator, or bidirectional override characters',
+  [PRINTABLE_ASCII]: 'must be printable ASCII characters, without spaces',
 };
 /** An instance title is free text chosen by its owner, on one line. */
 export const Title = oneLine(MAX_TITLE_LENGTH);

@@ -54,6 +54,7 @@ import {
   SupplyRequest,
   SupplyView,
   Title,
+  PRINTABLE_ASCII,
 } from './api.js';
 import { BinaryCacheKey, BinaryEntry, BinaryKeyQuery, BinaryUploaded, BinaryUploadQuery } from './binary-cache.js';
 import { ENDPOINTS, type Endpoint, type Endpoints } from './endpoints.js';
@@ -95,7 +96,7 @@ const SourceFiled = Type.Object({ sha256: Sha256, size: Type.Integer(), stored: 
  * A payment's idempotency key: the same key sent again answers the payment it recorded
  * first (printable ASCII, as HTTP headers carry it).
  */
-const PaymentHeaders = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: '^[\\x21-\\x7e]+$' })) });
+const PaymentHeaders = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: PRINTABLE_ASCII })) });
 /** The ETag of the desired state the node holds: the answer is 304 when it is still the current one. */
 const ConditionalHeaders = Type.Object({ 'if-none-match': Type.Optional(Type.String()) });
 
